@@ -1,0 +1,41 @@
+# Huifang — `make run` brings the whole system up locally; `make test` runs the suite on real parts.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Development defaults for local runs only; production refuses to start without real values.
+DEV_ENV := HUIFANG_API_KEYS=$${HUIFANG_API_KEYS:-agent:dev-agent,supervisor:dev-supervisor,admin:dev-admin} \
+	HUIFANG_NOTIFY_WEBHOOK_URL=$${HUIFANG_NOTIFY_WEBHOOK_URL:-http://127.0.0.1:8009/hooks} \
+	HUIFANG_WEBHOOK_SECRET=$${HUIFANG_WEBHOOK_SECRET:-dev-webhook-secret}
+
+.PHONY: setup run demo test test-unit test-integration lint kafka-jars clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(STAMP) kafka-jars
+
+kafka-jars: $(STAMP)
+	$(BIN)/python -c "from shared.devstack import ensure_kafka_jars; from shared.settings import ROOT; print(ensure_kafka_jars(ROOT / '.local'))"
+
+run: setup
+	$(DEV_ENV) $(BIN)/huifang dev
+
+demo: $(STAMP)
+	$(DEV_ENV) HUIFANG_DEMO_API_KEY=$${HUIFANG_DEMO_API_KEY:-dev-agent} $(BIN)/huifang demo
+
+test: setup
+	$(BIN)/python -m pytest -p no:cacheprovider -q tests
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -p no:cacheprovider -q tests/unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check shared services tests
+	$(BIN)/mypy shared services
+
+clean:
+	rm -rf .local/test .local/*.db .local/*.db-* .local/kafka/node

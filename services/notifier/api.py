@@ -1,0 +1,193 @@
+"""Notifier HTTP API (CONTRACT.md section 3): notifications, escalations, acknowledgement."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
+from sqlmodel import col, select
+
+from services.notifier.handlers import escalation_event
+from services.notifier.models import Escalation, Notification
+from shared.crypto import Cipher
+from shared.db import Database, utcnow
+from shared.events import EscalationAcknowledged, EscalationResolved
+from shared.web import Principal, SupervisorAuth, problem
+
+router = APIRouter(prefix="/v1", tags=["notifications"])
+
+EscalationState = Literal["open", "acknowledged", "resolved"]
+
+
+class NotificationOut(BaseModel):
+    notification_id: str
+    source_event_id: str
+    loan_id: str
+    kind: str
+    recipient: str
+    channel: str
+    payload: dict[str, Any]
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    created_at: datetime
+    sent_at: datetime | None
+
+
+class NotificationPage(BaseModel):
+    items: list[NotificationOut]
+    next_cursor: str | None
+
+
+class EscalationOut(BaseModel):
+    escalation_id: str
+    loan_id: str
+    callback_id: str | None
+    level: int
+    rule: str
+    assignee: str
+    state: str
+    raised_at: datetime
+    acked_by: str | None
+    ack_note: str | None
+    acked_at: datetime | None
+    resolved_by: str | None
+    resolve_note: str | None
+    resolved_at: datetime | None
+
+
+class EscalationPage(BaseModel):
+    items: list[EscalationOut]
+    next_cursor: str | None
+
+
+class NoteIn(BaseModel):
+    note: str = Field(default="", max_length=4000)
+
+
+def _db(request: Request) -> Database:
+    db: Database = request.app.state.runtime.db
+    return db
+
+
+def _cipher(request: Request) -> Cipher:
+    cipher: Cipher = request.app.state.runtime.cipher
+    return cipher
+
+
+def _notification_out(n: Notification) -> NotificationOut:
+    return NotificationOut(**n.model_dump(exclude={"seq", "payload", "lease_until"}),
+                           payload=json.loads(n.payload))
+
+
+def _escalation_out(e: Escalation, cipher: Cipher) -> EscalationOut:
+    # Notes are shown to supervisors over the API but stored encrypted and never put in events.
+    return EscalationOut(
+        **e.model_dump(exclude={"seq", "ack_note", "resolve_note"}),
+        ack_note=cipher.decrypt(e.ack_note) if e.ack_note else None,
+        resolve_note=cipher.decrypt(e.resolve_note) if e.resolve_note else None,
+    )
+
+
+def _by(who: Principal) -> str:
+    return f"{who.role}:{who.key_id}"
+
+
+@router.get("/notifications", response_model=NotificationPage)
+async def list_notifications(
+    request: Request,
+    _: SupervisorAuth,
+    loan_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(pattern=r"^\d+$")] = None,
+) -> NotificationPage:
+    """Notifications, oldest first; pass `next_cursor` back as `cursor` for the next page."""
+    query = select(Notification).order_by(col(Notification.seq)).limit(limit + 1)
+    if loan_id:
+        query = query.where(Notification.loan_id == loan_id)
+    if cursor:
+        query = query.where(col(Notification.seq) > int(cursor))
+    # Build the response inside the unit of work: its rollback on exit expires the loaded rows.
+    async with _db(request).uow() as uow:
+        rows = list((await uow.session.execute(query)).scalars())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return NotificationPage(items=[_notification_out(n) for n in rows],
+                                next_cursor=str(rows[-1].seq) if more else None)
+
+
+@router.get("/escalations", response_model=EscalationPage, tags=["escalations"])
+async def list_escalations(
+    request: Request,
+    _: SupervisorAuth,
+    state: EscalationState | None = None,
+    loan_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(pattern=r"^\d+$")] = None,
+) -> EscalationPage:
+    """Escalations, oldest first, optionally of one state or loan."""
+    query = select(Escalation).order_by(col(Escalation.seq)).limit(limit + 1)
+    if state:
+        query = query.where(Escalation.state == state)
+    if loan_id:
+        query = query.where(Escalation.loan_id == loan_id)
+    if cursor:
+        query = query.where(col(Escalation.seq) > int(cursor))
+    cipher = _cipher(request)
+    async with _db(request).uow() as uow:
+        rows = list((await uow.session.execute(query)).scalars())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return EscalationPage(items=[_escalation_out(e, cipher) for e in rows],
+                              next_cursor=str(rows[-1].seq) if more else None)
+
+
+@router.post("/escalations/{escalation_id}/ack", response_model=EscalationOut, tags=["escalations"])
+async def ack_escalation(
+    request: Request, escalation_id: str, body: NoteIn, who: SupervisorAuth
+) -> EscalationOut:
+    """A supervisor takes ownership of an open escalation."""
+    cipher = _cipher(request)
+    async with _db(request).uow() as uow:
+        esc = await _find_for_update(uow.session, escalation_id)
+        if esc.state != "open":
+            raise problem(409, f"escalation {escalation_id} is {esc.state}, not open")
+        esc.state, esc.acked_by, esc.acked_at = "acknowledged", _by(who), utcnow()
+        esc.ack_note = cipher.encrypt(body.note) if body.note else None
+        uow.session.add(esc)
+        uow.emit(escalation_event(EscalationAcknowledged, esc, by=esc.acked_by), key=esc.loan_id)
+        await uow.commit()
+    return _escalation_out(esc, cipher)
+
+
+@router.post("/escalations/{escalation_id}/resolve", response_model=EscalationOut, tags=["escalations"])
+async def resolve_escalation(
+    request: Request, escalation_id: str, body: NoteIn, who: SupervisorAuth
+) -> EscalationOut:
+    """A supervisor closes an escalation, acknowledged or not."""
+    cipher = _cipher(request)
+    async with _db(request).uow() as uow:
+        esc = await _find_for_update(uow.session, escalation_id)
+        if esc.state == "resolved":
+            raise problem(409, f"escalation {escalation_id} is already resolved")
+        esc.state, esc.resolved_by, esc.resolved_at = "resolved", _by(who), utcnow()
+        esc.resolve_note = cipher.encrypt(body.note) if body.note else None
+        uow.session.add(esc)
+        uow.emit(escalation_event(EscalationResolved, esc, by=esc.resolved_by), key=esc.loan_id)
+        await uow.commit()
+    return _escalation_out(esc, cipher)
+
+
+async def _find_for_update(session: Any, escalation_id: str) -> Escalation:
+    # Row lock on PostgreSQL so two supervisors cannot both acknowledge; SQLite serialises writers anyway.
+    result = await session.execute(
+        select(Escalation).where(Escalation.escalation_id == escalation_id).with_for_update()
+    )
+    esc: Escalation | None = result.scalar_one_or_none()
+    if esc is None:
+        raise problem(404, f"escalation {escalation_id} not found")
+    return esc

@@ -1,0 +1,69 @@
+"""Notifier tables: loan contacts, notifications to deliver, escalations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from shared.db import BigIntPK, UTCDateTime, utcnow
+
+NOTIFICATION_STATUSES = ("pending", "sent", "failed")
+ESCALATION_STATES = ("open", "acknowledged", "resolved")
+
+
+class LoanContact(SQLModel, table=True):
+    """Who to reach about a loan, kept from its latest `loan.stage.changed`."""
+
+    __tablename__ = "loan_contact"
+
+    loan_id: str = Field(primary_key=True, max_length=128)
+    branch_id: str = Field(max_length=128)
+    officer_id: str = Field(max_length=128)
+    contacts_enc: str = Field(sa_type=sa.Text)  # officer and parties: encrypted
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Notification(SQLModel, table=True):
+    __tablename__ = "notification"
+    # A redelivered event must not notify the same recipient twice on the same channel.
+    __table_args__ = (
+        sa.UniqueConstraint("source_event_id", "recipient", "channel", name="uq_notification_source"),
+    )
+
+    seq: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    notification_id: str = Field(unique=True, max_length=64)
+    source_event_id: str = Field(max_length=255)
+    loan_id: str = Field(index=True, max_length=128)
+    kind: str = Field(max_length=32)  # refusal | escalation
+    recipient: str = Field(max_length=255)  # a role or an id, never an address
+    channel: str = Field(max_length=16)  # webhook
+    payload: str = Field(sa_type=sa.Text)  # JSON, ids only
+    status: str = Field(default="pending", max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Escalation(SQLModel, table=True):
+    __tablename__ = "escalation"
+
+    seq: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    escalation_id: str = Field(unique=True, max_length=64)
+    loan_id: str = Field(index=True, max_length=128)
+    callback_id: str | None = Field(default=None, max_length=64)
+    level: int = 1
+    rule: str = Field(max_length=64)
+    assignee: str = Field(max_length=128)
+    state: str = Field(default="open", max_length=16, index=True)
+    raised_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    acked_by: str | None = Field(default=None, max_length=128)
+    ack_note: str | None = Field(default=None, sa_type=sa.Text)  # encrypted
+    acked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    resolved_by: str | None = Field(default=None, max_length=128)
+    resolve_note: str | None = Field(default=None, sa_type=sa.Text)  # encrypted
+    resolved_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

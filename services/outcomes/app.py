@@ -1,0 +1,38 @@
+"""Outcomes composition root: everything is built in the lifespan, nothing at import."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from services.outcomes import api
+from services.outcomes.handlers import handlers
+from shared.events import CALLBACK_LIFECYCLE
+from shared.runtime import Runtime
+from shared.settings import Settings, load_settings
+from shared.web import create_app as create_web_app
+
+SERVICE = "outcomes"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime(service=SERVICE, settings=settings)
+        app.state.runtime = runtime
+        await runtime.start(migrations=MIGRATIONS, topics=[CALLBACK_LIFECYCLE], handlers=handlers())  # type: ignore[arg-type]
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = create_web_app(service=SERVICE, api_keys=settings.huifang_api_keys.get_secret_value(),
+                         lifespan=lifespan, readiness=lambda a: a.state.runtime.readiness())
+    app.include_router(api.router)
+    return app

@@ -1,0 +1,119 @@
+"""Recording one call attempt: validation, the attempt row, and the events it causes."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Self
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from services.outcomes.handlers import complete_if_closed, refusals_for_loan
+from services.outcomes.models import Attempt, CallbackView
+from shared.crypto import Cipher
+from shared.db import UnitOfWork, utcnow
+from shared.events import CLOSED_STATES, CallbackOutcomeRecorded, CallbackRefused, Disposition
+from shared.metrics import REFUSALS
+from shared.policy import ReasonCode
+
+CLOSING = {"completed", "refused", "wrong_number"}
+
+
+class AttemptIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    disposition: Disposition
+    reason_code: ReasonCode | None = None
+    agent_id: str = Field(min_length=1, max_length=128)
+    started_at: AwareDatetime | None = None
+    duration_s: int | None = Field(default=None, ge=0, le=86_400)
+    notes: str | None = Field(default=None, max_length=4000)
+    reschedule_to: AwareDatetime | None = None
+    verification: dict[str, bool] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.disposition == "refused" and self.reason_code is None:
+            raise ValueError("reason_code is required when disposition is refused")
+        if self.disposition != "refused" and self.reason_code is not None:
+            raise ValueError("reason_code is only allowed when disposition is refused")
+        if self.reschedule_to is not None and self.disposition != "reschedule_requested":
+            raise ValueError("reschedule_to is only allowed with disposition reschedule_requested")
+        if self.reschedule_to is not None and self.reschedule_to <= utcnow():
+            raise ValueError("reschedule_to must be in the future")
+        return self
+
+
+class AttemptOut(BaseModel):
+    attempt_id: str
+    callback_id: str
+    loan_id: str
+    attempt: int
+    disposition: str
+    reason_code: str | None
+    agent_id: str
+    started_at: datetime | None
+    duration_s: int | None
+    reschedule_to: datetime | None
+    verification: dict[str, bool]
+    recorded_at: datetime
+
+
+class AttemptRejected(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def attempt_out(row: Attempt) -> AttemptOut:
+    return AttemptOut(**row.model_dump(exclude={"notes_enc", "verification", "stage", "branch_id", "role"}),
+                      verification=json.loads(row.verification))
+
+
+async def record_attempt(*, uow: UnitOfWork, callback_id: str, body: AttemptIn, cipher: Cipher) -> Attempt:
+    """Store the attempt, close the callback on a final disposition, and emit what follows."""
+    view = await uow.session.get(CallbackView, callback_id)
+    if view is None:
+        raise AttemptRejected(404, f"callback {callback_id} not found")
+    if view.state in CLOSED_STATES:
+        raise AttemptRejected(409, f"callback {callback_id} is already closed ({view.state})")
+    items = set(json.loads(view.verification_items))
+    unknown = sorted(set(body.verification) - items)
+    if unknown:
+        raise AttemptRejected(422, f"unknown verification items {unknown}; expected some of {sorted(items)}")
+    now = utcnow()
+    row = Attempt(
+        attempt_id=str(uuid.uuid4()), callback_id=callback_id, loan_id=view.loan_id, stage=view.stage,
+        branch_id=view.branch_id, role=view.role, attempt=view.attempt, disposition=body.disposition,
+        reason_code=body.reason_code, agent_id=body.agent_id, started_at=body.started_at,
+        duration_s=body.duration_s, notes_enc=cipher.encrypt(body.notes) if body.notes else None,
+        reschedule_to=body.reschedule_to, verification=json.dumps(body.verification), recorded_at=now,
+    )
+    uow.session.add(row)
+    ref = {
+        "loan_id": view.loan_id, "callback_id": callback_id, "party_id": view.party_id, "role": view.role,
+        "stage": view.stage, "branch_id": view.branch_id, "attempt": view.attempt,
+    }
+    if body.disposition in CLOSING:
+        view.state = body.disposition
+        view.final_disposition = body.disposition
+        view.closed_at = now
+    view.updated_at = now
+    uow.session.add(view)
+    uow.emit(CallbackOutcomeRecorded(
+        **ref, state=view.state, attempt_id=row.attempt_id, disposition=body.disposition,  # type: ignore[arg-type]
+        reason_code=body.reason_code, agent_id=body.agent_id, recorded_at=now, reschedule_to=body.reschedule_to,
+    ), key=view.loan_id)
+    await uow.session.flush()
+    if body.disposition == "refused":
+        assert body.reason_code is not None
+        REFUSALS.labels(body.reason_code).inc()
+        uow.emit(CallbackRefused(
+            **ref, state="refused", reason_code=body.reason_code, agent_id=body.agent_id,  # type: ignore[arg-type]
+            refusals_for_loan=await refusals_for_loan(uow=uow, loan_id=view.loan_id), occurred_at=now,
+        ), key=view.loan_id)
+    if view.closed_at is not None:
+        await complete_if_closed(uow=uow, loan_id=view.loan_id, stage=view.stage, now=now)
+    return row

@@ -1,0 +1,72 @@
+"""Outcomes tables: its own view of callbacks, every attempt, each loan's verification, idempotency keys."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from shared.db import UTCDateTime, utcnow
+
+
+class CallbackView(SQLModel, table=True):
+    """What outcomes knows of a callback, built from callback.lifecycle.v1."""
+
+    __tablename__ = "callback_view"
+
+    callback_id: str = Field(primary_key=True, max_length=64)
+    loan_id: str = Field(index=True, max_length=128)
+    stage: str = Field(max_length=32)
+    branch_id: str = Field(max_length=128)
+    party_id: str = Field(max_length=128)
+    role: str = Field(max_length=32)
+    state: str = Field(max_length=32)
+    attempt: int = 1
+    verification_items: str = Field(default="[]", sa_type=sa.Text)  # JSON list
+    due_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    deadline: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    final_disposition: str | None = Field(default=None, max_length=32)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Attempt(SQLModel, table=True):
+    __tablename__ = "attempt"
+
+    attempt_id: str = Field(primary_key=True, max_length=64)
+    callback_id: str = Field(index=True, max_length=64)
+    loan_id: str = Field(index=True, max_length=128)
+    stage: str = Field(max_length=32)
+    branch_id: str = Field(max_length=128)
+    role: str = Field(max_length=32)
+    attempt: int
+    disposition: str = Field(max_length=32)
+    reason_code: str | None = Field(default=None, max_length=32)
+    agent_id: str = Field(max_length=128)
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    duration_s: int | None = None
+    notes_enc: str | None = Field(default=None, sa_type=sa.Text)  # encrypted, never emitted
+    reschedule_to: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    verification: str = Field(default="{}", sa_type=sa.Text)  # JSON object item -> bool
+    recorded_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class LoanVerification(SQLModel, table=True):
+    __tablename__ = "loan_verification"
+
+    loan_id: str = Field(primary_key=True, max_length=128)
+    stage: str = Field(primary_key=True, max_length=32)
+    status: str = Field(max_length=32)
+    parties: str = Field(sa_type=sa.Text)  # JSON list of PartyResult
+    completed_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    __tablename__ = "idempotency_key"
+
+    key: str = Field(primary_key=True, max_length=255)
+    request_hash: str = Field(max_length=64)
+    status_code: int
+    response: str = Field(sa_type=sa.Text)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

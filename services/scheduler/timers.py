@@ -1,0 +1,105 @@
+"""The durable timer loop: fires notices, due calls and deadlines stored in the database."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+import structlog
+from sqlmodel import col
+
+from services.scheduler import planner
+from services.scheduler.handlers import close, find, ref
+from services.scheduler.models import Callback, Timer
+from shared.claims import claim
+from shared.crypto import Cipher
+from shared.db import Database, UnitOfWork, utcnow
+from shared.events import CLOSED_STATES, CallbackDue, CallbackExpired, CallbackNoticeRequested
+from shared.metrics import TIMER_LATENESS, TIMERS_FIRED
+
+log = structlog.get_logger(__name__)
+
+
+class TimerLoop:
+    """Claims due timers (never before their time) and turns them into lifecycle events."""
+
+    def __init__(self, *, db: Database, cipher: Cipher, poll_seconds: float, batch: int = 200) -> None:
+        self.db = db
+        self.cipher = cipher
+        self.poll_seconds = poll_seconds
+        self.batch = batch
+
+    async def run(self) -> None:
+        while True:
+            fired = await self.fire_due()
+            if fired >= self.batch:
+                continue
+            await asyncio.sleep(await self._pause())
+
+    async def _pause(self) -> float:
+        # Sleep to the next timer if it is sooner than the poll interval, so timers fire on time.
+        async with self.db.uow() as uow:
+            nxt = await uow.session.scalar(sa.select(sa.func.min(Timer.fire_at)).where(col(Timer.fired_at).is_(None)))
+        if nxt is None:
+            return self.poll_seconds
+        if nxt.tzinfo is None:  # func.min bypasses the column type on SQLite
+            nxt = datetime.fromisoformat(str(nxt)).replace(tzinfo=utcnow().tzinfo)
+        return max(0.0, min(self.poll_seconds, (nxt - utcnow()).total_seconds()))
+
+    async def fire_due(self) -> int:
+        """Fire every timer whose time has come; returns how many."""
+        now = utcnow()
+        table = Timer.__table__  # type: ignore[attr-defined]
+        async with self.db.uow() as uow:
+            rows = await claim(
+                uow, table, where=[table.c.fired_at.is_(None), table.c.fire_at <= now],
+                order_by=table.c.fire_at, limit=self.batch, values={"fired_at": now},
+            )
+            for row in rows:
+                await self._fire(uow, kind=row.kind, callback_id=row.callback_id, now=now)
+                TIMERS_FIRED.labels("scheduler", row.kind).inc()
+                TIMER_LATENESS.labels("scheduler", row.kind).observe(max(0.0, (now - row.fire_at).total_seconds()))
+            await uow.commit()
+        return len(rows)
+
+    async def _fire(self, uow: UnitOfWork, *, kind: str, callback_id: str, now: datetime) -> None:
+        cb = await find(uow=uow, callback_id=callback_id)
+        if cb is None or cb.state in CLOSED_STATES:
+            return
+        if kind == "notice":
+            uow.emit(self._notice(cb), key=cb.loan_id)
+        elif kind == "due" and cb.state == "scheduled":
+            cb.state = "due"
+            cb.updated_at = now
+            uow.session.add(cb)
+            uow.emit(self._due(cb), key=cb.loan_id)
+        elif kind == "deadline":
+            await close(uow=uow, cb=cb, state="expired", now=now)
+            uow.emit(CallbackExpired(**ref(cb), reason="deadline"), key=cb.loan_id)  # type: ignore[arg-type]
+
+    def _notice(self, cb: Callback) -> CallbackNoticeRequested:
+        contact = self.cipher.decrypt_json(cb.contact_enc)
+        purpose, topics = planner.purpose_text(cb.language, cb.stage)
+        local = cb.due_at.astimezone(ZoneInfo(cb.timezone)).strftime("%Y-%m-%d %H:%M")
+        if cb.language == "en":
+            message = (f"Dear {contact['name']}, your bank will call you around {local} ({cb.timezone}) "
+                       f"for: {purpose}. We will ask about: {', '.join(topics)}. We never ask for passwords.")
+        else:
+            message = (f"{contact['name']}您好，银行将于{local}左右致电您，目的：{purpose}。"
+                       f"将核实：{'、'.join(topics)}。我们不会索要密码或验证码。")
+        return CallbackNoticeRequested(
+            **ref(cb), channel="sms", due_at=cb.due_at, purpose=purpose, topics=topics,  # type: ignore[arg-type]
+            language=cb.language, name=contact["name"], phone=contact["phone"], email=contact.get("email"),
+            message=message,
+        )
+
+    def _due(self, cb: Callback) -> CallbackDue:
+        contact = self.cipher.decrypt_json(cb.contact_enc)
+        purpose, _ = planner.purpose_text(cb.language, cb.stage)
+        return CallbackDue(
+            **ref(cb), due_at=cb.due_at, deadline=cb.deadline, name=contact["name"],  # type: ignore[arg-type]
+            phone=contact["phone"], email=contact.get("email"), timezone=cb.timezone, language=cb.language,
+            purpose=purpose, verification_items=planner.VERIFICATION_ITEMS,
+        )

@@ -1,0 +1,33 @@
+"""Claiming due rows so that several replicas never take the same one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from shared.db import UnitOfWork
+
+
+async def claim(
+    uow: UnitOfWork,
+    table: sa.Table,
+    *,
+    where: Sequence[sa.ColumnElement[bool]],
+    order_by: sa.ColumnElement[Any],
+    limit: int,
+    values: dict[str, Any],
+) -> list[sa.Row[Any]]:
+    """Mark up to `limit` rows matching `where` with `values` and return them.
+
+    PostgreSQL: `FOR UPDATE SKIP LOCKED` lets replicas claim disjoint rows at once.
+    SQLite has no SKIP LOCKED; there the transaction holds the write lock (BEGIN IMMEDIATE),
+    so `UPDATE … RETURNING` is atomic on its own.
+    """
+    pk = next(iter(table.primary_key.columns))
+    chosen = sa.select(pk).where(*where).order_by(order_by).limit(limit)
+    if uow.dialect == "postgresql":
+        chosen = chosen.with_for_update(skip_locked=True)
+    statement = sa.update(table).where(pk.in_(chosen.scalar_subquery())).values(**values).returning(*table.c)
+    return list((await uow.session.execute(statement)).all())

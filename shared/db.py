@@ -1,0 +1,188 @@
+"""Engine and unit of work for SQLite and PostgreSQL; each service in its own file or schema."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from pydantic import BaseModel
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.types import TypeDecorator
+
+from shared.events import TOPIC_OF_TYPE, encode, new_envelope
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, on both databases."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTCDateTime column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+BigIntPK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def resolve_url(database_url: str | None, data_dir: Path, service: str) -> str:
+    """One SQLite file per service, or the PostgreSQL URL shared by all (schemas separate them)."""
+    if not database_url:
+        return f"sqlite+aiosqlite:///{data_dir / (service + '.db')}"
+    if database_url.startswith("sqlite"):
+        if "{service}" in database_url:
+            return database_url.replace("{service}", service)
+        stem, dot, suffix = database_url.rpartition(".")
+        return f"{stem}-{service}.{suffix}" if dot else f"{database_url}-{service}"
+    return database_url
+
+
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class Database:
+    """Engine and session factory of one service, with its outbox signal."""
+
+    def __init__(self, url: str, *, schema: str, source: str, topic_prefix: str = "") -> None:
+        if not _SCHEMA.match(schema):
+            raise ValueError(f"invalid schema name {schema!r}")
+        self.url = url
+        self.schema = schema
+        self.source = source
+        self.topic_prefix = topic_prefix
+        self.outbox_signal = asyncio.Event()
+        self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
+        self.engine: AsyncEngine = _make_engine(url, schema, self.dialect)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+
+    @asynccontextmanager
+    async def uow(self) -> AsyncIterator[UnitOfWork]:
+        """One transaction: rolled back unless committed."""
+        # Closing the session rolls back what was not committed, and (unlike rollback) leaves
+        # loaded objects readable after the block.
+        async with self.sessions() as session:
+            yield UnitOfWork(session, self)
+
+    async def migrate(self, migrations: Path) -> None:
+        """Apply the service's alembic migrations (serialised across replicas on PostgreSQL)."""
+        if self.dialect == "sqlite":
+            Path(self.url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+        async with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:s))"), {"s": self.schema})
+                await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+                await conn.execute(text(f'SET LOCAL search_path TO "{self.schema}"'))
+            await conn.run_sync(_upgrade, str(migrations))
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _make_engine(url: str, schema: str, dialect: str) -> AsyncEngine:
+    if dialect == "sqlite":
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy drive transactions; WAL lets readers run beside the writer.
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            # Take the write lock up front so read-then-write transactions cannot interleave.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_async_engine(
+        url,
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=True,
+        connect_args={"server_settings": {"search_path": schema, "application_name": f"huifang-{schema}"}},
+    )
+
+
+def _upgrade(sync_conn: sa.Connection, script_location: str) -> None:
+    cfg = Config()
+    cfg.set_main_option("script_location", script_location)
+    cfg.attributes["connection"] = sync_conn
+    command.upgrade(cfg, "head")
+
+
+def run_migrations(context: Any) -> None:
+    """Body of every service's alembic env.py: migrate on the connection handed in."""
+    connection = context.config.attributes["connection"]
+    context.configure(
+        connection=connection,
+        render_as_batch=connection.dialect.name == "sqlite",
+        transaction_per_migration=False,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+class UnitOfWork:
+    """A session plus the outbox: state changes and emitted events commit together."""
+
+    def __init__(self, session: AsyncSession, db: Database) -> None:
+        self.session = session
+        self.db = db
+        self.committed = False
+        self._emitted = 0
+
+    @property
+    def dialect(self) -> str:
+        return self.db.dialect
+
+    def emit(self, data: BaseModel, *, key: str, event_id: str | None = None) -> str:
+        """Queue an event for publication after commit; returns its id."""
+        envelope = new_envelope(data, source=self.db.source, subject=key, event_id=event_id)
+        topic = self.db.topic_prefix + TOPIC_OF_TYPE[envelope.type]
+        from shared.outbox import OutboxMessage
+
+        self.session.add(
+            OutboxMessage(event_id=envelope.id, topic=topic, key=key, payload=encode(envelope).decode())
+        )
+        self._emitted += 1
+        return envelope.id
+
+    async def commit(self) -> None:
+        await self.session.commit()
+        self.committed = True
+        if self._emitted:
+            self.db.outbox_signal.set()
+
+    async def rollback(self) -> None:
+        await self.session.rollback()

@@ -1,0 +1,239 @@
+"""Producer factory, topic creation, and the consumer runner: the one place that knows about
+offsets, batches, rebalances and the dead-letter topic."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.helpers import create_ssl_context
+from aiokafka.structs import ConsumerRecord
+
+from shared.db import Database, UnitOfWork
+from shared.events import DLQ_SUFFIX, TOPIC_OF_TYPE, TOPICS, Event, InvalidEvent, parse_event
+from shared.metrics import CONSUMER_BATCH_SECONDS, CONSUMER_UP, DLQ_MESSAGES, EVENTS_CONSUMED
+from shared.outbox import ProcessedEvent
+from shared.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[UnitOfWork, Event], Awaitable[None]]
+TOPIC_ALREADY_EXISTS = 36
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Connection and security options common to producers, consumers and the admin client."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        )
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = (
+            settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
+        )
+    return options
+
+
+def make_producer(settings: Settings) -> AIOKafkaProducer:
+    """A producer that does not lose or duplicate what the broker acknowledged."""
+    return AIOKafkaProducer(
+        **client_options(settings),
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        request_timeout_ms=30_000,
+        max_batch_size=1_048_576,
+    )
+
+
+async def create_topics(settings: Settings, names: Sequence[str] = TOPICS) -> list[str]:
+    """Create the contract's topics and their dead-letter topics; returns those newly made."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        wanted = [settings.topic(n) for n in names] + [settings.topic(n) + DLQ_SUFFIX for n in names]
+        new = [
+            NewTopic(name, settings.huifang_topic_partitions, settings.huifang_topic_replication)
+            for name in wanted
+        ]
+        response = await admin.create_topics(new, timeout_ms=30_000)
+        created = []
+        for name, code, *rest in response.topic_errors:
+            if code == 0:
+                created.append(name)
+            elif code != TOPIC_ALREADY_EXISTS:
+                raise KafkaError(f"cannot create topic {name}: error {code} {rest[0] if rest else ''}")
+        return created
+    finally:
+        await admin.close()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors that mean 'try again later', not 'this message is bad'."""
+    if isinstance(exc, sa.exc.DBAPIError):
+        return bool(exc.connection_invalidated) or isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
+    return isinstance(exc, OSError | ConnectionError | KafkaError | TimeoutError | sa.exc.TimeoutError)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: ConsumerRunner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Batches are processed and committed inside the poll loop, so nothing is in flight here.
+        log.info("consumer.revoked", service=self.runner.service, partitions=len(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.runner.assigned = set(assigned)
+        log.info("consumer.assigned", service=self.runner.service, partitions=len(assigned))
+
+
+class ConsumerRunner:
+    """Consumes topics in batches: one transaction per batch, dedupe on event id, offsets after commit."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        settings: Settings,
+        db: Database,
+        producer: AIOKafkaProducer,
+        topics: Sequence[str],
+        handlers: dict[str, Handler],
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.db = db
+        self.producer = producer
+        self.topics = list(topics)
+        self.handlers = handlers
+        self.consumer_name = service
+        self.assigned: set[TopicPartition] = set()
+        self.running = False
+        self.last_error: str | None = None
+        self._accepted = {
+            settings.topic(t): frozenset(k for k, v in TOPIC_OF_TYPE.items() if v == t) for t in self.topics
+        }
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            **client_options(self.settings),
+            group_id=self.settings.group_id(self.service),
+            client_id=f"huifang-{self.service}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=self.settings.huifang_consumer_batch,
+            session_timeout_ms=30_000,
+            heartbeat_interval_ms=3_000,
+            max_poll_interval_ms=300_000,
+        )
+        consumer.subscribe([self.settings.topic(t) for t in self.topics], listener=_Listener(self))
+        await consumer.start()
+        self.running = True
+        CONSUMER_UP.labels(self.service).set(1)
+        backoff = 0.5
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=500, max_records=self.settings.huifang_consumer_batch)
+                for tp, records in batches.items():
+                    try:
+                        await self._process(consumer, tp, records)
+                        backoff = 0.5
+                        self.last_error = None
+                    except Exception as exc:
+                        if not is_transient(exc):
+                            raise
+                        # Database or broker unreachable: redeliver this batch after a pause.
+                        self.last_error = f"{type(exc).__name__}: retrying"
+                        log.warning("consumer.transient_error", service=self.service, error=type(exc).__name__)
+                        consumer.seek(tp, records[0].offset)
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 30.0)
+        finally:
+            self.running = False
+            CONSUMER_UP.labels(self.service).set(0)
+            await consumer.stop()
+
+    async def _process(self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+        started = time.perf_counter()
+        good: list[tuple[ConsumerRecord, Event]] = []
+        for record in records:
+            try:
+                good.append((record, parse_event(record.value, self._accepted.get(record.topic))))
+            except InvalidEvent as exc:
+                await self._dead_letter(record, str(exc))
+        if good:
+            try:
+                await self._apply_batch(good)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                # One message is bad: redo them one by one so only that one goes to the DLQ.
+                for record, event in good:
+                    try:
+                        await self._apply_batch([(record, event)])
+                    except Exception as single:
+                        if is_transient(single):
+                            raise
+                        log.error("consumer.handler_failed", service=self.service, event_id=event.id,
+                                  type=event.type, error=type(single).__name__)
+                        await self._dead_letter(record, f"handler failed: {type(single).__name__}: {single}"[:500])
+        try:
+            await consumer.commit({tp: records[-1].offset + 1})
+        except CommitFailedError:
+            # The partition moved during the batch; the new owner redelivers and dedupe absorbs it.
+            log.warning("consumer.commit_failed", service=self.service, partition=tp.partition)
+        CONSUMER_BATCH_SECONDS.labels(self.service).observe(time.perf_counter() - started)
+
+    async def _apply_batch(self, batch: list[tuple[ConsumerRecord, Event]]) -> None:
+        results: list[tuple[str, str, str]] = []
+        async with self.db.uow() as uow:
+            seen = await self._already_processed(uow, [e.id for _, e in batch])
+            for record, event in batch:
+                if event.id in seen:
+                    results.append((record.topic, event.type, "duplicate"))
+                    continue
+                seen.add(event.id)
+                handler = self.handlers.get(event.type)
+                if handler is not None:
+                    await handler(uow, event)
+                uow.session.add(ProcessedEvent(consumer=self.consumer_name, event_id=event.id))
+                results.append((record.topic, event.type, "handled" if handler else "ignored"))
+            await uow.commit()
+        for topic, etype, result in results:
+            EVENTS_CONSUMED.labels(self.service, topic, etype, result).inc()
+
+    async def _already_processed(self, uow: UnitOfWork, ids: list[str]) -> set[str]:
+        table = ProcessedEvent.__table__  # type: ignore[attr-defined]
+        rows = await uow.session.execute(
+            sa.select(table.c.event_id).where(table.c.consumer == self.consumer_name, table.c.event_id.in_(ids))
+        )
+        return {r[0] for r in rows}
+
+    async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
+        headers = list(record.headers or ()) + [
+            ("dlq.error", reason.encode()),
+            ("dlq.consumer", self.service.encode()),
+            ("dlq.topic", record.topic.encode()),
+            ("dlq.partition", str(record.partition).encode()),
+            ("dlq.offset", str(record.offset).encode()),
+        ]
+        await self.producer.send_and_wait(record.topic + DLQ_SUFFIX, value=record.value, key=record.key,
+                                          headers=headers)
+        DLQ_MESSAGES.labels(self.service, record.topic).inc()
+        log.warning("consumer.dead_lettered", service=self.service, topic=record.topic,
+                    partition=record.partition, offset=record.offset, reason=reason[:200])

@@ -1,0 +1,121 @@
+"""Transactional outbox and its relay: events leave only after the transaction that made them commits."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+import sqlalchemy as sa
+import structlog
+from aiokafka import AIOKafkaProducer
+from sqlmodel import Field, SQLModel
+
+from shared.db import BigIntPK, Database, UTCDateTime, utcnow
+from shared.metrics import OUTBOX_PUBLISHED, OUTBOX_RELAY_ERRORS
+
+log = structlog.get_logger(__name__)
+
+
+class OutboxMessage(SQLModel, table=True):
+    __tablename__ = "outbox"
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    event_id: str = Field(unique=True, max_length=64)
+    topic: str = Field(max_length=255)
+    key: str = Field(max_length=255)
+    payload: str = Field(sa_type=sa.Text)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+
+
+class ProcessedEvent(SQLModel, table=True):
+    """Dedupe record: one row per (consumer, event id) handled."""
+
+    __tablename__ = "processed_event"
+
+    consumer: str = Field(primary_key=True, max_length=100)
+    event_id: str = Field(primary_key=True, max_length=255)
+    processed_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+def create_common_tables(op: object) -> None:
+    """Used by each service's first migration: the outbox and the dedupe table."""
+    create_table = op.create_table  # type: ignore[attr-defined]
+    create_index = op.create_index  # type: ignore[attr-defined]
+    create_table(
+        "outbox",
+        sa.Column("id", BigIntPK, primary_key=True, autoincrement=True),
+        sa.Column("event_id", sa.String(64), nullable=False, unique=True),
+        sa.Column("topic", sa.String(255), nullable=False),
+        sa.Column("key", sa.String(255), nullable=False),
+        sa.Column("payload", sa.Text(), nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("sent_at", UTCDateTime(), nullable=True),
+    )
+    create_index("ix_outbox_unsent", "outbox", ["id"], postgresql_where=sa.text("sent_at IS NULL"),
+                 sqlite_where=sa.text("sent_at IS NULL"))
+    create_table(
+        "processed_event",
+        sa.Column("consumer", sa.String(100), primary_key=True),
+        sa.Column("event_id", sa.String(255), primary_key=True),
+        sa.Column("processed_at", UTCDateTime(), nullable=False),
+    )
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows in order, then marks them sent; several replicas may run."""
+
+    def __init__(self, *, db: Database, producer: AIOKafkaProducer, service: str, batch: int = 500) -> None:
+        self.db = db
+        self.producer = producer
+        self.service = service
+        self.batch = batch
+        self.poll_seconds = 1.0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                sent = await self.publish_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                OUTBOX_RELAY_ERRORS.labels(self.service).inc()
+                log.warning("outbox.relay_failed", service=self.service, error=type(exc).__name__)
+                await asyncio.sleep(1.0)
+                continue
+            if sent < self.batch:
+                self.db.outbox_signal.clear()
+                try:
+                    await asyncio.wait_for(self.db.outbox_signal.wait(), self.poll_seconds)
+                except TimeoutError:
+                    pass
+
+    async def publish_once(self) -> int:
+        """Send one batch of unsent rows; returns how many were sent."""
+        table = OutboxMessage.__table__  # type: ignore[attr-defined]
+        query = sa.select(table.c.id, table.c.topic, table.c.key, table.c.payload).where(
+            table.c.sent_at.is_(None)
+        ).order_by(table.c.id).limit(self.batch)
+        async with self.db.uow() as uow:
+            if self.db.dialect == "postgresql":
+                # One relay per service publishes at a time, so each loan's events keep their order.
+                got = await uow.session.scalar(
+                    sa.text("SELECT pg_try_advisory_xact_lock(hashtext(:k))"), {"k": f"outbox:{self.db.schema}"}
+                )
+                if not got:
+                    return 0
+            rows = (await uow.session.execute(query)).all()
+            if not rows:
+                return 0
+            futures = [
+                await self.producer.send(row.topic, value=row.payload.encode(), key=row.key.encode(),
+                                         headers=[("content-type", b"application/cloudevents+json")])
+                for row in rows
+            ]
+            await asyncio.gather(*futures)
+            await uow.session.execute(
+                sa.update(table).where(table.c.id.in_([r.id for r in rows])).values(sent_at=utcnow())
+            )
+            await uow.commit()
+        OUTBOX_PUBLISHED.labels(self.service).inc(len(rows))
+        return len(rows)

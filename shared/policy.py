@@ -1,0 +1,125 @@
+"""The callback policy file (CONTRACT.md section 4): parsed and validated once at start."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Role = Literal["borrower", "co_borrower", "guarantor"]
+Stage = Literal[
+    "application_submitted",
+    "initial_review_passed",
+    "final_check",
+    "approved",
+    "rejected",
+    "withdrawn",
+    "disbursed",
+]
+ReasonCode = Literal[
+    "distrust",
+    "privacy_concern",
+    "time_conflict",
+    "communication_barrier",
+    "process_misunderstanding",
+    "emotional_distress",
+    "suspected_fraud",
+    "other",
+]
+
+_CLOCK = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)$")
+
+
+def _clock(value: str) -> str:
+    match = _CLOCK.match(value)
+    if not match or (match.group(1) == "24" and match.group(2) != "00"):
+        raise ValueError("must be a clock time HH:MM between 00:00 and 24:00")
+    return value
+
+
+def _non_negative(value: timedelta) -> timedelta:
+    if value < timedelta(0):
+        raise ValueError("must not be negative")
+    return value
+
+
+ClockTime = Annotated[str, AfterValidator(_clock)]
+Duration = Annotated[timedelta, AfterValidator(_non_negative)]
+
+
+def minutes_of_day(clock: str) -> int:
+    hours, minutes = clock.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CallingHours(_Section):
+    start: ClockTime = "09:00"
+    end: ClockTime = "20:00"
+    holidays: Literal["CN", ""] = "CN"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CallingHours:
+        if minutes_of_day(self.start) >= minutes_of_day(self.end):
+            raise ValueError("start must be before end")
+        return self
+
+
+class Notice(_Section):
+    lead: Duration = timedelta(hours=24)
+    quiet_start: ClockTime = "21:00"
+    quiet_end: ClockTime = "08:00"
+
+
+class Attempts(_Section):
+    first_call_within_business_days: int = Field(default=1, ge=0, le=60)
+    deadline_business_days: int = Field(default=5, ge=1, le=120)
+    max_calls: int = Field(default=3, ge=1, le=20)
+    min_gap: Duration = timedelta(hours=4)
+    max_calls_per_person_per_day: int = Field(default=2, ge=1, le=20)
+
+
+class Escalation(_Section):
+    notify_officer_on_refusal: bool = True
+    escalate_reasons: list[ReasonCode] = ["privacy_concern", "distrust", "suspected_fraud"]
+    escalate_after_refusals_per_loan: int = Field(default=2, ge=1)
+    ack_timeout: Duration = timedelta(hours=4)
+    level1: str = Field(default="branch_supervisor", min_length=1)
+    level2: str = Field(default="risk_compliance", min_length=1)
+    questionnaire_url: str = "https://bank.example/huifang/q/{callback_id}"
+
+
+class Policy(_Section):
+    stages: dict[Stage, list[Role]] = {"final_check": ["borrower", "co_borrower", "guarantor"]}
+    calling_hours: CallingHours = CallingHours()
+    notice: Notice = Notice()
+    attempts: Attempts = Attempts()
+    escalation: Escalation = Escalation()
+
+
+class PolicyError(RuntimeError):
+    """The policy file does not validate; the message names the key."""
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and validate the policy file, or raise PolicyError naming the offending key."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PolicyError(f"policy file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"policy file {path} is not valid TOML: {exc}") from None
+    try:
+        return Policy.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise PolicyError(f"policy file {path} is invalid: {problems}") from None

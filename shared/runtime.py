@@ -1,0 +1,105 @@
+"""What every service runs: database, producer, outbox relay, consumer, background loops."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import structlog
+from aiokafka import AIOKafkaProducer
+
+from shared.crypto import Cipher, cipher_from_settings
+from shared.db import Database, resolve_url
+from shared.kafka import ConsumerRunner, Handler, make_producer
+from shared.outbox import OutboxRelay
+from shared.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+class Runtime:
+    """The parts of one service, started and stopped together by its lifespan."""
+
+    def __init__(self, *, service: str, settings: Settings) -> None:
+        self.service = service
+        self.settings = settings
+        self.db = Database(
+            resolve_url(settings.database_url, settings.huifang_data_dir, service),
+            schema=f"{settings.huifang_db_schema_prefix}{service}",
+            source=f"/huifang/{service}",
+            topic_prefix=settings.huifang_topic_prefix,
+        )
+        self.cipher: Cipher = cipher_from_settings(
+            settings.huifang_encryption_key.get_secret_value() if settings.huifang_encryption_key else None,
+            settings.huifang_data_dir,
+            allow_generate=settings.huifang_env != "production",
+        )
+        self.producer: AIOKafkaProducer = make_producer(settings)
+        self.consumer: ConsumerRunner | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._failures: dict[str, str] = {}
+
+    async def start(self, *, migrations: Path, topics: Sequence[str], handlers: dict[str, Handler]) -> None:
+        await self.db.migrate(migrations)
+        await self.producer.start()
+        self.consumer = ConsumerRunner(
+            service=self.service, settings=self.settings, db=self.db, producer=self.producer,
+            topics=topics, handlers=handlers,
+        )
+        self.spawn("outbox", OutboxRelay(db=self.db, producer=self.producer, service=self.service).run)
+        self.spawn("consumer", self.consumer.run)
+
+    def spawn(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run a loop for the life of the service, restarting it with a pause if it crashes."""
+
+        async def supervise() -> None:
+            pause = 1.0
+            while True:
+                try:
+                    await loop()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._failures[name] = f"{name} crashed: {type(exc).__name__}"
+                    log.exception("loop.crashed", service=self.service, loop=name)
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 30.0)
+                    self._failures.pop(name, None)
+
+        self._tasks[name] = asyncio.create_task(supervise(), name=f"{self.service}.{name}")
+
+    async def stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks.clear()
+        await self.producer.stop()
+        await self.db.dispose()
+
+    def readiness(self) -> list[Callable[[], Awaitable[str | None]]]:
+        async def database() -> str | None:
+            try:
+                await self.db.ping()
+            except Exception as exc:
+                return f"database unreachable: {type(exc).__name__}"
+            return None
+
+        async def kafka() -> str | None:
+            try:
+                await asyncio.wait_for(self.producer.client.fetch_all_metadata(), timeout=2.5)
+            except Exception as exc:
+                return f"kafka unreachable: {type(exc).__name__}"
+            return None
+
+        async def loops() -> str | None:
+            problems = list(self._failures.values())
+            problems += [f"{name} stopped" for name, task in self._tasks.items() if task.done()]
+            if self.consumer is not None and self.consumer.last_error:
+                problems.append(f"consumer: {self.consumer.last_error}")
+            if self.consumer is not None and not self.consumer.running and "consumer" not in self._failures:
+                problems.append("consumer not running")
+            return "; ".join(problems) or None
+
+        return [database, kafka, loops]
