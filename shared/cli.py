@@ -56,8 +56,14 @@ async def serve(services: list[str], settings: Settings) -> None:
         except PolicyError as exc:
             typer.echo(f"huifang: {exc}", err=True)
             raise typer.Exit(2) from None
-        config = uvicorn.Config(web, host=settings.huifang_host, port=settings.port_of(service),
-                                log_level="warning", lifespan="on", access_log=False)
+        config = uvicorn.Config(
+            web,
+            host=settings.huifang_host,
+            port=settings.port_of(service),
+            log_level="warning",
+            lifespan="on",
+            access_log=False,
+        )
         server = uvicorn.Server(config)
         server.capture_signals = contextlib.nullcontext  # type: ignore[assignment,method-assign]
         servers.append(server)
@@ -90,8 +96,10 @@ def run(services: Annotated[list[str] | None, typer.Argument(help="scheduler, ou
 def _broker(settings: Settings) -> Iterator[str]:
     from shared.devstack import KafkaBroker
 
-    host, _, port = settings.kafka_bootstrap_servers.split(",")[0].rpartition(":")
-    broker = KafkaBroker(settings.huifang_data_dir / "kafka" / "node", port=int(port), data_dir=settings.huifang_data_dir)
+    _, _, port = settings.kafka_bootstrap_servers.split(",")[0].rpartition(":")
+    broker = KafkaBroker(
+        settings.huifang_data_dir / "kafka" / "node", port=int(port), data_dir=settings.huifang_data_dir
+    )
     typer.echo(f"starting Apache Kafka on {broker.bootstrap} (data under {broker.home}) ...", err=True)
     broker.start()
     try:
@@ -121,9 +129,11 @@ def dev(
     with _broker(settings):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         asyncio.run(_wait_topics(settings))
-        typer.echo("topics ready; services on ports "
-                   f"{settings.huifang_scheduler_port}/{settings.huifang_outcomes_port}/{settings.huifang_notifier_port}",
-                   err=True)
+        typer.echo(
+            "topics ready; services on ports "
+            f"{settings.huifang_scheduler_port}/{settings.huifang_outcomes_port}/{settings.huifang_notifier_port}",
+            err=True,
+        )
 
         async def both() -> None:
             sink_task = asyncio.create_task(_sink(settings)) if sink else None
@@ -165,11 +175,18 @@ async def _sink(settings: Settings) -> None:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
-        headers = {k.strip().lower(): v.strip() for k, _, v in
-                   (line.partition(":") for line in head.decode("latin-1").split("\r\n")[1:] if line)}
+        headers = {
+            k.strip().lower(): v.strip()
+            for k, _, v in (line.partition(":") for line in head.decode("latin-1").split("\r\n")[1:] if line)
+        }
         body = await reader.readexactly(int(headers.get("content-length", "0")))
-        ok = verify(secret, headers.get("x-huifang-id", ""), int(headers.get("x-huifang-timestamp", "0") or 0), body,
-                    headers.get("x-huifang-signature", ""))
+        ok = verify(
+            secret,
+            headers.get("x-huifang-id", ""),
+            int(headers.get("x-huifang-timestamp", "0") or 0),
+            body,
+            headers.get("x-huifang-signature", ""),
+        )
         typer.echo(f"[webhook {'signature ok' if ok else 'BAD SIGNATURE'}] {body.decode()}", err=True)
         writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         await writer.drain()
@@ -199,7 +216,7 @@ async def _read_all(settings: Settings, topic: str) -> list[Any]:
     try:
         parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
         if not parts:
-            await consumer._client.force_metadata_update()  # noqa: SLF001
+            await consumer._client.force_metadata_update()
             parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
         if not parts:
             return []
@@ -207,7 +224,12 @@ async def _read_all(settings: Settings, topic: str) -> list[Any]:
         await consumer.seek_to_beginning(*parts)
         ends = await consumer.end_offsets(parts)
         records: list[Any] = []
-        while any(await consumer.position(tp) < ends[tp] for tp in parts):
+
+        async def behind() -> bool:
+            positions = [await consumer.position(tp) for tp in parts]
+            return any(pos < ends[tp] for pos, tp in zip(positions, parts, strict=True))
+
+        while await behind():
             for batch in (await consumer.getmany(timeout_ms=1000)).values():
                 records.extend(batch)
         return records
@@ -226,11 +248,19 @@ def dlq_list(topic: str) -> None:
     settings = _settings()
     for r in asyncio.run(_read_all(settings, _dlq_topic(settings, topic))):
         headers = {k: v.decode(errors="replace") for k, v in (r.headers or ())}
-        typer.echo(json.dumps({
-            "offset": r.offset, "partition": r.partition, "consumer": headers.get("dlq.consumer"),
-            "from": f"{headers.get('dlq.topic')}[{headers.get('dlq.partition')}]@{headers.get('dlq.offset')}",
-            "error": headers.get("dlq.error"), "bytes": len(r.value or b""),
-        }, ensure_ascii=False))
+        typer.echo(
+            json.dumps(
+                {
+                    "offset": r.offset,
+                    "partition": r.partition,
+                    "consumer": headers.get("dlq.consumer"),
+                    "from": f"{headers.get('dlq.topic')}[{headers.get('dlq.partition')}]@{headers.get('dlq.offset')}",
+                    "error": headers.get("dlq.error"),
+                    "bytes": len(r.value or b""),
+                },
+                ensure_ascii=False,
+            )
+        )
 
 
 @dlq_app.command("replay")
@@ -279,7 +309,9 @@ def keygen() -> None:
 
 
 @app.command()
-def schemas(out: Annotated[Path, typer.Option(help="directory for the JSON Schema files")] = Path("docs/schemas")) -> None:
+def schemas(
+    out: Annotated[Path, typer.Option(help="directory for the JSON Schema files")] = Path("docs/schemas"),
+) -> None:
     """Write the JSON Schema of every event, generated from the models."""
     from shared.events import json_schemas
 

@@ -60,6 +60,10 @@ def resolve_url(database_url: str | None, data_dir: Path, service: str) -> str:
     return database_url
 
 
+# Alembic keeps its migration context in a module global, so migrations of services sharing a
+# process (huifang run with several services) must not interleave.
+_MIGRATION_LOCK = asyncio.Lock()
+
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -90,7 +94,7 @@ class Database:
         """Apply the service's alembic migrations (serialised across replicas on PostgreSQL)."""
         if self.dialect == "sqlite":
             Path(self.url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
-        async with self.engine.begin() as conn:
+        async with _MIGRATION_LOCK, self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:s))"), {"s": self.schema})
                 await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
@@ -172,9 +176,7 @@ class UnitOfWork:
         topic = self.db.topic_prefix + TOPIC_OF_TYPE[envelope.type]
         from shared.outbox import OutboxMessage
 
-        self.session.add(
-            OutboxMessage(event_id=envelope.id, topic=topic, key=key, payload=encode(envelope).decode())
-        )
+        self.session.add(OutboxMessage(event_id=envelope.id, topic=topic, key=key, payload=encode(envelope).decode()))
         self._emitted += 1
         return envelope.id
 

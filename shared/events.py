@@ -240,8 +240,11 @@ EVENT_TYPES: dict[str, type[BaseModel]] = {
 TYPE_OF: dict[type[BaseModel], str] = {model: name for name, model in EVENT_TYPES.items()}
 TOPIC_OF_TYPE: dict[str, str] = {
     "loan.stage.changed": LOAN_STAGE,
-    **{t: CALLBACK_LIFECYCLE for t in EVENT_TYPES if t.startswith("callback.") and t not in (
-        "callback.outcome.recorded", "callback.refused")},
+    **{
+        t: CALLBACK_LIFECYCLE
+        for t in EVENT_TYPES
+        if t.startswith("callback.") and t not in ("callback.outcome.recorded", "callback.refused")
+    },
     "callback.outcome.recorded": CALLBACK_OUTCOME,
     "callback.refused": CALLBACK_REFUSED,
     "loan.verification.completed": LOAN_VERIFICATION,

@@ -65,10 +65,7 @@ async def create_topics(settings: Settings, names: Sequence[str] = TOPICS) -> li
     await admin.start()
     try:
         wanted = [settings.topic(n) for n in names] + [settings.topic(n) + DLQ_SUFFIX for n in names]
-        new = [
-            NewTopic(name, settings.huifang_topic_partitions, settings.huifang_topic_replication)
-            for name in wanted
-        ]
+        new = [NewTopic(name, settings.huifang_topic_partitions, settings.huifang_topic_replication) for name in wanted]
         response = await admin.create_topics(new, timeout_ms=30_000)
         created = []
         for name, code, *rest in response.topic_errors:
@@ -189,8 +186,13 @@ class ConsumerRunner:
                     except Exception as single:
                         if is_transient(single):
                             raise
-                        log.error("consumer.handler_failed", service=self.service, event_id=event.id,
-                                  type=event.type, error=type(single).__name__)
+                        log.error(
+                            "consumer.handler_failed",
+                            service=self.service,
+                            event_id=event.id,
+                            type=event.type,
+                            error=type(single).__name__,
+                        )
                         await self._dead_letter(record, f"handler failed: {type(single).__name__}: {single}"[:500])
         try:
             await consumer.commit({tp: records[-1].offset + 1})
@@ -225,15 +227,23 @@ class ConsumerRunner:
         return {r[0] for r in rows}
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
-        headers = list(record.headers or ()) + [
+        headers = [
+            *(record.headers or ()),
             ("dlq.error", reason.encode()),
             ("dlq.consumer", self.service.encode()),
             ("dlq.topic", record.topic.encode()),
             ("dlq.partition", str(record.partition).encode()),
             ("dlq.offset", str(record.offset).encode()),
         ]
-        await self.producer.send_and_wait(record.topic + DLQ_SUFFIX, value=record.value, key=record.key,
-                                          headers=headers)
+        await self.producer.send_and_wait(
+            record.topic + DLQ_SUFFIX, value=record.value, key=record.key, headers=headers
+        )
         DLQ_MESSAGES.labels(self.service, record.topic).inc()
-        log.warning("consumer.dead_lettered", service=self.service, topic=record.topic,
-                    partition=record.partition, offset=record.offset, reason=reason[:200])
+        log.warning(
+            "consumer.dead_lettered",
+            service=self.service,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            reason=reason[:200],
+        )

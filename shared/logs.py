@@ -16,7 +16,7 @@ def configure_logging(level: str = "INFO") -> None:
         return
     _configured = True
     logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level)
-    for noisy in ("aiokafka", "kafka"):
+    for noisy in ("aiokafka", "kafka", "httpx", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(
         processors=[

@@ -6,9 +6,7 @@ EVENTS_CONSUMED = Counter(
     "huifang_events_consumed_total", "Events handled by a consumer", ["service", "topic", "type", "result"]
 )
 DLQ_MESSAGES = Counter("huifang_dlq_messages_total", "Messages sent to a dead-letter topic", ["service", "topic"])
-CONSUMER_BATCH_SECONDS = Histogram(
-    "huifang_consumer_batch_seconds", "Time to process one consumer batch", ["service"]
-)
+CONSUMER_BATCH_SECONDS = Histogram("huifang_consumer_batch_seconds", "Time to process one consumer batch", ["service"])
 CONSUMER_UP = Gauge("huifang_consumer_up", "1 while the consumer loop runs", ["service"])
 OUTBOX_PUBLISHED = Counter("huifang_outbox_published_total", "Outbox events published", ["service"])
 OUTBOX_RELAY_ERRORS = Counter("huifang_outbox_relay_errors_total", "Outbox relay failures", ["service"])

@@ -52,8 +52,13 @@ def create_common_tables(op: object) -> None:
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("sent_at", UTCDateTime(), nullable=True),
     )
-    create_index("ix_outbox_unsent", "outbox", ["id"], postgresql_where=sa.text("sent_at IS NULL"),
-                 sqlite_where=sa.text("sent_at IS NULL"))
+    create_index(
+        "ix_outbox_unsent",
+        "outbox",
+        ["id"],
+        postgresql_where=sa.text("sent_at IS NULL"),
+        sqlite_where=sa.text("sent_at IS NULL"),
+    )
     create_table(
         "processed_event",
         sa.Column("consumer", sa.String(100), primary_key=True),
@@ -93,9 +98,12 @@ class OutboxRelay:
     async def publish_once(self) -> int:
         """Send one batch of unsent rows; returns how many were sent."""
         table = OutboxMessage.__table__  # type: ignore[attr-defined]
-        query = sa.select(table.c.id, table.c.topic, table.c.key, table.c.payload).where(
-            table.c.sent_at.is_(None)
-        ).order_by(table.c.id).limit(self.batch)
+        query = (
+            sa.select(table.c.id, table.c.topic, table.c.key, table.c.payload)
+            .where(table.c.sent_at.is_(None))
+            .order_by(table.c.id)
+            .limit(self.batch)
+        )
         async with self.db.uow() as uow:
             if self.db.dialect == "postgresql":
                 # One relay per service publishes at a time, so each loan's events keep their order.
@@ -108,8 +116,12 @@ class OutboxRelay:
             if not rows:
                 return 0
             futures = [
-                await self.producer.send(row.topic, value=row.payload.encode(), key=row.key.encode(),
-                                         headers=[("content-type", b"application/cloudevents+json")])
+                await self.producer.send(
+                    row.topic,
+                    value=row.payload.encode(),
+                    key=row.key.encode(),
+                    headers=[("content-type", b"application/cloudevents+json")],
+                )
                 for row in rows
             ]
             await asyncio.gather(*futures)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -39,13 +41,29 @@ class Runtime:
         self.consumer: ConsumerRunner | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._failures: dict[str, str] = {}
+        self._stopped = False
+
+    @classmethod
+    @asynccontextmanager
+    async def running(cls, app: Any, *, service: str, settings: Settings) -> AsyncIterator[Runtime]:
+        """A runtime for the app's lifespan, stopped however the lifespan ends (a failed start too)."""
+        runtime = cls(service=service, settings=settings)
+        app.state.runtime = runtime
+        try:
+            yield runtime
+        finally:
+            await runtime.stop()
 
     async def start(self, *, migrations: Path, topics: Sequence[str], handlers: dict[str, Handler]) -> None:
         await self.db.migrate(migrations)
         await self.producer.start()
         self.consumer = ConsumerRunner(
-            service=self.service, settings=self.settings, db=self.db, producer=self.producer,
-            topics=topics, handlers=handlers,
+            service=self.service,
+            settings=self.settings,
+            db=self.db,
+            producer=self.producer,
+            topics=topics,
+            handlers=handlers,
         )
         self.spawn("outbox", OutboxRelay(db=self.db, producer=self.producer, service=self.service).run)
         self.spawn("consumer", self.consumer.run)
@@ -71,6 +89,9 @@ class Runtime:
         self._tasks[name] = asyncio.create_task(supervise(), name=f"{self.service}.{name}")
 
     async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)

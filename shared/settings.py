@@ -87,6 +87,10 @@ class Settings(BaseSettings):
             self.huifang_webhook_secret is None or _placeholder(self.huifang_webhook_secret)
         ):
             missing.append("HUIFANG_WEBHOOK_SECRET")
+        if self.kafka_security_protocol.startswith("SASL") and (
+            self.kafka_sasl_password is None or _placeholder(self.kafka_sasl_password)
+        ):
+            missing.append("KAFKA_SASL_PASSWORD")
         if missing:
             raise ValueError("production requires real values for: " + ", ".join(missing))
         return self

@@ -36,9 +36,7 @@ _bearer = HTTPBearer(auto_error=False)
 def require_role(role: str) -> Callable[..., Principal]:
     """Dependency: 401 without a known key, 403 when its role ranks below `role` (admin may do all)."""
 
-    def check(
-        request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-    ) -> Principal:
+    def check(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
         keys: dict[str, str] = request.app.state.api_keys
         if creds is None or creds.scheme.lower() != "bearer":
             raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
@@ -61,7 +59,7 @@ def create_app(
     service: str,
     api_keys: str,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
-    readiness: Callable[[FastAPI], list[ReadinessCheck]],
+    readiness: Callable[[FastAPI], list[ReadinessCheck]] | None = None,
 ) -> FastAPI:
     """The service's FastAPI app with the endpoints every service serves."""
     app = FastAPI(title=f"Huifang {service}", version="1", lifespan=lifespan)
@@ -75,7 +73,8 @@ def create_app(
     @app.get("/readyz", tags=["ops"])
     async def readyz() -> JSONResponse:
         reasons = []
-        for check in readiness(app):
+        checks = readiness(app) if readiness else app.state.runtime.readiness()
+        for check in checks:
             try:
                 problem = await asyncio.wait_for(check(), timeout=3)
             except Exception as exc:

@@ -69,13 +69,18 @@ def webhook_server() -> Iterator[HTTPServer]:
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-async def huifang(request: pytest.FixtureRequest, kafka_bootstrap: str, webhook_server: HTTPServer,
-                  tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Huifang]:
+async def huifang(
+    request: pytest.FixtureRequest,
+    kafka_bootstrap: str,
+    webhook_server: HTTPServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Huifang]:
     """The whole system on one database kind; tests isolate themselves by unique loan ids."""
     workdir = tmp_path_factory.mktemp(f"huifang-{request.param}")
     url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
-    system = Huifang(kind=request.param, bootstrap=kafka_bootstrap, database_url=url, workdir=workdir,
-                     webhook=webhook_server)
+    system = Huifang(
+        kind=request.param, bootstrap=kafka_bootstrap, database_url=url, workdir=workdir, webhook=webhook_server
+    )
     await system.start()
     try:
         yield system

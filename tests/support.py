@@ -26,9 +26,9 @@ KEYS = {"agent": "agent-key-1", "supervisor": "supervisor-key-1", "admin": "admi
 WEBHOOK_SECRET = "whsec-test-1"
 
 
-async def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+async def wait_for(predicate: Callable[[], Any], within: float = 30.0, what: str = "condition") -> Any:
     """Poll until predicate() is truthy; fail with `what` after timeout."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         result = predicate()
         if asyncio.iscoroutine(result):
@@ -36,7 +36,7 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: st
         if result:
             return result
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.1)
 
 
@@ -62,12 +62,16 @@ class Tap:
     _task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers,
-                                    enable_auto_commit=False, auto_offset_reset="earliest")
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
         await consumer.start()
         names = [self.settings.topic(t) for t in TOPICS] + [self.settings.topic(t) + DLQ_SUFFIX for t in TOPICS]
         parts = []
         from aiokafka import TopicPartition
+
         for name in names:
             for p in consumer.partitions_for_topic(name) or await _partitions(consumer, name):
                 parts.append(TopicPartition(name, p))
@@ -80,11 +84,14 @@ class Tap:
                     batch = await consumer.getmany(timeout_ms=200)
                     for recs in batch.values():
                         for r in recs:
-                            self.records.append(Tapped(
-                                r.topic.removeprefix(self.settings.huifang_topic_prefix),
-                                r.key.decode() if r.key else None, r.value,
-                                {k: v.decode() for k, v in (r.headers or ())},
-                            ))
+                            self.records.append(
+                                Tapped(
+                                    r.topic.removeprefix(self.settings.huifang_topic_prefix),
+                                    r.key.decode() if r.key else None,
+                                    r.value,
+                                    {k: v.decode() for k, v in (r.headers or ())},
+                                )
+                            )
             finally:
                 await consumer.stop()
 
@@ -100,13 +107,18 @@ class Tap:
         for rec in self.records:
             if rec.topic.endswith(DLQ_SUFFIX):
                 continue
-            ev = rec.event
+            try:
+                ev = rec.event
+            except ValueError:
+                continue  # poison published by a test
+            if not isinstance(ev, dict):
+                continue
             if ev.get("type") == type_ and (loan_id is None or ev.get("data", {}).get("loan_id") == loan_id):
                 out.append(ev)
         return out
 
-    async def wait_events(self, type_: str, loan_id: str, count: int = 1, timeout: float = 30.0) -> list[dict[str, Any]]:
-        await wait_for(lambda: len(self.events(type_, loan_id)) >= count, timeout, f"{count}× {type_} for {loan_id}")
+    async def wait_events(self, type_: str, loan_id: str, count: int = 1, within: float = 30.0) -> list[dict[str, Any]]:
+        await wait_for(lambda: len(self.events(type_, loan_id)) >= count, within, f"{count}× {type_} for {loan_id}")
         return self.events(type_, loan_id)
 
     def dead_letters(self, topic: str) -> list[Tapped]:
@@ -114,15 +126,23 @@ class Tap:
 
 
 async def _partitions(consumer: AIOKafkaConsumer, name: str) -> set[int]:
-    await consumer._client.force_metadata_update()  # noqa: SLF001 - test helper only
+    await consumer._client.force_metadata_update()
     return consumer.partitions_for_topic(name) or set()
 
 
 class Huifang:
     """Scheduler, outcomes and notifier running in this process on real ports, real Kafka, one database."""
 
-    def __init__(self, *, kind: str, bootstrap: str, database_url: str | None, workdir: Path,
-                 webhook: HTTPServer, policy: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        kind: str,
+        bootstrap: str,
+        database_url: str | None,
+        workdir: Path,
+        webhook: HTTPServer,
+        policy: Path | None = None,
+    ) -> None:
         token = uuid.uuid4().hex[:8]
         self.kind = kind
         self.webhook = webhook
@@ -166,7 +186,7 @@ class Huifang:
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
         server.capture_signals = _no_signals  # type: ignore[method-assign]
         task = asyncio.create_task(server.serve())
-        await wait_for(lambda: server.started or task.done(), 60, f"{service} to start")
+        await wait_for(lambda: server.started or task.done(), 60.0, f"{service} to start")
         if task.done():
             task.result()
             raise RuntimeError(f"{service} did not start")
@@ -186,8 +206,7 @@ class Huifang:
 
     async def publish(self, topic: str, value: bytes, key: str | None = None) -> None:
         assert self.producer is not None
-        await self.producer.send_and_wait(self.settings.topic(topic), value=value,
-                                          key=key.encode() if key else None)
+        await self.producer.send_and_wait(self.settings.topic(topic), value=value, key=key.encode() if key else None)
 
     async def publish_event(self, type_: str, data: dict[str, Any], *, key: str, event_id: str | None = None) -> str:
         event_id = event_id or str(uuid.uuid4())
@@ -201,12 +220,14 @@ class Huifang:
         headers = {"Authorization": f"Bearer {KEYS[role]}"} if role else {}
         return httpx.AsyncClient(base_url=self.url(service), headers=headers, timeout=10)
 
-    def webhook_deliveries(self, loan_id: str | None = None) -> list[tuple[dict[str, str], dict[str, Any]]]:
+    def webhook_deliveries(self, loan_id: str | None = None) -> list[tuple[dict[str, str], dict[str, Any], bytes]]:
+        """(headers, parsed body, raw body) of each webhook POST received, for one loan or all."""
         out = []
         for request, _ in list(self.webhook.log):
-            body = json.loads(request.get_data())
+            raw = request.get_data()
+            body = json.loads(raw)
             if loan_id is None or body.get("loan_id") == loan_id:
-                out.append((dict(request.headers), body))
+                out.append((dict(request.headers), body, raw))
         return out
 
 
@@ -216,16 +237,33 @@ def _no_signals() -> Any:
     return contextlib.nullcontext()
 
 
-def loan_event(loan_id: str, *, stage: str = "final_check", roles: tuple[str, ...] = ("borrower", "guarantor"),
-               consent: bool = True) -> dict[str, Any]:
+def loan_event(
+    loan_id: str,
+    *,
+    stage: str = "final_check",
+    roles: tuple[str, ...] = ("borrower", "guarantor"),
+    consent: bool = True,
+) -> dict[str, Any]:
     names = ["张伟", "王芳", "李强"]
     return {
-        "loan_id": loan_id, "stage": stage, "previous_stage": "initial_review_passed", "branch_id": "BR-SH-001",
-        "product": "first_home_mortgage", "amount": "1250000.00", "currency": "CNY",
+        "loan_id": loan_id,
+        "stage": stage,
+        "previous_stage": "initial_review_passed",
+        "branch_id": "BR-SH-001",
+        "product": "first_home_mortgage",
+        "amount": "1250000.00",
+        "currency": "CNY",
         "officer": {"id": "EMP-778", "name": "李娜", "email": "li.na@bank.example", "phone": "+8613900139000"},
         "parties": [
-            {"party_id": f"P-{i + 1}", "role": role, "name": names[i % 3], "phone": f"+86138001380{i:02d}",
-             "timezone": "Asia/Shanghai", "language": "zh-CN", "contact_consent": consent}
+            {
+                "party_id": f"P-{i + 1}",
+                "role": role,
+                "name": names[i % 3],
+                "phone": f"+86138001380{i:02d}",
+                "timezone": "Asia/Shanghai",
+                "language": "zh-CN",
+                "contact_consent": consent,
+            }
             for i, role in enumerate(roles)
         ],
     }

@@ -80,8 +80,7 @@ def _cipher(request: Request) -> Cipher:
 
 
 def _notification_out(n: Notification) -> NotificationOut:
-    return NotificationOut(**n.model_dump(exclude={"seq", "payload", "lease_until"}),
-                           payload=json.loads(n.payload))
+    return NotificationOut(**n.model_dump(exclude={"seq", "payload", "lease_until"}), payload=json.loads(n.payload))
 
 
 def _escalation_out(e: Escalation, cipher: Cipher) -> EscalationOut:
@@ -116,8 +115,9 @@ async def list_notifications(
         rows = list((await uow.session.execute(query)).scalars())
         more = len(rows) > limit
         rows = rows[:limit]
-        return NotificationPage(items=[_notification_out(n) for n in rows],
-                                next_cursor=str(rows[-1].seq) if more else None)
+        return NotificationPage(
+            items=[_notification_out(n) for n in rows], next_cursor=str(rows[-1].seq) if more else None
+        )
 
 
 @router.get("/escalations", response_model=EscalationPage, tags=["escalations"])
@@ -142,14 +142,13 @@ async def list_escalations(
         rows = list((await uow.session.execute(query)).scalars())
         more = len(rows) > limit
         rows = rows[:limit]
-        return EscalationPage(items=[_escalation_out(e, cipher) for e in rows],
-                              next_cursor=str(rows[-1].seq) if more else None)
+        return EscalationPage(
+            items=[_escalation_out(e, cipher) for e in rows], next_cursor=str(rows[-1].seq) if more else None
+        )
 
 
 @router.post("/escalations/{escalation_id}/ack", response_model=EscalationOut, tags=["escalations"])
-async def ack_escalation(
-    request: Request, escalation_id: str, body: NoteIn, who: SupervisorAuth
-) -> EscalationOut:
+async def ack_escalation(request: Request, escalation_id: str, body: NoteIn, who: SupervisorAuth) -> EscalationOut:
     """A supervisor takes ownership of an open escalation."""
     cipher = _cipher(request)
     async with _db(request).uow() as uow:
@@ -165,9 +164,7 @@ async def ack_escalation(
 
 
 @router.post("/escalations/{escalation_id}/resolve", response_model=EscalationOut, tags=["escalations"])
-async def resolve_escalation(
-    request: Request, escalation_id: str, body: NoteIn, who: SupervisorAuth
-) -> EscalationOut:
+async def resolve_escalation(request: Request, escalation_id: str, body: NoteIn, who: SupervisorAuth) -> EscalationOut:
     """A supervisor closes an escalation, acknowledged or not."""
     cipher = _cipher(request)
     async with _db(request).uow() as uow:

@@ -28,30 +28,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = Runtime(service=SERVICE, settings=settings)
-        app.state.runtime = runtime
         client = httpx.AsyncClient(timeout=settings.huifang_webhook_timeout_seconds, follow_redirects=False)
         app.state.http = client
         try:
-            await runtime.start(migrations=MIGRATIONS, topics=[LOAN_STAGE, CALLBACK_REFUSED],
-                                handlers=handlers(policy, runtime.cipher))
-            secret = settings.huifang_webhook_secret
-            delivery = DeliveryLoop(
-                db=runtime.db, client=client, url=settings.huifang_notify_webhook_url,
-                secret=secret.get_secret_value() if secret else None,
-                poll_seconds=settings.huifang_timer_poll_seconds,
-            )
-            runtime.spawn("delivery", delivery.run)
-            yield
+            async with Runtime.running(app, service=SERVICE, settings=settings) as runtime:
+                await runtime.start(
+                    migrations=MIGRATIONS,
+                    topics=[LOAN_STAGE, CALLBACK_REFUSED],
+                    handlers=handlers(policy, runtime.cipher),
+                )
+                secret = settings.huifang_webhook_secret
+                delivery = DeliveryLoop(
+                    db=runtime.db,
+                    client=client,
+                    url=settings.huifang_notify_webhook_url,
+                    secret=secret.get_secret_value() if secret else None,
+                    poll_seconds=settings.huifang_timer_poll_seconds,
+                )
+                runtime.spawn("delivery", delivery.run)
+                yield
         finally:
-            # Stop the loops first: they use the client.
-            try:
-                await runtime.stop()
-            finally:
-                await client.aclose()
+            # The runtime (and the delivery loop using the client) has stopped by now.
+            await client.aclose()
 
-    app = create_web_app(service=SERVICE, api_keys=settings.huifang_api_keys.get_secret_value(),
-                         lifespan=lifespan, readiness=lambda a: a.state.runtime.readiness())
+    app = create_web_app(
+        service=SERVICE,
+        api_keys=settings.huifang_api_keys.get_secret_value(),
+        lifespan=lifespan,
+    )
     app.state.policy = policy
     app.include_router(api.router)
     return app

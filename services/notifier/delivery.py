@@ -87,13 +87,16 @@ class DeliveryLoop:
         table = Notification.__table__  # type: ignore[attr-defined]
         async with self.db.uow() as uow:
             rows = await claim(
-                uow, table,
+                uow,
+                table,
                 where=[
                     table.c.status == "pending",
                     table.c.next_attempt_at <= now,
                     sa.or_(table.c.lease_until.is_(None), table.c.lease_until <= now),
                 ],
-                order_by=table.c.next_attempt_at, limit=self.batch, values={"lease_until": now + LEASE},
+                order_by=table.c.next_attempt_at,
+                limit=self.batch,
+                values={"lease_until": now + LEASE},
             )
             # Commit the lease before any HTTP call: no transaction stays open across the network.
             await uow.commit()
@@ -103,8 +106,9 @@ class DeliveryLoop:
         if not self.url:
             return None
         try:
-            return await deliver(self.client, self.url, self.secret or "", item.notification_id,
-                                 json.loads(item.payload))
+            return await deliver(
+                self.client, self.url, self.secret or "", item.notification_id, json.loads(item.payload)
+            )
         except Exception as exc:
             # One odd row must not take the loop down; treat it as a failed attempt.
             log.exception("notifier.delivery_error", notification_id=item.notification_id)
@@ -130,15 +134,22 @@ class DeliveryLoop:
                 note.next_attempt_at = now + backoff(note.attempts)
                 note.lease_until = None
                 NOTIFICATIONS.labels(note.channel, "retry").inc()
-                log.info("notifier.retry", notification_id=note.notification_id, attempts=note.attempts,
-                         error=result.error)
+                log.info(
+                    "notifier.retry", notification_id=note.notification_id, attempts=note.attempts, error=result.error
+                )
         uow.session.add(note)
 
     def _finish(self, uow: UnitOfWork, note: Notification, now: datetime, *, error: str | None) -> None:
         note.lease_until = None
-        common = dict(notification_id=note.notification_id, loan_id=note.loan_id, channel=note.channel,
-                      kind=note.kind, recipient=note.recipient, source_event_id=note.source_event_id,
-                      attempts=note.attempts)
+        common = dict(
+            notification_id=note.notification_id,
+            loan_id=note.loan_id,
+            channel=note.channel,
+            kind=note.kind,
+            recipient=note.recipient,
+            source_event_id=note.source_event_id,
+            attempts=note.attempts,
+        )
         if error is None:
             note.status, note.sent_at, note.last_error = "sent", now, None
             uow.emit(NotificationSent(**common), key=note.loan_id)  # type: ignore[arg-type]
@@ -147,5 +158,4 @@ class DeliveryLoop:
             note.status, note.last_error = "failed", error[:500]
             uow.emit(NotificationFailed(**common, error=note.last_error), key=note.loan_id)  # type: ignore[arg-type]
             NOTIFICATIONS.labels(note.channel, "failed").inc()
-            log.warning("notifier.failed", notification_id=note.notification_id, attempts=note.attempts,
-                        error=error)
+            log.warning("notifier.failed", notification_id=note.notification_id, attempts=note.attempts, error=error)

@@ -28,9 +28,7 @@ class LoanContact(SQLModel, table=True):
 class Notification(SQLModel, table=True):
     __tablename__ = "notification"
     # A redelivered event must not notify the same recipient twice on the same channel.
-    __table_args__ = (
-        sa.UniqueConstraint("source_event_id", "recipient", "channel", name="uq_notification_source"),
-    )
+    __table_args__ = (sa.UniqueConstraint("source_event_id", "recipient", "channel", name="uq_notification_source"),)
 
     seq: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
     notification_id: str = Field(unique=True, max_length=64)

@@ -45,27 +45,34 @@ async def post_attempt(
                     raise problem(422, "Idempotency-Key was already used with a different body")
                 return JSONResponse(json.loads(earlier.response), status_code=earlier.status_code)
         try:
-            row = await record_attempt(uow=uow, callback_id=callback_id, body=body, cipher=request.app.state.runtime.cipher)
+            row = await record_attempt(
+                uow=uow, callback_id=callback_id, body=body, cipher=request.app.state.runtime.cipher
+            )
         except AttemptRejected as exc:
             raise problem(exc.status, exc.detail) from None
         out = attempt_out(row)
         if scoped:
-            uow.session.add(IdempotencyRecord(key=scoped, request_hash=digest, status_code=201,
-                                              response=out.model_dump_json()))
+            uow.session.add(
+                IdempotencyRecord(key=scoped, request_hash=digest, status_code=201, response=out.model_dump_json())
+            )
         try:
             await uow.commit()
         except sa.exc.IntegrityError:
             # The same key committed first from a concurrent request.
-            raise problem(409, "a request with this Idempotency-Key is in flight or done; retry to get its result") from None
+            raise problem(
+                409, "a request with this Idempotency-Key is in flight or done; retry to get its result"
+            ) from None
     return out
 
 
 @router.get("/callbacks/{callback_id}/attempts", response_model=list[AttemptOut])
 async def list_attempts(request: Request, callback_id: str, _: AgentAuth) -> list[AttemptOut]:
     async with _db(request).uow() as uow:
-        rows = (await uow.session.execute(
-            select(Attempt).where(Attempt.callback_id == callback_id).order_by(col(Attempt.recorded_at))
-        )).scalars()
+        rows = (
+            await uow.session.execute(
+                select(Attempt).where(Attempt.callback_id == callback_id).order_by(col(Attempt.recorded_at))
+            )
+        ).scalars()
         return [attempt_out(r) for r in rows]
 
 
@@ -81,10 +88,18 @@ class VerificationOut(BaseModel):
 async def loan_verification(request: Request, loan_id: str, _: AgentAuth) -> list[VerificationOut]:
     """The loan's completed verifications, one per stage."""
     async with _db(request).uow() as uow:
-        rows = list((await uow.session.execute(
-            select(LoanVerification).where(LoanVerification.loan_id == loan_id)
-        )).scalars())
+        rows = list(
+            (await uow.session.execute(select(LoanVerification).where(LoanVerification.loan_id == loan_id))).scalars()
+        )
     if not rows:
         raise problem(404, f"no completed verification for loan {loan_id}")
-    return [VerificationOut(loan_id=r.loan_id, stage=r.stage, status=r.status, parties=json.loads(r.parties),
-                            completed_at=r.completed_at) for r in rows]
+    return [
+        VerificationOut(
+            loan_id=r.loan_id,
+            stage=r.stage,
+            status=r.status,
+            parties=json.loads(r.parties),
+            completed_at=r.completed_at,
+        )
+        for r in rows
+    ]

@@ -24,15 +24,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = Runtime(service=SERVICE, settings=settings)
-        app.state.runtime = runtime
-        await runtime.start(migrations=MIGRATIONS, topics=[CALLBACK_LIFECYCLE], handlers=handlers())  # type: ignore[arg-type]
-        try:
+        async with Runtime.running(app, service=SERVICE, settings=settings) as runtime:
+            await runtime.start(migrations=MIGRATIONS, topics=[CALLBACK_LIFECYCLE], handlers=handlers())
             yield
-        finally:
-            await runtime.stop()
 
-    app = create_web_app(service=SERVICE, api_keys=settings.huifang_api_keys.get_secret_value(),
-                         lifespan=lifespan, readiness=lambda a: a.state.runtime.readiness())
+    app = create_web_app(
+        service=SERVICE,
+        api_keys=settings.huifang_api_keys.get_secret_value(),
+        lifespan=lifespan,
+    )
     app.include_router(api.router)
     return app

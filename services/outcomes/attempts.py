@@ -68,8 +68,10 @@ class AttemptRejected(Exception):
 
 
 def attempt_out(row: Attempt) -> AttemptOut:
-    return AttemptOut(**row.model_dump(exclude={"notes_enc", "verification", "stage", "branch_id", "role"}),
-                      verification=json.loads(row.verification))
+    return AttemptOut(
+        **row.model_dump(exclude={"notes_enc", "verification", "stage", "branch_id", "role"}),
+        verification=json.loads(row.verification),
+    )
 
 
 async def record_attempt(*, uow: UnitOfWork, callback_id: str, body: AttemptIn, cipher: Cipher) -> Attempt:
@@ -85,16 +87,32 @@ async def record_attempt(*, uow: UnitOfWork, callback_id: str, body: AttemptIn, 
         raise AttemptRejected(422, f"unknown verification items {unknown}; expected some of {sorted(items)}")
     now = utcnow()
     row = Attempt(
-        attempt_id=str(uuid.uuid4()), callback_id=callback_id, loan_id=view.loan_id, stage=view.stage,
-        branch_id=view.branch_id, role=view.role, attempt=view.attempt, disposition=body.disposition,
-        reason_code=body.reason_code, agent_id=body.agent_id, started_at=body.started_at,
-        duration_s=body.duration_s, notes_enc=cipher.encrypt(body.notes) if body.notes else None,
-        reschedule_to=body.reschedule_to, verification=json.dumps(body.verification), recorded_at=now,
+        attempt_id=str(uuid.uuid4()),
+        callback_id=callback_id,
+        loan_id=view.loan_id,
+        stage=view.stage,
+        branch_id=view.branch_id,
+        role=view.role,
+        attempt=view.attempt,
+        disposition=body.disposition,
+        reason_code=body.reason_code,
+        agent_id=body.agent_id,
+        started_at=body.started_at,
+        duration_s=body.duration_s,
+        notes_enc=cipher.encrypt(body.notes) if body.notes else None,
+        reschedule_to=body.reschedule_to,
+        verification=json.dumps(body.verification),
+        recorded_at=now,
     )
     uow.session.add(row)
     ref = {
-        "loan_id": view.loan_id, "callback_id": callback_id, "party_id": view.party_id, "role": view.role,
-        "stage": view.stage, "branch_id": view.branch_id, "attempt": view.attempt,
+        "loan_id": view.loan_id,
+        "callback_id": callback_id,
+        "party_id": view.party_id,
+        "role": view.role,
+        "stage": view.stage,
+        "branch_id": view.branch_id,
+        "attempt": view.attempt,
     }
     if body.disposition in CLOSING:
         view.state = body.disposition
@@ -102,18 +120,34 @@ async def record_attempt(*, uow: UnitOfWork, callback_id: str, body: AttemptIn, 
         view.closed_at = now
     view.updated_at = now
     uow.session.add(view)
-    uow.emit(CallbackOutcomeRecorded(
-        **ref, state=view.state, attempt_id=row.attempt_id, disposition=body.disposition,  # type: ignore[arg-type]
-        reason_code=body.reason_code, agent_id=body.agent_id, recorded_at=now, reschedule_to=body.reschedule_to,
-    ), key=view.loan_id)
+    uow.emit(
+        CallbackOutcomeRecorded(
+            **ref,
+            state=view.state,
+            attempt_id=row.attempt_id,
+            disposition=body.disposition,  # type: ignore[arg-type]
+            reason_code=body.reason_code,
+            agent_id=body.agent_id,
+            recorded_at=now,
+            reschedule_to=body.reschedule_to,
+        ),
+        key=view.loan_id,
+    )
     await uow.session.flush()
     if body.disposition == "refused":
         assert body.reason_code is not None
         REFUSALS.labels(body.reason_code).inc()
-        uow.emit(CallbackRefused(
-            **ref, state="refused", reason_code=body.reason_code, agent_id=body.agent_id,  # type: ignore[arg-type]
-            refusals_for_loan=await refusals_for_loan(uow=uow, loan_id=view.loan_id), occurred_at=now,
-        ), key=view.loan_id)
+        uow.emit(
+            CallbackRefused(
+                **ref,
+                state="refused",
+                reason_code=body.reason_code,
+                agent_id=body.agent_id,  # type: ignore[arg-type]
+                refusals_for_loan=await refusals_for_loan(uow=uow, loan_id=view.loan_id),
+                occurred_at=now,
+            ),
+            key=view.loan_id,
+        )
     if view.closed_at is not None:
         await complete_if_closed(uow=uow, loan_id=view.loan_id, stage=view.stage, now=now)
     return row

@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlmodel import select
+from sqlmodel import col, select
 
 from services.outcomes.models import Attempt, CallbackView, LoanVerification
 from shared.db import UnitOfWork, utcnow
@@ -22,6 +22,7 @@ from shared.events import (
     LoanVerificationCompleted,
     PartyResult,
 )
+from shared.kafka import Handler
 
 
 async def find_view(*, uow: UnitOfWork, callback_id: str) -> CallbackView | None:
@@ -34,8 +35,14 @@ async def on_lifecycle(*, uow: UnitOfWork, event: CallbackRef) -> None:
     now = utcnow()
     if view is None:
         view = CallbackView(
-            callback_id=event.callback_id, loan_id=event.loan_id, stage=event.stage, branch_id=event.branch_id,
-            party_id=event.party_id, role=event.role, state=event.state, attempt=event.attempt,
+            callback_id=event.callback_id,
+            loan_id=event.loan_id,
+            stage=event.stage,
+            branch_id=event.branch_id,
+            party_id=event.party_id,
+            role=event.role,
+            state=event.state,
+            attempt=event.attempt,
         )
     elif view.state in CLOSED_STATES:
         return  # closed here first (an attempt) or already closed: later lifecycle news changes nothing
@@ -69,39 +76,59 @@ def verification_status(final: list[str]) -> str:
 
 async def complete_if_closed(*, uow: UnitOfWork, loan_id: str, stage: str, now: datetime) -> None:
     """Emit loan.verification.completed once every callback of the loan's stage is closed."""
-    views = list((await uow.session.execute(
-        select(CallbackView).where(CallbackView.loan_id == loan_id, CallbackView.stage == stage)
-    )).scalars())
+    views = list(
+        (
+            await uow.session.execute(
+                select(CallbackView).where(CallbackView.loan_id == loan_id, CallbackView.stage == stage)
+            )
+        ).scalars()
+    )
     if not views or any(v.state not in CLOSED_STATES for v in views):
         return
     if await uow.session.get(LoanVerification, (loan_id, stage)) is not None:
         return
     parties = [
-        PartyResult(party_id=v.party_id, role=v.role, callback_id=v.callback_id,  # type: ignore[arg-type]
-                    disposition=v.final_disposition or v.state)
+        PartyResult(
+            party_id=v.party_id,
+            role=v.role,
+            callback_id=v.callback_id,  # type: ignore[arg-type]
+            disposition=v.final_disposition or v.state,
+        )
         for v in sorted(views, key=lambda v: (v.role, v.party_id))
     ]
     status = verification_status([p.disposition for p in parties])
-    uow.session.add(LoanVerification(
-        loan_id=loan_id, stage=stage, status=status, completed_at=now,
-        parties=json.dumps([p.model_dump() for p in parties]),
-    ))
-    uow.emit(LoanVerificationCompleted(
-        loan_id=loan_id, stage=stage, branch_id=views[0].branch_id, status=status,  # type: ignore[arg-type]
-        parties=parties, completed_at=now,
-    ), key=loan_id)
+    uow.session.add(
+        LoanVerification(
+            loan_id=loan_id,
+            stage=stage,
+            status=status,
+            completed_at=now,
+            parties=json.dumps([p.model_dump() for p in parties]),
+        )
+    )
+    uow.emit(
+        LoanVerificationCompleted(
+            loan_id=loan_id,
+            stage=stage,
+            branch_id=views[0].branch_id,
+            status=status,  # type: ignore[arg-type]
+            parties=parties,
+            completed_at=now,
+        ),
+        key=loan_id,
+    )
 
 
 async def refusals_for_loan(*, uow: UnitOfWork, loan_id: str) -> int:
     count = await uow.session.scalar(
-        sa.select(sa.func.count()).select_from(Attempt).where(
-            Attempt.loan_id == loan_id, Attempt.disposition == "refused"
-        )
+        sa.select(sa.func.count())
+        .select_from(Attempt)
+        .where(col(Attempt.loan_id) == loan_id, col(Attempt.disposition) == "refused")
     )
     return int(count or 0)
 
 
-def handlers() -> dict[str, object]:
+def handlers() -> dict[str, Handler]:
     async def lifecycle(uow: UnitOfWork, event: Event) -> None:
         assert isinstance(event.data, CallbackRef)
         await on_lifecycle(uow=uow, event=event.data)

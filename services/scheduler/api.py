@@ -48,8 +48,10 @@ class CancelIn(BaseModel):
 
 def _out(cb: Callback) -> CallbackOut:
     # Contact details stay encrypted in the database; the API shows ids only.
-    return CallbackOut(**cb.model_dump(exclude={"contact_enc", "phone_index", "flags", "seq"}),
-                       flags=[f for f in cb.flags.split(",") if f])
+    return CallbackOut(
+        **cb.model_dump(exclude={"contact_enc", "phone_index", "flags", "seq"}),
+        flags=[f for f in cb.flags.split(",") if f],
+    )
 
 
 def _db(request: Request) -> Database:

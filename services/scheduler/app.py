@@ -27,19 +27,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = Runtime(service=SERVICE, settings=settings)
-        app.state.runtime = runtime
-        await runtime.start(migrations=MIGRATIONS, topics=[LOAN_STAGE, CALLBACK_OUTCOME],
-                            handlers=handlers(policy, runtime.cipher))  # type: ignore[arg-type]
-        timers = TimerLoop(db=runtime.db, cipher=runtime.cipher, poll_seconds=settings.huifang_timer_poll_seconds)
-        runtime.spawn("timers", timers.run)
-        try:
+        async with Runtime.running(app, service=SERVICE, settings=settings) as runtime:
+            await runtime.start(
+                migrations=MIGRATIONS, topics=[LOAN_STAGE, CALLBACK_OUTCOME], handlers=handlers(policy, runtime.cipher)
+            )
+            timers = TimerLoop(db=runtime.db, cipher=runtime.cipher, poll_seconds=settings.huifang_timer_poll_seconds)
+            runtime.spawn("timers", timers.run)
             yield
-        finally:
-            await runtime.stop()
 
-    app = create_web_app(service=SERVICE, api_keys=settings.huifang_api_keys.get_secret_value(),
-                         lifespan=lifespan, readiness=lambda a: a.state.runtime.readiness())
+    app = create_web_app(
+        service=SERVICE,
+        api_keys=settings.huifang_api_keys.get_secret_value(),
+        lifespan=lifespan,
+    )
     app.state.policy = policy
     app.include_router(api.router)
     return app

@@ -21,6 +21,7 @@ from shared.events import (
     Event,
     LoanStageChanged,
 )
+from shared.kafka import Handler
 from shared.policy import Policy
 
 CANCEL_REASON = {"rejected": "loan_rejected", "withdrawn": "loan_withdrawn"}
@@ -29,8 +30,14 @@ CANCEL_REASON = {"rejected": "loan_rejected", "withdrawn": "loan_withdrawn"}
 def ref(cb: Callback) -> dict[str, object]:
     """The fields every callback event carries."""
     return {
-        "loan_id": cb.loan_id, "callback_id": cb.callback_id, "party_id": cb.party_id, "role": cb.role,
-        "stage": cb.stage, "branch_id": cb.branch_id, "attempt": cb.attempt, "state": cb.state,
+        "loan_id": cb.loan_id,
+        "callback_id": cb.callback_id,
+        "party_id": cb.party_id,
+        "role": cb.role,
+        "stage": cb.stage,
+        "branch_id": cb.branch_id,
+        "attempt": cb.attempt,
+        "state": cb.state,
     }
 
 
@@ -42,9 +49,7 @@ async def open_callbacks(*, uow: UnitOfWork, loan_id: str) -> list[Callback]:
 
 
 async def cancel_timers(*, uow: UnitOfWork, callback_id: str, kinds: tuple[str, ...] | None = None) -> None:
-    query = sa.update(Timer).where(
-        col(Timer.callback_id) == callback_id, col(Timer.fired_at).is_(None)
-    )
+    query = sa.update(Timer).where(col(Timer.callback_id) == callback_id, col(Timer.fired_at).is_(None))
     if kinds:
         query = query.where(col(Timer.kind).in_(kinds))
     await uow.session.execute(query.values(fired_at=utcnow(), cancelled=True))
@@ -66,20 +71,35 @@ async def schedule_callbacks(
             continue
         plan = planner.plan_first_call(policy, party, now)
         cb = Callback(
-            callback_id=_new_id(), loan_id=event.loan_id, stage=event.stage, branch_id=event.branch_id,
-            party_id=party.party_id, role=party.role, state="scheduled",
+            callback_id=_new_id(),
+            loan_id=event.loan_id,
+            stage=event.stage,
+            branch_id=event.branch_id,
+            party_id=party.party_id,
+            role=party.role,
+            state="scheduled",
             contact_enc=cipher.encrypt_json({"name": party.name, "phone": party.phone, "email": party.email}),
-            phone_index=cipher.blind_index(party.phone), timezone=party.timezone, language=party.language,
-            contact_consent=party.contact_consent, due_at=plan.due_at, deadline=plan.deadline,
-            notice_at=plan.notice_at, flags="" if party.contact_consent else "no_consent",
+            phone_index=cipher.blind_index(party.phone),
+            timezone=party.timezone,
+            language=party.language,
+            contact_consent=party.contact_consent,
+            due_at=plan.due_at,
+            deadline=plan.deadline,
+            notice_at=plan.notice_at,
+            flags="" if party.contact_consent else "no_consent",
         )
         uow.session.add(cb)
         add_timer(uow, cb.callback_id, "notice", plan.notice_at)
         add_timer(uow, cb.callback_id, "due", plan.due_at)
         add_timer(uow, cb.callback_id, "deadline", plan.deadline)
         uow.emit(
-            CallbackScheduled(**ref(cb), due_at=cb.due_at, deadline=cb.deadline,  # type: ignore[arg-type]
-                              notice_at=cb.notice_at, verification_items=planner.VERIFICATION_ITEMS),
+            CallbackScheduled(
+                **ref(cb),
+                due_at=cb.due_at,
+                deadline=cb.deadline,  # type: ignore[arg-type]
+                notice_at=cb.notice_at,
+                verification_items=planner.VERIFICATION_ITEMS,
+            ),
             key=cb.loan_id,
         )
         created.append(cb)
@@ -122,8 +142,13 @@ async def on_outcome(*, uow: UnitOfWork, event: CallbackOutcomeRecorded, policy:
         await close(uow=uow, cb=cb, state=event.disposition, now=now)
         return
     if event.disposition == "reschedule_requested":
-        await reschedule(uow=uow, cb=cb, due_at=event.reschedule_to or now + policy.attempts.min_gap,
-                         reason="party_requested", now=now)
+        await reschedule(
+            uow=uow,
+            cb=cb,
+            due_at=event.reschedule_to or now + policy.attempts.min_gap,
+            reason="party_requested",
+            now=now,
+        )
         return
     cb.calls_made += 1
     retry_at = planner.plan_retry(policy, now, cb.deadline)
@@ -156,7 +181,7 @@ def _new_id() -> str:
     return str(uuid.uuid4())
 
 
-def handlers(policy: Policy, cipher: Cipher) -> dict[str, object]:
+def handlers(policy: Policy, cipher: Cipher) -> dict[str, Handler]:
     async def loan_stage(uow: UnitOfWork, event: Event) -> None:
         assert isinstance(event.data, LoanStageChanged)
         await on_loan_stage(uow=uow, event=event.data, policy=policy, cipher=cipher)

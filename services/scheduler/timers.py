@@ -54,8 +54,12 @@ class TimerLoop:
         table = Timer.__table__  # type: ignore[attr-defined]
         async with self.db.uow() as uow:
             rows = await claim(
-                uow, table, where=[table.c.fired_at.is_(None), table.c.fire_at <= now],
-                order_by=table.c.fire_at, limit=self.batch, values={"fired_at": now},
+                uow,
+                table,
+                where=[table.c.fired_at.is_(None), table.c.fire_at <= now],
+                order_by=table.c.fire_at,
+                limit=self.batch,
+                values={"fired_at": now},
             )
             for row in rows:
                 await self._fire(uow, kind=row.kind, callback_id=row.callback_id, now=now)
@@ -84,14 +88,25 @@ class TimerLoop:
         purpose, topics = planner.purpose_text(cb.language, cb.stage)
         local = cb.due_at.astimezone(ZoneInfo(cb.timezone)).strftime("%Y-%m-%d %H:%M")
         if cb.language == "en":
-            message = (f"Dear {contact['name']}, your bank will call you around {local} ({cb.timezone}) "
-                       f"for: {purpose}. We will ask about: {', '.join(topics)}. We never ask for passwords.")
+            message = (
+                f"Dear {contact['name']}, your bank will call you around {local} ({cb.timezone}) "
+                f"for: {purpose}. We will ask about: {', '.join(topics)}. We never ask for passwords."
+            )
         else:
-            message = (f"{contact['name']}您好，银行将于{local}左右致电您，目的：{purpose}。"
-                       f"将核实：{'、'.join(topics)}。我们不会索要密码或验证码。")
+            message = (
+                f"{contact['name']}您好，银行将于{local}左右致电您，目的：{purpose}。"
+                f"将核实：{'、'.join(topics)}。我们不会索要密码或验证码。"
+            )
         return CallbackNoticeRequested(
-            **ref(cb), channel="sms", due_at=cb.due_at, purpose=purpose, topics=topics,  # type: ignore[arg-type]
-            language=cb.language, name=contact["name"], phone=contact["phone"], email=contact.get("email"),
+            **ref(cb),
+            channel="sms",
+            due_at=cb.due_at,
+            purpose=purpose,
+            topics=topics,  # type: ignore[arg-type]
+            language=cb.language,
+            name=contact["name"],
+            phone=contact["phone"],
+            email=contact.get("email"),
             message=message,
         )
 
@@ -99,7 +114,14 @@ class TimerLoop:
         contact = self.cipher.decrypt_json(cb.contact_enc)
         purpose, _ = planner.purpose_text(cb.language, cb.stage)
         return CallbackDue(
-            **ref(cb), due_at=cb.due_at, deadline=cb.deadline, name=contact["name"],  # type: ignore[arg-type]
-            phone=contact["phone"], email=contact.get("email"), timezone=cb.timezone, language=cb.language,
-            purpose=purpose, verification_items=planner.VERIFICATION_ITEMS,
+            **ref(cb),
+            due_at=cb.due_at,
+            deadline=cb.deadline,
+            name=contact["name"],  # type: ignore[arg-type]
+            phone=contact["phone"],
+            email=contact.get("email"),
+            timezone=cb.timezone,
+            language=cb.language,
+            purpose=purpose,
+            verification_items=planner.VERIFICATION_ITEMS,
         )

@@ -24,13 +24,20 @@ async def test_loan_event_becomes_refusal_notification_and_escalation(huifang: H
     assert by_role["borrower"]["phone"].startswith("+86")  # contact details go to whoever calls
 
     async with huifang.client("outcomes") as client:
-        ok = await client.post(f"/v1/callbacks/{by_role['borrower']['callback_id']}/attempts",
-                               json={"disposition": "completed", "agent_id": "A-1",
-                                     "verification": {"identity": True}})
+        ok = await client.post(
+            f"/v1/callbacks/{by_role['borrower']['callback_id']}/attempts",
+            json={"disposition": "completed", "agent_id": "A-1", "verification": {"identity": True}},
+        )
         assert ok.status_code == 201, ok.text
-        refused = await client.post(f"/v1/callbacks/{by_role['guarantor']['callback_id']}/attempts",
-                                    json={"disposition": "refused", "reason_code": "privacy_concern",
-                                          "agent_id": "A-1", "notes": "担心个人信息泄露"})
+        refused = await client.post(
+            f"/v1/callbacks/{by_role['guarantor']['callback_id']}/attempts",
+            json={
+                "disposition": "refused",
+                "reason_code": "privacy_concern",
+                "agent_id": "A-1",
+                "notes": "担心个人信息泄露",
+            },
+        )
         assert refused.status_code == 201, refused.text
 
     [refusal] = await huifang.tap.wait_events("callback.refused", loan)
@@ -41,18 +48,31 @@ async def test_loan_event_becomes_refusal_notification_and_escalation(huifang: H
     [done] = await huifang.tap.wait_events("loan.verification.completed", loan)
     assert done["data"]["status"] == "refused"
     assert {p["role"]: p["disposition"] for p in done["data"]["parties"]} == {
-        "borrower": "completed", "guarantor": "refused"}
+        "borrower": "completed",
+        "guarantor": "refused",
+    }
 
     [raised] = await huifang.tap.wait_events("escalation.raised", loan)
     assert raised["data"]["level"] == 1 and raised["data"]["rule"] == "reason:privacy_concern"
     await huifang.tap.wait_events("notification.sent", loan, count=2)
 
     deliveries = huifang.webhook_deliveries(loan)
-    assert {body["type"] for _, body in deliveries} >= {"callback.refused", "escalation.raised"}
-    for headers, body in deliveries:
-        raw = next(r.get_data() for r, _ in huifang.webhook.log if r.headers["X-Huifang-Id"] == headers["X-Huifang-Id"])
-        assert verify(WEBHOOK_SECRET, headers["X-Huifang-Id"], int(headers["X-Huifang-Timestamp"]), raw,
-                      headers["X-Huifang-Signature"])
+    assert {body["type"] for _, body, _ in deliveries} >= {"callback.refused", "escalation.raised"}
+    for headers, _, raw in deliveries:
+        assert verify(
+            WEBHOOK_SECRET,
+            headers["X-Huifang-Id"],
+            int(headers["X-Huifang-Timestamp"]),
+            raw,
+            headers["X-Huifang-Signature"],
+        )
+        assert not verify(
+            WEBHOOK_SECRET,
+            headers["X-Huifang-Id"],
+            int(headers["X-Huifang-Timestamp"]),
+            raw.replace(b"privacy_concern", b"time_conflict"),
+            headers["X-Huifang-Signature"],
+        )
         assert "李娜" not in raw.decode() and "+86" not in raw.decode()
 
     async with huifang.client("outcomes") as client:
@@ -66,14 +86,16 @@ async def test_no_answer_retries_then_expires_unreachable(huifang: Huifang) -> N
     [due] = await huifang.tap.wait_events("callback.due", loan)
     callback_id = due["data"]["callback_id"]
     async with huifang.client("outcomes") as client:
-        first = await client.post(f"/v1/callbacks/{callback_id}/attempts",
-                                  json={"disposition": "no_answer", "agent_id": "A-2"})
+        first = await client.post(
+            f"/v1/callbacks/{callback_id}/attempts", json={"disposition": "no_answer", "agent_id": "A-2"}
+        )
         assert first.status_code == 201
         [resched] = await huifang.tap.wait_events("callback.rescheduled", loan)
         assert resched["data"]["reason"] == "no_answer" and resched["data"]["attempt"] == 2
         await huifang.tap.wait_events("callback.due", loan, count=2)
-        second = await client.post(f"/v1/callbacks/{callback_id}/attempts",
-                                   json={"disposition": "busy", "agent_id": "A-2"})
+        second = await client.post(
+            f"/v1/callbacks/{callback_id}/attempts", json={"disposition": "busy", "agent_id": "A-2"}
+        )
         assert second.status_code == 201 and second.json()["attempt"] == 2
     [expired] = await huifang.tap.wait_events("callback.expired", loan)
     assert expired["data"]["reason"] == "attempts_exhausted"

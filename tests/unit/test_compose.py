@@ -221,9 +221,7 @@ def test_dockerfile(dockerfile: str) -> None:
     users = [line.split()[1] for line in instructions if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
     # Configuration baked into the image is held to the contract too.
-    env = dict(
-        re.findall(r"\b([A-Z][A-Z0-9_]*)=(\S+)", " ".join(i for i in instructions if i.startswith("ENV ")))
-    )
+    env = dict(re.findall(r"\b([A-Z][A-Z0-9_]*)=(\S+)", " ".join(i for i in instructions if i.startswith("ENV "))))
     assert {n for n in env if n.startswith(("HUIFANG_", "KAFKA_", "DATABASE_"))} <= CONTRACT_VARIABLES
     assert env.get("HUIFANG_POLICY_FILE", "").endswith("/policy.toml")
 

@@ -44,8 +44,11 @@ def upgrade() -> None:
     )
     # The delivery loop only ever scans pending rows by due time.
     op.create_index(
-        "ix_notification_pending", "notification", ["next_attempt_at"],
-        postgresql_where=sa.text("status = 'pending'"), sqlite_where=sa.text("status = 'pending'"),
+        "ix_notification_pending",
+        "notification",
+        ["next_attempt_at"],
+        postgresql_where=sa.text("status = 'pending'"),
+        sqlite_where=sa.text("status = 'pending'"),
     )
     op.create_table(
         "escalation",

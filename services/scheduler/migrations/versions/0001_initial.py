@@ -50,8 +50,11 @@ def upgrade() -> None:
         sa.Column("cancelled", sa.Boolean(), nullable=False),
     )
     op.create_index(
-        "ix_timer_pending", "timer", ["fire_at"],
-        postgresql_where=sa.text("fired_at IS NULL"), sqlite_where=sa.text("fired_at IS NULL"),
+        "ix_timer_pending",
+        "timer",
+        ["fire_at"],
+        postgresql_where=sa.text("fired_at IS NULL"),
+        sqlite_where=sa.text("fired_at IS NULL"),
     )
 
 

@@ -1,0 +1,119 @@
+"""The HTTP API as agents and supervisors meet it: auth, validation, idempotency, health."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+
+from tests.support import KEYS, Huifang, loan_event
+
+
+def new_loan() -> str:
+    return f"L-{uuid.uuid4().hex[:12]}"
+
+
+async def due_callbacks(huifang: Huifang, roles: tuple[str, ...] = ("borrower",)) -> tuple[str, list[str]]:
+    loan = new_loan()
+    await huifang.publish_event("loan.stage.changed", loan_event(loan, roles=roles), key=loan)
+    due = await huifang.tap.wait_events("callback.due", loan, count=len(roles))
+    return loan, [e["data"]["callback_id"] for e in due]
+
+
+@pytest.mark.parametrize(
+    ("service", "method", "path"),
+    [
+        ("scheduler", "GET", "/v1/callbacks"),
+        ("scheduler", "GET", "/v1/policy"),
+        ("outcomes", "POST", "/v1/callbacks/x/attempts"),
+        ("outcomes", "GET", "/v1/loans/x/verification"),
+        ("notifier", "GET", "/v1/escalations"),
+    ],
+)
+async def test_protected_endpoints_need_a_known_key(huifang: Huifang, service: str, method: str, path: str) -> None:
+    async with httpx.AsyncClient(base_url=huifang.url(service)) as client:
+        missing = await client.request(method, path, json={})
+        wrong = await client.request(method, path, json={}, headers={"Authorization": "Bearer not-a-key"})
+    assert missing.status_code == 401 and "detail" in missing.json()
+    assert wrong.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+
+
+async def test_roles_are_enforced(huifang: Huifang) -> None:
+    async with huifang.client("scheduler", "agent") as agent:
+        cancel = await agent.post("/v1/callbacks/x/cancel", json={"reason": "test"})
+    async with huifang.client("notifier", "agent") as agent:
+        escalations = await agent.get("/v1/escalations")
+    async with huifang.client("notifier", "supervisor") as supervisor:
+        allowed = await supervisor.get("/v1/escalations")
+    async with huifang.client("scheduler", "admin") as admin:
+        admin_cancel = await admin.post("/v1/callbacks/x/cancel", json={"reason": "test"})
+    assert cancel.status_code == 403 and escalations.status_code == 403
+    assert allowed.status_code == 200
+    assert admin_cancel.status_code == 404  # admin passes the role check; the callback does not exist
+
+
+async def test_attempt_validation_and_states(huifang: Huifang) -> None:
+    _, [callback_id] = await due_callbacks(huifang)
+    async with huifang.client("outcomes") as client:
+        unknown = await client.post("/v1/callbacks/nope/attempts", json={"disposition": "completed", "agent_id": "A"})
+        no_reason = await client.post(
+            f"/v1/callbacks/{callback_id}/attempts", json={"disposition": "refused", "agent_id": "A"}
+        )
+        bad_item = await client.post(
+            f"/v1/callbacks/{callback_id}/attempts",
+            json={"disposition": "completed", "agent_id": "A", "verification": {"shoe_size": True}},
+        )
+        past = await client.post(
+            f"/v1/callbacks/{callback_id}/attempts",
+            json={"disposition": "reschedule_requested", "agent_id": "A", "reschedule_to": "2020-01-01T10:00:00+08:00"},
+        )
+        done = await client.post(
+            f"/v1/callbacks/{callback_id}/attempts", json={"disposition": "completed", "agent_id": "A"}
+        )
+        again = await client.post(
+            f"/v1/callbacks/{callback_id}/attempts", json={"disposition": "completed", "agent_id": "A"}
+        )
+        listed = await client.get(f"/v1/callbacks/{callback_id}/attempts")
+    assert unknown.status_code == 404
+    assert no_reason.status_code == 422 and "reason_code" in str(no_reason.json()["detail"])
+    assert bad_item.status_code == 422 and "shoe_size" in bad_item.json()["detail"]
+    assert past.status_code == 422 and "future" in str(past.json()["detail"])
+    assert done.status_code == 201
+    assert again.status_code == 409
+    assert [a["disposition"] for a in listed.json()] == ["completed"]
+
+
+async def test_idempotency_key_returns_the_first_result(huifang: Huifang) -> None:
+    loan, [callback_id] = await due_callbacks(huifang)
+    body = {"disposition": "refused", "reason_code": "time_conflict", "agent_id": "A-9"}
+    headers = {"Idempotency-Key": uuid.uuid4().hex}
+    async with huifang.client("outcomes") as client:
+        first = await client.post(f"/v1/callbacks/{callback_id}/attempts", json=body, headers=headers)
+        second = await client.post(f"/v1/callbacks/{callback_id}/attempts", json=body, headers=headers)
+        changed = await client.post(
+            f"/v1/callbacks/{callback_id}/attempts", json={**body, "reason_code": "distrust"}, headers=headers
+        )
+    assert first.status_code == second.status_code == 201
+    assert first.json() == second.json()
+    assert changed.status_code == 422
+    await huifang.tap.wait_events("loan.verification.completed", loan)
+    assert len(huifang.tap.events("callback.refused", loan)) == 1
+
+
+async def test_health_readiness_metrics_and_docs(huifang: Huifang) -> None:
+    for service in ("scheduler", "outcomes", "notifier"):
+        async with httpx.AsyncClient(base_url=huifang.url(service)) as client:
+            assert (await client.get("/healthz")).json()["status"] == "ok"
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200, ready.text
+            assert "huifang_consumer_up" in (await client.get("/metrics")).text
+            assert (await client.get("/docs")).status_code == 200
+
+
+async def test_policy_in_force_is_shown(huifang: Huifang) -> None:
+    async with huifang.client("scheduler") as client:
+        policy = (await client.get("/v1/policy")).json()
+    assert policy["notice"]["lead"] == "PT1S"
+    assert policy["stages"]["final_check"] == ["borrower", "co_borrower", "guarantor"]
+    assert KEYS["agent"] not in str(policy)
