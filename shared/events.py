@@ -31,12 +31,11 @@ CLOSED_STATES: frozenset[str] = frozenset({"completed", "refused", "wrong_number
 
 
 class _Data(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _Open(BaseModel):
-    # Upstream payloads may grow fields we do not use yet; accept and ignore them.
+    # Tolerant reader: a newer producer may add fields; an older consumer must not dead-letter them.
     model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+_Open = _Data
 
 
 # --- loan.stage.v1 (from upstream) -------------------------------------------------------------
@@ -106,6 +105,9 @@ class CallbackScheduled(CallbackRef):
     deadline: AwareDatetime
     notice_at: AwareDatetime
     verification_items: list[str]
+    # "phone", or "questionnaire" for a party without contact consent (never phoned).
+    channel: Literal["phone", "questionnaire"] = "phone"
+    flags: list[str] = []
 
 
 class CallbackNoticeRequested(CallbackRef):
