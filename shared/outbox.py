@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
 from aiokafka import AIOKafkaProducer
 from sqlmodel import Field, SQLModel
 
-from shared.db import BigIntPK, Database, UTCDateTime, utcnow
+from shared.db import BigIntPK, Database, UnitOfWork, UTCDateTime, utcnow
 from shared.metrics import OUTBOX_PUBLISHED, OUTBOX_RELAY_ERRORS
 
 log = structlog.get_logger(__name__)
@@ -97,37 +99,68 @@ class OutboxRelay:
 
     async def publish_once(self) -> int:
         """Send one batch of unsent rows; returns how many were sent."""
+        if self.db.dialect == "sqlite":
+            return await self._publish_sqlite()
+        return await self._publish_postgres()
+
+    def _unsent(self) -> sa.Select[Any]:
         table = OutboxMessage.__table__  # type: ignore[attr-defined]
-        query = (
+        return (
             sa.select(table.c.id, table.c.topic, table.c.key, table.c.payload)
             .where(table.c.sent_at.is_(None))
             .order_by(table.c.id)
             .limit(self.batch)
         )
+
+    async def _publish_postgres(self) -> int:
         async with self.db.uow() as uow:
-            if self.db.dialect == "postgresql":
-                # One relay per service publishes at a time, so each loan's events keep their order.
-                got = await uow.session.scalar(
-                    sa.text("SELECT pg_try_advisory_xact_lock(hashtext(:k))"), {"k": f"outbox:{self.db.schema}"}
-                )
-                if not got:
-                    return 0
-            rows = (await uow.session.execute(query)).all()
-            if not rows:
-                return 0
-            futures = [
-                await self.producer.send(
-                    row.topic,
-                    value=row.payload.encode(),
-                    key=row.key.encode(),
-                    headers=[("content-type", b"application/cloudevents+json")],
-                )
-                for row in rows
-            ]
-            await asyncio.gather(*futures)
-            await uow.session.execute(
-                sa.update(table).where(table.c.id.in_([r.id for r in rows])).values(sent_at=utcnow())
+            # One relay per service publishes at a time, so each loan's events keep their order.
+            got = await uow.session.scalar(
+                sa.text("SELECT pg_try_advisory_xact_lock(hashtext(:k))"), {"k": f"outbox:{self.db.schema}"}
             )
+            if not got:
+                return 0
+            rows = (await uow.session.execute(self._unsent())).all()
+            sent = await self._send(rows)
+            await self._mark_sent(uow, sent)
             await uow.commit()
-        OUTBOX_PUBLISHED.labels(self.service).inc(len(rows))
-        return len(rows)
+        return len(sent)
+
+    async def _publish_sqlite(self) -> int:
+        # SQLite's writer lock must not be held while waiting for Kafka: read, send, then mark.
+        async with self.db.uow() as uow:
+            rows = (await uow.session.execute(self._unsent())).all()
+        if not rows:
+            return 0
+        sent = await self._send(rows)
+        async with self.db.uow() as uow:
+            await self._mark_sent(uow, sent)
+            await uow.commit()
+        return len(sent)
+
+    async def _send(self, rows: Sequence[sa.Row[Any]]) -> list[int]:
+        """Send rows; returns the ids the broker acknowledged (a failed row is retried next pass)."""
+        if not rows:
+            return []
+        futures = [
+            await self.producer.send(
+                row.topic,
+                value=row.payload.encode(),
+                key=row.key.encode(),
+                headers=[("content-type", b"application/cloudevents+json")],
+            )
+            for row in rows
+        ]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            OUTBOX_RELAY_ERRORS.labels(self.service).inc(len(failed))
+            log.warning("outbox.send_failed", service=self.service, rows=len(failed), error=type(failed[0]).__name__)
+        return [row.id for row, result in zip(rows, results, strict=True) if not isinstance(result, BaseException)]
+
+    async def _mark_sent(self, uow: UnitOfWork, ids: list[int]) -> None:
+        if not ids:
+            return
+        table = OutboxMessage.__table__  # type: ignore[attr-defined]
+        await uow.session.execute(sa.update(table).where(table.c.id.in_(ids)).values(sent_at=utcnow()))
+        OUTBOX_PUBLISHED.labels(self.service).inc(len(ids))

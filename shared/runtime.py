@@ -81,7 +81,12 @@ class Runtime:
                     raise
                 except Exception as exc:
                     self._failures[name] = f"{name} crashed: {type(exc).__name__}"
-                    log.exception("loop.crashed", service=self.service, loop=name)
+                    # Type and place only: exception messages can carry personal data or SQL parameters.
+                    frame = exc.__traceback__
+                    while frame is not None and frame.tb_next is not None:
+                        frame = frame.tb_next
+                    where = f"{frame.tb_frame.f_code.co_filename}:{frame.tb_lineno}" if frame else "?"
+                    log.error("loop.crashed", service=self.service, loop=name, error=type(exc).__name__, where=where)
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, 30.0)
                     self._failures.pop(name, None)

@@ -15,6 +15,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from shared.devstack import KafkaBroker, Postgres, free_port
+from tests.conftest import TEST_HOME
 from tests.support import Huifang, loan_event, wait_for
 
 pytestmark = pytest.mark.fault
@@ -31,8 +32,9 @@ def broker(tmp_path: Path) -> Iterator[KafkaBroker]:
 
 
 @pytest.fixture
-def postgres(tmp_path: Path) -> Iterator[tuple[Postgres, str]]:
-    own = Postgres(tmp_path / "pg")
+def postgres() -> Iterator[tuple[Postgres, str]]:
+    # Under the repo like the session server: the server's own user must be able to reach it.
+    own = Postgres(TEST_HOME / f"pg-fault-{uuid.uuid4().hex[:8]}")
     url = own.start()
     try:
         yield own, url
