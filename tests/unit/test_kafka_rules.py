@@ -1,0 +1,51 @@
+"""Which failures the consumer retries and what it says about them (pure: no broker)."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from aiokafka.errors import KafkaConnectionError
+from pydantic import BaseModel, ValidationError
+
+from shared.events import InvalidEvent
+from shared.kafka import is_transient, safe_reason
+
+
+class _PgError(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(f"server said no; params ('张伟', '+8613800138000') [{sqlstate}]")
+        self.sqlstate = sqlstate
+
+
+def _dbapi(sqlstate: str) -> sa.exc.DBAPIError:
+    return sa.exc.DBAPIError("INSERT ...", {"name": "张伟"}, _PgError(sqlstate))
+
+
+@pytest.mark.parametrize("state", ["08006", "40001", "40P01", "53300", "57P01", "55P03", "25006"])
+def test_postgres_states_that_clear_up_are_transient(state: str) -> None:
+    assert is_transient(_dbapi(state))
+
+
+@pytest.mark.parametrize("state", ["23505", "22001", "42P01"])
+def test_data_errors_are_not_transient(state: str) -> None:
+    assert not is_transient(_dbapi(state))
+
+
+def test_connection_errors_are_transient() -> None:
+    assert is_transient(KafkaConnectionError())
+    assert is_transient(ConnectionRefusedError())
+    assert is_transient(sa.exc.OperationalError("SELECT 1", {}, Exception("database is locked")))
+    assert not is_transient(ValueError("bad"))
+
+
+class _Model(BaseModel):
+    phone: int
+
+
+def test_safe_reason_never_carries_input_values_or_sql_parameters() -> None:
+    with pytest.raises(ValidationError) as caught:
+        _Model(phone="+8613800138000张伟")  # type: ignore[arg-type]
+    reason = safe_reason(caught.value)
+    assert "phone" in reason and "+8613800138000" not in reason and "张伟" not in reason
+    assert safe_reason(_dbapi("23505")) == "DBAPIError"
+    assert safe_reason(InvalidEvent("not valid JSON: x")) == "not valid JSON: x"
