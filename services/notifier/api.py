@@ -58,6 +58,8 @@ class EscalationOut(BaseModel):
     resolved_by: str | None
     resolve_note: str | None
     resolved_at: datetime | None
+    ack_due_at: datetime | None  # when it goes to level 2 unless acknowledged
+    escalated_at: datetime | None
 
 
 class EscalationPage(BaseModel):
