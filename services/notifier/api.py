@@ -20,6 +20,7 @@ from shared.web import Principal, SupervisorAuth, problem
 router = APIRouter(prefix="/v1", tags=["notifications"])
 
 EscalationState = Literal["open", "acknowledged", "resolved"]
+NotificationStatus = Literal["pending", "sent", "failed"]
 
 
 class NotificationOut(BaseModel):
@@ -105,13 +106,16 @@ async def list_notifications(
     request: Request,
     _: SupervisorAuth,
     loan_id: str | None = None,
+    status: NotificationStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(pattern=r"^\d+$")] = None,
 ) -> NotificationPage:
-    """Notifications, oldest first; pass `next_cursor` back as `cursor` for the next page."""
+    """The delivery log, oldest first; pass `next_cursor` back as `cursor` for the next page."""
     query = select(Notification).order_by(col(Notification.seq)).limit(limit + 1)
     if loan_id:
         query = query.where(Notification.loan_id == loan_id)
+    if status:
+        query = query.where(Notification.status == status)
     if cursor:
         query = query.where(col(Notification.seq) > int(cursor))
     # Build the response inside the unit of work: its rollback on exit expires the loaded rows.

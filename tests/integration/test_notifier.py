@@ -348,6 +348,10 @@ async def test_gives_up_after_bounded_tries_and_at_once_on_4xx(rig: Rig) -> None
     [event] = await rig.system.tap.wait_events("notification.failed", down)
     assert event["data"]["error"] == "http 503" and event["data"]["notification_id"] == failed["notification_id"]
 
+    async with rig.system.client("notifier", "supervisor") as client:
+        log = (await client.get("/v1/notifications", params={"status": "failed", "limit": 500})).json()["items"]
+    assert failed["notification_id"] in {n["notification_id"] for n in log} and {n["status"] for n in log} == {"failed"}
+
     [bad] = await settled(rig, rejecting, 1)
     assert bad["status"] == "failed" and bad["attempts"] == 1 and bad["last_error"] == "http 400"
     assert len(rig.receiver.webhooks(rejecting)) == 1
