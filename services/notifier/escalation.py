@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from sqlmodel import col, select
 
-from services.notifier.models import Escalation
+from services.notifier.models import Escalation, LoanContact
 from services.notifier.outbound import queue_notification
 from shared.claims import claim
 from shared.db import Database, UnitOfWork, utcnow
@@ -112,6 +112,7 @@ async def raise_level1(
 async def raise_level2(*, uow: UnitOfWork, esc: Escalation, policy: Policy, now: datetime) -> None:
     """Hand an unacknowledged level-1 escalation to the level-2 assignee."""
     previous = esc.assignee
+    contact = await uow.session.get(LoanContact, esc.loan_id)
     esc.level, esc.assignee, esc.escalated_at, esc.ack_due_at = 2, policy.escalation.level2, now, None
     uow.session.add(esc)
     uow.emit(escalation_event(EscalationRaised, esc), key=esc.loan_id)
@@ -123,7 +124,10 @@ async def raise_level2(*, uow: UnitOfWork, esc: Escalation, policy: Policy, now:
         recipient=esc.assignee,
         channel="webhook",
         payload=escalation_payload(
-            esc, officer_id=None, previous_assignee=previous, raised_at=esc.raised_at.isoformat()
+            esc,
+            officer_id=contact.officer_id if contact else None,
+            previous_assignee=previous,
+            raised_at=esc.raised_at.isoformat(),
         ),
     )
 

@@ -8,10 +8,11 @@ from urllib.parse import quote
 from services.notifier.escalation import raise_level1
 from services.notifier.messages import find_party
 from services.notifier.models import LoanContact
-from services.notifier.outbound import Outbound, load_contacts, notify_officer, notify_party
+from services.notifier.outbound import Outbound, load_contacts, notify, officer_id, officer_routes, party_route
 from shared.crypto import Cipher
 from shared.db import UnitOfWork, utcnow
 from shared.events import (
+    TYPE_OF,
     CallbackExpired,
     CallbackNoticeRequested,
     CallbackRef,
@@ -66,16 +67,18 @@ async def on_refusal(*, uow: UnitOfWork, event: CallbackRefused, event_id: str, 
         "occurred_at": event.occurred_at.isoformat(),
     }
     if policy.escalation.notify_officer_on_refusal:
-        await notify_officer(
+        await notify(
             uow=uow,
             out=out,
             source_event_id=event_id,
             kind="refusal",
-            payload={"type": "callback.refused", **base},
+            payload={"type": "callback.refused", **base, "officer_id": officer_id(contacts)},
             contacts=contacts,
+            routes=officer_routes(out=out, contacts=contacts),
         )
-    officer_id = ((contacts or {}).get("officer") or {}).get("id")
-    await raise_level1(uow=uow, event=event, event_id=event_id, policy=policy, officer_id=officer_id, now=utcnow())
+    await raise_level1(
+        uow=uow, event=event, event_id=event_id, policy=policy, officer_id=officer_id(contacts), now=utcnow()
+    )
 
 
 async def on_notice(*, uow: UnitOfWork, event: CallbackNoticeRequested, event_id: str, out: Outbound) -> None:
@@ -97,14 +100,17 @@ async def on_notice(*, uow: UnitOfWork, event: CallbackNoticeRequested, event_id
         "purpose": event.purpose,
         "topics": list(event.topics),
     }
-    await notify_party(
+    contacts = {"parties": [party]}
+    await notify(
         uow=uow,
         out=out,
         source_event_id=event_id,
         kind="notice",
         payload=payload,
-        contacts={"parties": [party]},
-        prefer_email=event.channel == "email",
+        contacts=contacts,
+        routes=[
+            party_route(out=out, contacts=contacts, party_id=event.party_id, prefer_email=event.channel == "email")
+        ],
     )
 
 
@@ -114,23 +120,23 @@ async def send_questionnaire(
     """Send the party the questionnaire link and tell the officer why."""
     contacts = await load_contacts(uow=uow, cipher=out.cipher, loan_id=event.loan_id)
     payload = {**callback_base(event), "reason": reason, "url": questionnaire_url(policy, event.callback_id)}
-    await notify_party(
+    await notify(
         uow=uow,
         out=out,
         source_event_id=event_id,
         kind="questionnaire",
         payload={"type": "questionnaire", **payload},
         contacts=contacts,
-        prefer_email=True,
+        routes=[party_route(out=out, contacts=contacts, party_id=event.party_id, prefer_email=True)],
     )
-    officer_type = "callback.expired" if officer_kind == "expired" else "callback.scheduled"
-    await notify_officer(
+    await notify(
         uow=uow,
         out=out,
         source_event_id=event_id,
         kind=officer_kind,
-        payload={"type": officer_type, **payload},
+        payload={"type": TYPE_OF[type(event)], **payload, "officer_id": officer_id(contacts)},
         contacts=contacts,
+        routes=officer_routes(out=out, contacts=contacts),
     )
 
 
@@ -147,31 +153,27 @@ def handlers(policy: Policy, out: Outbound) -> dict[str, Handler]:
         assert isinstance(event.data, CallbackNoticeRequested)
         await on_notice(uow=uow, event=event.data, event_id=event.id, out=out)
 
-    async def expired(uow: UnitOfWork, event: Event) -> None:
-        assert isinstance(event.data, CallbackExpired)
+    async def questionnaire(uow: UnitOfWork, event: Event, *, officer_kind: str, reason: str) -> None:
+        assert isinstance(event.data, CallbackRef)
         await send_questionnaire(
             uow=uow,
             event=event.data,
             event_id=event.id,
             policy=policy,
             out=out,
-            officer_kind="expired",
-            reason=event.data.reason,
+            officer_kind=officer_kind,
+            reason=reason,
         )
+
+    async def expired(uow: UnitOfWork, event: Event) -> None:
+        assert isinstance(event.data, CallbackExpired)
+        await questionnaire(uow, event, officer_kind="expired", reason=event.data.reason)
 
     async def scheduled(uow: UnitOfWork, event: Event) -> None:
         assert isinstance(event.data, CallbackScheduled)
         # A party without contact consent is never phoned: the questionnaire is their only way to answer.
         if event.data.channel == "questionnaire":
-            await send_questionnaire(
-                uow=uow,
-                event=event.data,
-                event_id=event.id,
-                policy=policy,
-                out=out,
-                officer_kind="no_consent",
-                reason="no_consent",
-            )
+            await questionnaire(uow, event, officer_kind="no_consent", reason="no_consent")
 
     return {
         "loan.stage.changed": loan_stage,

@@ -81,30 +81,35 @@ async def load_contacts(*, uow: UnitOfWork, cipher: Cipher, loan_id: str) -> dic
     return cipher.decrypt_json(row.contacts_enc) if row else None
 
 
-async def notify_officer(
-    *,
-    uow: UnitOfWork,
-    out: Outbound,
-    source_event_id: str,
-    kind: str,
-    payload: dict[str, Any],
-    contacts: dict[str, Any] | None,
-) -> None:
+@dataclass(frozen=True)
+class Route:
+    recipient: str  # `officer:ID`, `party:ID` or a role: never an address
+    channel: str
+
+
+def officer_id(contacts: dict[str, Any] | None) -> str | None:
+    """The loan officer's id, when the loan's contacts are known."""
+    officer: dict[str, Any] = (contacts or {}).get("officer") or {}
+    return officer.get("id")
+
+
+def officer_routes(*, out: Outbound, contacts: dict[str, Any] | None) -> list[Route]:
     """The officer hears by webhook always (ids only), and by email when we have their address."""
-    officer = (contacts or {}).get("officer") or {}
-    officer_id = officer.get("id")
+    ident = officer_id(contacts)
     # Without a known officer the webhook receiver routes by loan_id; never drop the notice.
-    recipient = f"officer:{officer_id}" if officer_id else "officer"
-    payload = {**payload, "officer_id": officer_id}
-    common = dict(uow=uow, source_event_id=source_event_id, loan_id=payload["loan_id"], kind=kind, recipient=recipient)
-    await queue_notification(**common, channel="webhook", payload=payload)  # type: ignore[arg-type]
-    if out.email_enabled and contacts and officer.get("email"):
-        composed = compose(kind=kind, channel="email", recipient=recipient, payload=payload, contacts=contacts)
-        sealed = seal(out.cipher, composed) if composed else None
-        await queue_notification(**common, channel="email", payload=payload, sealed=sealed)  # type: ignore[arg-type]
+    recipient = f"officer:{ident}" if ident else "officer"
+    has_email = bool(((contacts or {}).get("officer") or {}).get("email"))
+    return [Route(recipient, "webhook")] + ([Route(recipient, "email")] if out.email_enabled and has_email else [])
 
 
-async def notify_party(
+def party_route(*, out: Outbound, contacts: dict[str, Any] | None, party_id: str, prefer_email: bool) -> Route:
+    """A party hears by email when preferred and possible, else by SMS (every party has a phone)."""
+    party = find_party(contacts or {}, party_id) or {}
+    email = prefer_email and out.email_enabled and bool(party.get("email"))
+    return Route(f"party:{party_id}", "email" if email else "sms")
+
+
+async def notify(
     *,
     uow: UnitOfWork,
     out: Outbound,
@@ -112,21 +117,23 @@ async def notify_party(
     kind: str,
     payload: dict[str, Any],
     contacts: dict[str, Any] | None,
-    prefer_email: bool,
+    routes: list[Route],
 ) -> None:
-    """A party hears by email when preferred and possible, else by SMS (every party has a phone)."""
-    recipient = f"party:{payload['party_id']}"
-    party = find_party(contacts, payload["party_id"]) if contacts else None
-    channel = "email" if prefer_email and out.email_enabled and party and party.get("email") else "sms"
-    # Contacts may not have arrived yet (another topic): the delivery loop composes the message later.
-    composed = compose(kind=kind, channel=channel, recipient=recipient, payload=payload, contacts=contacts or {})
-    await queue_notification(
-        uow=uow,
-        source_event_id=source_event_id,
-        loan_id=payload["loan_id"],
-        kind=kind,
-        recipient=recipient,
-        channel=channel,
-        payload=payload,
-        sealed=seal(out.cipher, composed) if composed else None,
-    )
+    """Queue one notification per route; an email or SMS is addressed and written now if the contact is known."""
+    for route in routes:
+        composed = None
+        if route.channel != "webhook":
+            # Contacts may not have arrived yet (another topic): then the delivery loop composes it later.
+            composed = compose(
+                kind=kind, channel=route.channel, recipient=route.recipient, payload=payload, contacts=contacts or {}
+            )
+        await queue_notification(
+            uow=uow,
+            source_event_id=source_event_id,
+            loan_id=payload["loan_id"],
+            kind=kind,
+            recipient=route.recipient,
+            channel=route.channel,
+            payload=payload,
+            sealed=seal(out.cipher, composed) if composed else None,
+        )

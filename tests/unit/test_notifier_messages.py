@@ -11,6 +11,8 @@ from services.notifier.channels.email import build_message, classify_smtp
 from services.notifier.delivery import Retry
 from services.notifier.handlers import questionnaire_url
 from services.notifier.messages import compose, render
+from services.notifier.outbound import Outbound, Route, officer_routes, party_route
+from shared.crypto import Cipher, generate_key
 from shared.policy import Escalation, Policy
 
 CONTACTS: dict[str, Any] = {
@@ -106,3 +108,22 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
 def test_questionnaire_url_names_the_callback() -> None:
     policy = Policy(escalation=Escalation(questionnaire_url="https://bank.example/q/{callback_id}?src=sms"))
     assert questionnaire_url(policy, "cb/1") == "https://bank.example/q/cb%2F1?src=sms"
+
+
+def test_officer_gets_email_only_when_smtp_is_set_and_an_address_is_known() -> None:
+    cipher = Cipher([generate_key()])
+    with_email, without = Outbound(cipher=cipher, email_enabled=True), Outbound(cipher=cipher, email_enabled=False)
+    assert officer_routes(out=with_email, contacts=CONTACTS) == [
+        Route("officer:EMP-778", "webhook"),
+        Route("officer:EMP-778", "email"),
+    ]
+    assert officer_routes(out=without, contacts=CONTACTS) == [Route("officer:EMP-778", "webhook")]
+    assert officer_routes(out=with_email, contacts=None) == [Route("officer", "webhook")]
+
+
+def test_party_gets_email_when_preferred_and_possible_else_sms() -> None:
+    out = Outbound(cipher=Cipher([generate_key()]), email_enabled=True)
+    assert party_route(out=out, contacts=CONTACTS, party_id="P-2", prefer_email=True) == Route("party:P-2", "email")
+    assert party_route(out=out, contacts=CONTACTS, party_id="P-2", prefer_email=False) == Route("party:P-2", "sms")
+    assert party_route(out=out, contacts=CONTACTS, party_id="P-1", prefer_email=True) == Route("party:P-1", "sms")
+    assert party_route(out=out, contacts=None, party_id="P-1", prefer_email=True) == Route("party:P-1", "sms")
