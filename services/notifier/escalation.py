@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from sqlmodel import col, select
 
 from services.notifier.models import Escalation, LoanContact
-from services.notifier.outbound import queue_notification
+from services.notifier.outbound import NAMESPACE, queue_notification
 from shared.claims import claim
 from shared.db import Database, UnitOfWork, utcnow
 from shared.events import CallbackRefused, EscalationEvent, EscalationRaised
@@ -18,7 +18,6 @@ from shared.metrics import TIMER_LATENESS, TIMERS_FIRED
 from shared.policy import Policy
 
 E = TypeVar("E", bound=EscalationEvent)
-_NS = uuid.UUID("6b2f1c4e-9a53-4d1e-8f0a-1c2d3e4f5a6b")
 
 
 def escalation_rule(policy: Policy, event: CallbackRefused) -> str | None:
@@ -52,9 +51,12 @@ def escalation_event(model: type[E], esc: Escalation, *, by: str | None = None) 
     )
 
 
-def escalation_payload(esc: Escalation, *, officer_id: str | None, **extra: Any) -> dict[str, Any]:
-    """What the assignee's webhook receives about an escalation (ids only)."""
-    return {
+async def announce(
+    *, uow: UnitOfWork, esc: Escalation, source_event_id: str, officer_id: str | None, **extra: Any
+) -> None:
+    """Emit `escalation.raised` at the current level and tell its assignee by webhook (ids only)."""
+    uow.emit(escalation_event(EscalationRaised, esc), key=esc.loan_id)
+    payload = {
         "type": "escalation.raised",
         "loan_id": esc.loan_id,
         "callback_id": esc.callback_id,
@@ -65,6 +67,15 @@ def escalation_payload(esc: Escalation, *, officer_id: str | None, **extra: Any)
         "officer_id": officer_id,
         **extra,
     }
+    await queue_notification(
+        uow=uow,
+        source_event_id=source_event_id,
+        loan_id=esc.loan_id,
+        kind="escalation",
+        recipient=esc.assignee,
+        channel="webhook",
+        payload=payload,
+    )
 
 
 async def raise_level1(
@@ -75,7 +86,7 @@ async def raise_level1(
     if rule is None or await active_escalation(uow=uow, loan_id=event.loan_id) is not None:
         return None
     esc = Escalation(
-        escalation_id=str(uuid.uuid5(_NS, f"escalation|{event_id}")),
+        escalation_id=str(uuid.uuid5(NAMESPACE, f"escalation|{event_id}")),
         loan_id=event.loan_id,
         callback_id=event.callback_id,
         level=1,
@@ -87,24 +98,17 @@ async def raise_level1(
     )
     uow.session.add(esc)
     await uow.session.flush()
-    uow.emit(escalation_event(EscalationRaised, esc), key=esc.loan_id)
-    await queue_notification(
+    await announce(
         uow=uow,
+        esc=esc,
         source_event_id=event_id,
-        loan_id=esc.loan_id,
-        kind="escalation",
-        recipient=esc.assignee,
-        channel="webhook",
-        payload=escalation_payload(
-            esc,
-            officer_id=officer_id,
-            party_id=event.party_id,
-            role=event.role,
-            stage=event.stage,
-            branch_id=event.branch_id,
-            reason_code=event.reason_code,
-            refusals_for_loan=event.refusals_for_loan,
-        ),
+        officer_id=officer_id,
+        party_id=event.party_id,
+        role=event.role,
+        stage=event.stage,
+        branch_id=event.branch_id,
+        reason_code=event.reason_code,
+        refusals_for_loan=event.refusals_for_loan,
     )
     return esc
 
@@ -115,20 +119,13 @@ async def raise_level2(*, uow: UnitOfWork, esc: Escalation, policy: Policy, now:
     contact = await uow.session.get(LoanContact, esc.loan_id)
     esc.level, esc.assignee, esc.escalated_at, esc.ack_due_at = 2, policy.escalation.level2, now, None
     uow.session.add(esc)
-    uow.emit(escalation_event(EscalationRaised, esc), key=esc.loan_id)
-    await queue_notification(
+    await announce(
         uow=uow,
+        esc=esc,
         source_event_id=f"escalation:{esc.escalation_id}:level2",
-        loan_id=esc.loan_id,
-        kind="escalation",
-        recipient=esc.assignee,
-        channel="webhook",
-        payload=escalation_payload(
-            esc,
-            officer_id=contact.officer_id if contact else None,
-            previous_assignee=previous,
-            raised_at=esc.raised_at.isoformat(),
-        ),
+        officer_id=contact.officer_id if contact else None,
+        previous_assignee=previous,
+        raised_at=esc.raised_at.isoformat(),
     )
 
 

@@ -15,7 +15,7 @@ from shared.crypto import Cipher
 from shared.db import UnitOfWork, utcnow
 
 # Fixed namespace so a notification's id follows from (event, recipient, channel) on every replica.
-_NS = uuid.UUID("6b2f1c4e-9a53-4d1e-8f0a-1c2d3e4f5a6b")
+NAMESPACE = uuid.UUID("6b2f1c4e-9a53-4d1e-8f0a-1c2d3e4f5a6b")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Outbound:
 
 def notification_id(*, source_event_id: str, recipient: str, channel: str) -> str:
     """The same (event, recipient, channel) always gives the same id."""
-    return str(uuid.uuid5(_NS, f"{source_event_id}|{recipient}|{channel}"))
+    return str(uuid.uuid5(NAMESPACE, f"{source_event_id}|{recipient}|{channel}"))
 
 
 def seal(cipher: Cipher, composed: Composed) -> tuple[str, str]:
