@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # Development defaults for local runs only; production refuses to start without real values.
 DEV_ENV := HUIFANG_API_KEYS=$${HUIFANG_API_KEYS:-agent:dev-agent,supervisor:dev-supervisor,admin:dev-admin} \
 	HUIFANG_NOTIFY_WEBHOOK_URL=$${HUIFANG_NOTIFY_WEBHOOK_URL:-http://127.0.0.1:8009/hooks} \
-	HUIFANG_WEBHOOK_SECRET=$${HUIFANG_WEBHOOK_SECRET:-dev-webhook-secret}
+	HUIFANG_WEBHOOK_SECRET=$${HUIFANG_WEBHOOK_SECRET:-dev-webhook-secret} \
+	HUIFANG_SMS_WEBHOOK_URL=$${HUIFANG_SMS_WEBHOOK_URL:-http://127.0.0.1:8009/sms}
 
 .PHONY: setup run demo test test-fault test-unit lint kafka-jars clean
 

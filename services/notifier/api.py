@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
-from services.notifier.handlers import escalation_event
+from services.notifier.escalation import escalation_event
 from services.notifier.models import Escalation, Notification
 from shared.crypto import Cipher
 from shared.db import Database, utcnow
@@ -20,6 +20,7 @@ from shared.web import Principal, SupervisorAuth, problem
 router = APIRouter(prefix="/v1", tags=["notifications"])
 
 EscalationState = Literal["open", "acknowledged", "resolved"]
+NotificationStatus = Literal["pending", "sent", "failed"]
 
 
 class NotificationOut(BaseModel):
@@ -58,6 +59,8 @@ class EscalationOut(BaseModel):
     resolved_by: str | None
     resolve_note: str | None
     resolved_at: datetime | None
+    ack_due_at: datetime | None  # when it goes to level 2 unless acknowledged
+    escalated_at: datetime | None
 
 
 class EscalationPage(BaseModel):
@@ -80,7 +83,9 @@ def _cipher(request: Request) -> Cipher:
 
 
 def _notification_out(n: Notification) -> NotificationOut:
-    return NotificationOut(**n.model_dump(exclude={"seq", "payload", "lease_until"}), payload=json.loads(n.payload))
+    # Address and message stay encrypted: the log shows ids, status and errors, never personal data.
+    exclude = {"seq", "payload", "lease_until", "address_enc", "message_enc"}
+    return NotificationOut(**n.model_dump(exclude=exclude), payload=json.loads(n.payload))
 
 
 def _escalation_out(e: Escalation, cipher: Cipher) -> EscalationOut:
@@ -101,13 +106,16 @@ async def list_notifications(
     request: Request,
     _: SupervisorAuth,
     loan_id: str | None = None,
+    status: NotificationStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(pattern=r"^\d+$")] = None,
 ) -> NotificationPage:
-    """Notifications, oldest first; pass `next_cursor` back as `cursor` for the next page."""
+    """The delivery log, oldest first; pass `next_cursor` back as `cursor` for the next page."""
     query = select(Notification).order_by(col(Notification.seq)).limit(limit + 1)
     if loan_id:
         query = query.where(Notification.loan_id == loan_id)
+    if status:
+        query = query.where(Notification.status == status)
     if cursor:
         query = query.where(col(Notification.seq) > int(cursor))
     # Build the response inside the unit of work: its rollback on exit expires the loaded rows.
@@ -155,7 +163,8 @@ async def ack_escalation(request: Request, escalation_id: str, body: NoteIn, who
         esc = await _find_for_update(uow.session, escalation_id)
         if esc.state != "open":
             raise problem(409, f"escalation {escalation_id} is {esc.state}, not open")
-        esc.state, esc.acked_by, esc.acked_at = "acknowledged", _by(who), utcnow()
+        # Acknowledging stops the level-2 timer.
+        esc.state, esc.acked_by, esc.acked_at, esc.ack_due_at = "acknowledged", _by(who), utcnow(), None
         esc.ack_note = cipher.encrypt(body.note) if body.note else None
         uow.session.add(esc)
         uow.emit(escalation_event(EscalationAcknowledged, esc, by=esc.acked_by), key=esc.loan_id)
@@ -171,7 +180,7 @@ async def resolve_escalation(request: Request, escalation_id: str, body: NoteIn,
         esc = await _find_for_update(uow.session, escalation_id)
         if esc.state == "resolved":
             raise problem(409, f"escalation {escalation_id} is already resolved")
-        esc.state, esc.resolved_by, esc.resolved_at = "resolved", _by(who), utcnow()
+        esc.state, esc.resolved_by, esc.resolved_at, esc.ack_due_at = "resolved", _by(who), utcnow(), None
         esc.resolve_note = cipher.encrypt(body.note) if body.note else None
         uow.session.add(esc)
         uow.emit(escalation_event(EscalationResolved, esc, by=esc.resolved_by), key=esc.loan_id)

@@ -7,16 +7,21 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+import structlog
 from fastapi import FastAPI
 
 from services.notifier import api
-from services.notifier.delivery import DeliveryLoop
+from services.notifier.delivery import Channels, DeliveryLoop, Retry
+from services.notifier.escalation import EscalationLoop
 from services.notifier.handlers import handlers
-from shared.events import CALLBACK_REFUSED, LOAN_STAGE
+from services.notifier.outbound import Outbound
+from shared.events import CALLBACK_LIFECYCLE, CALLBACK_REFUSED, LOAN_STAGE
 from shared.policy import load_policy
 from shared.runtime import Runtime
 from shared.settings import Settings, load_settings
 from shared.web import create_app as create_web_app
+
+log = structlog.get_logger(__name__)
 
 SERVICE = "notifier"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -32,20 +37,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.http = client
         try:
             async with Runtime.running(app, service=SERVICE, settings=settings) as runtime:
+                out = Outbound(cipher=runtime.cipher, email_enabled=bool(settings.huifang_smtp_host))
                 await runtime.start(
                     migrations=MIGRATIONS,
-                    topics=[LOAN_STAGE, CALLBACK_REFUSED],
-                    handlers=handlers(policy, runtime.cipher),
+                    topics=[LOAN_STAGE, CALLBACK_LIFECYCLE, CALLBACK_REFUSED],
+                    handlers=handlers(policy, out),
                 )
                 secret = settings.huifang_webhook_secret
-                delivery = DeliveryLoop(
-                    db=runtime.db,
+                if settings.huifang_notify_webhook_url and secret is None:
+                    log.warning("notifier.webhook_unsigned", detail="HUIFANG_WEBHOOK_SECRET unset; signing with ''")
+                channels = Channels(
                     client=client,
-                    url=settings.huifang_notify_webhook_url,
-                    secret=secret.get_secret_value() if secret else None,
-                    poll_seconds=settings.huifang_timer_poll_seconds,
+                    webhook_url=settings.huifang_notify_webhook_url,
+                    secret=secret.get_secret_value() if secret else "",
+                    sms_url=settings.huifang_sms_webhook_url,
+                    smtp_host=settings.huifang_smtp_host,
+                    smtp_port=settings.huifang_smtp_port,
+                    smtp_from=settings.huifang_smtp_from,
+                    timeout=settings.huifang_webhook_timeout_seconds,
+                )
+                retry = Retry(
+                    max_attempts=settings.huifang_notify_max_attempts,
+                    base_seconds=settings.huifang_notify_retry_base_seconds,
+                )
+                poll = settings.huifang_timer_poll_seconds
+                delivery = DeliveryLoop(
+                    db=runtime.db, cipher=runtime.cipher, channels=channels, retry=retry, poll_seconds=poll
                 )
                 runtime.spawn("delivery", delivery.run)
+                runtime.spawn("escalations", EscalationLoop(db=runtime.db, policy=policy, poll_seconds=poll).run)
                 yield
         finally:
             # The runtime (and the delivery loop using the client) has stopped by now.

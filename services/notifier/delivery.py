@@ -7,64 +7,90 @@ import json
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import httpx
 import sqlalchemy as sa
 import structlog
-from sqlmodel import select
+from sqlmodel import col, select
 
+from services.notifier.channels.email import build_message, send_email
+from services.notifier.channels.sms import send_sms
 from services.notifier.channels.webhook import DeliveryResult, deliver
-from services.notifier.models import Notification
+from services.notifier.messages import compose
+from services.notifier.models import LoanContact, Notification
+from services.notifier.outbound import seal
 from shared.claims import claim
+from shared.crypto import Cipher
 from shared.db import Database, UnitOfWork, utcnow
 from shared.events import NotificationFailed, NotificationSent
 from shared.metrics import NOTIFICATIONS
 
 log = structlog.get_logger(__name__)
 
-MAX_ATTEMPTS = 5
 LEASE = timedelta(seconds=60)
-MAX_BACKOFF_S = 60.0
-NOT_CONFIGURED = "webhook channel not configured"
+CONTACT_UNKNOWN = "recipient's contact not known yet"
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Bounded tries with exponential backoff; jitter so retries from many rows do not arrive together."""
+
+    max_attempts: int = 8
+    base_seconds: float = 2.0
+    cap_seconds: float = 900.0
+
+    def backoff(self, attempts: int) -> timedelta:
+        """The pause before the next try after `attempts` failed ones."""
+        pause = min(self.base_seconds * 2.0 ** (attempts - 1), self.cap_seconds)
+        return timedelta(seconds=pause * random.uniform(0.5, 1.5))
+
+
+@dataclass(frozen=True)
+class Channels:
+    """Where each channel delivers; a channel whose address is None is not configured."""
+
+    client: httpx.AsyncClient
+    webhook_url: str | None
+    secret: str
+    sms_url: str | None
+    smtp_host: str | None
+    smtp_port: int
+    smtp_from: str
+    timeout: float
+
+    def configured(self, channel: str) -> bool:
+        """Whether this deployment can send on `channel` at all."""
+        return bool({"webhook": self.webhook_url, "sms": self.sms_url, "email": self.smtp_host}.get(channel))
 
 
 @dataclass(frozen=True)
 class Claimed:
     seq: int
     notification_id: str
+    loan_id: str
+    kind: str
+    recipient: str
+    channel: str
     payload: str
-
-
-def backoff(attempts: int) -> timedelta:
-    """Exponential, capped, jittered so retries from many rows do not arrive together."""
-    return timedelta(seconds=min(2.0**attempts, MAX_BACKOFF_S) * random.uniform(0.5, 1.5))
+    address_enc: str | None
+    message_enc: str | None
 
 
 class DeliveryLoop:
-    """Delivers pending webhook notifications at least once; receivers dedupe on `X-Huifang-Id`."""
+    """Delivers pending notifications at least once; receivers dedupe on `X-Huifang-Id` or Message-ID."""
 
     def __init__(
-        self,
-        *,
-        db: Database,
-        client: httpx.AsyncClient,
-        url: str | None,
-        secret: str | None,
-        poll_seconds: float,
-        batch: int = 50,
+        self, *, db: Database, cipher: Cipher, channels: Channels, retry: Retry, poll_seconds: float, batch: int = 50
     ) -> None:
         self.db = db
-        self.client = client
-        self.url = url
-        self.secret = secret
+        self.cipher = cipher
+        self.channels = channels
+        self.retry = retry
         self.poll_seconds = poll_seconds
         self.batch = batch
-        self._warned = False
 
     async def run(self) -> None:
-        if self.url and self.secret is None and not self._warned:
-            self._warned = True
-            log.warning("notifier.webhook_unsigned", detail="HUIFANG_WEBHOOK_SECRET unset; signing with ''")
         while True:
             handled = await self.deliver_due()
             if handled < self.batch:
@@ -75,6 +101,7 @@ class DeliveryLoop:
         claimed = await self._claim()
         if not claimed:
             return 0
+        claimed = await self._compose_missing(claimed)
         results = await asyncio.gather(*(self._deliver(c) for c in claimed))
         async with self.db.uow() as uow:
             for item, result in zip(claimed, results, strict=True):
@@ -98,21 +125,82 @@ class DeliveryLoop:
                 limit=self.batch,
                 values={"lease_until": now + LEASE},
             )
-            # Commit the lease before any HTTP call: no transaction stays open across the network.
+            # Commit the lease before any network call: no transaction stays open across it.
             await uow.commit()
-        return [Claimed(seq=r.seq, notification_id=r.notification_id, payload=r.payload) for r in rows]
+        return [Claimed(**{f: getattr(r, f) for f in Claimed.__dataclass_fields__}) for r in rows]
+
+    async def _compose_missing(self, claimed: list[Claimed]) -> list[Claimed]:
+        """Address emails and SMS queued before the recipient's contact arrived, now that it may have."""
+        waiting = [c for c in claimed if c.channel != "webhook" and c.address_enc is None]
+        if not waiting:
+            return claimed
+        done: dict[int, tuple[str, str]] = {}
+        async with self.db.uow() as uow:
+            rows = await uow.session.execute(
+                select(LoanContact).where(col(LoanContact.loan_id).in_({c.loan_id for c in waiting}))
+            )
+            contacts = {r.loan_id: self.cipher.decrypt_json(r.contacts_enc) for r in rows.scalars()}
+            for item in waiting:
+                composed = compose(
+                    kind=item.kind,
+                    channel=item.channel,
+                    recipient=item.recipient,
+                    payload=json.loads(item.payload),
+                    contacts=contacts.get(item.loan_id, {}),
+                )
+                if composed is not None:
+                    done[item.seq] = seal(self.cipher, composed)
+                    await uow.session.execute(
+                        sa.update(Notification)
+                        .where(col(Notification.seq) == item.seq)
+                        .values(address_enc=done[item.seq][0], message_enc=done[item.seq][1])
+                    )
+            await uow.commit()
+        return [
+            Claimed(**{**c.__dict__, "address_enc": done[c.seq][0], "message_enc": done[c.seq][1]})
+            if c.seq in done
+            else c
+            for c in claimed
+        ]
 
     async def _deliver(self, item: Claimed) -> DeliveryResult | None:
-        if not self.url:
+        if not self.channels.configured(item.channel):
             return None
         try:
-            return await deliver(
-                self.client, self.url, self.secret or "", item.notification_id, json.loads(item.payload)
-            )
+            return await self._send(item)
         except Exception as exc:
-            # One odd row must not take the loop down; treat it as a failed attempt.
-            log.exception("notifier.delivery_error", notification_id=item.notification_id)
+            # One odd row must not take the loop down; the exception text may hold personal data.
+            log.error("notifier.delivery_error", notification_id=item.notification_id, error=type(exc).__name__)
             return DeliveryResult("retryable", error=f"unexpected: {type(exc).__name__}")
+
+    async def _send(self, item: Claimed) -> DeliveryResult:
+        ch = self.channels
+        if item.channel == "webhook":
+            assert ch.webhook_url is not None
+            return await deliver(ch.client, ch.webhook_url, ch.secret, item.notification_id, json.loads(item.payload))
+        if item.address_enc is None or item.message_enc is None:
+            return DeliveryResult("retryable", error=CONTACT_UNKNOWN)
+        to = self.cipher.decrypt(item.address_enc)
+        message: dict[str, Any] = self.cipher.decrypt_json(item.message_enc)
+        if item.channel == "sms":
+            assert ch.sms_url is not None
+            return await send_sms(
+                client=ch.client,
+                url=ch.sms_url,
+                secret=ch.secret,
+                notification_id=item.notification_id,
+                to=to,
+                text=message["body"],
+            )
+        assert ch.smtp_host is not None
+        email = build_message(
+            sender=ch.smtp_from,
+            to=to,
+            subject=message["subject"],
+            body=message["body"],
+            notification_id=item.notification_id,
+        )
+        return await send_email(host=ch.smtp_host, port=ch.smtp_port, message=email, timeout_s=ch.timeout)
 
     async def _record(self, uow: UnitOfWork, item: Claimed, result: DeliveryResult | None) -> None:
         query = select(Notification).where(Notification.seq == item.seq)
@@ -121,17 +209,17 @@ class DeliveryLoop:
             return
         now = utcnow()
         if result is None:
-            self._finish(uow, note, now, error=NOT_CONFIGURED)
+            self._finish(uow, note, now, error=f"{note.channel} channel not configured")
         elif result.ok:
             note.attempts += 1
             self._finish(uow, note, now, error=None)
         else:
             note.attempts += 1
-            if not result.retryable or note.attempts >= MAX_ATTEMPTS:
+            if not result.retryable or note.attempts >= self.retry.max_attempts:
                 self._finish(uow, note, now, error=result.error or "delivery failed")
             else:
                 note.last_error = result.error
-                note.next_attempt_at = now + backoff(note.attempts)
+                note.next_attempt_at = now + self.retry.backoff(note.attempts)
                 note.lease_until = None
                 NOTIFICATIONS.labels(note.channel, "retry").inc()
                 log.info(

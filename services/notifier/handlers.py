@@ -1,24 +1,28 @@
-"""Events in: loan stages keep contacts; refusals notify the officer and may raise an escalation."""
+"""Events in: loan stages keep contacts; refusals, notices, expiries and no-consent callbacks notify people."""
 
 from __future__ import annotations
 
-import json
-import uuid
-from typing import Any, TypeVar
+from typing import Any
+from urllib.parse import quote
 
-from sqlmodel import col, select
-
-from services.notifier.models import Escalation, LoanContact, Notification
+from services.notifier.escalation import raise_level1
+from services.notifier.messages import find_party
+from services.notifier.models import LoanContact
+from services.notifier.outbound import Outbound, load_contacts, notify, officer_id, officer_routes, party_route
 from shared.crypto import Cipher
 from shared.db import UnitOfWork, utcnow
-from shared.events import CallbackRefused, EscalationEvent, EscalationRaised, Event, LoanStageChanged
+from shared.events import (
+    TYPE_OF,
+    CallbackExpired,
+    CallbackNoticeRequested,
+    CallbackRef,
+    CallbackRefused,
+    CallbackScheduled,
+    Event,
+    LoanStageChanged,
+)
 from shared.kafka import Handler
 from shared.policy import Policy
-
-CHANNEL = "webhook"
-E = TypeVar("E", bound=EscalationEvent)
-# Fixed namespace so a notification's id follows from (event, recipient, channel) on every replica.
-_NS = uuid.UUID("6b2f1c4e-9a53-4d1e-8f0a-1c2d3e4f5a6b")
 
 
 async def on_loan_stage(*, uow: UnitOfWork, event: LoanStageChanged, cipher: Cipher) -> LoanContact:
@@ -43,134 +47,138 @@ async def on_loan_stage(*, uow: UnitOfWork, event: LoanStageChanged, cipher: Cip
     return row
 
 
-async def queue_notification(
-    *, uow: UnitOfWork, source_event_id: str, loan_id: str, kind: str, recipient: str, payload: dict[str, Any]
-) -> Notification | None:
-    """Insert a pending webhook notification unless this event already made one for this recipient."""
-    existing = await uow.session.execute(
-        select(Notification).where(
-            Notification.source_event_id == source_event_id,
-            Notification.recipient == recipient,
-            Notification.channel == CHANNEL,
-        )
-    )
-    if existing.scalar_one_or_none() is not None:
-        return None
-    note = Notification(
-        notification_id=str(uuid.uuid5(_NS, f"{source_event_id}|{recipient}|{CHANNEL}")),
-        source_event_id=source_event_id,
-        loan_id=loan_id,
-        kind=kind,
-        recipient=recipient,
-        channel=CHANNEL,
-        payload=json.dumps(payload, separators=(",", ":")),
-        status="pending",
-        next_attempt_at=utcnow(),
-    )
-    uow.session.add(note)
-    await uow.session.flush()
-    return note
+def callback_base(event: CallbackRef) -> dict[str, Any]:
+    """The ids every notification about a callback carries."""
+    return event.model_dump(mode="json", include={"loan_id", "callback_id", "party_id", "role", "stage", "branch_id"})
 
 
-def escalation_rule(policy: Policy, event: CallbackRefused) -> str | None:
-    """Which rule, if any, makes this refusal an escalation."""
-    if event.reason_code in policy.escalation.escalate_reasons:
-        return f"reason:{event.reason_code}"
-    if event.refusals_for_loan == policy.escalation.escalate_after_refusals_per_loan:
-        return "refusals_per_loan"
-    return None
+def questionnaire_url(policy: Policy, callback_id: str) -> str:
+    """The policy's questionnaire link for one callback."""
+    return policy.escalation.questionnaire_url.replace("{callback_id}", quote(callback_id, safe=""))
 
 
-async def active_escalation(*, uow: UnitOfWork, loan_id: str) -> Escalation | None:
-    # Acknowledged counts as active: someone is already on the loan, a second escalation is noise.
-    result = await uow.session.execute(
-        select(Escalation)
-        .where(Escalation.loan_id == loan_id, col(Escalation.level).in_((1, 2)), Escalation.state != "resolved")
-        .limit(1)
-    )
-    return result.scalar_one_or_none()
-
-
-async def on_refusal(*, uow: UnitOfWork, event: CallbackRefused, event_id: str, policy: Policy) -> Escalation | None:
+async def on_refusal(*, uow: UnitOfWork, event: CallbackRefused, event_id: str, policy: Policy, out: Outbound) -> None:
     """Notify the loan officer; raise a level-1 escalation when a policy rule matches."""
-    contact = await uow.session.get(LoanContact, event.loan_id)
-    officer_id = contact.officer_id if contact else None
+    contacts = await load_contacts(uow=uow, cipher=out.cipher, loan_id=event.loan_id)
     base = {
-        "loan_id": event.loan_id,
-        "callback_id": event.callback_id,
-        "party_id": event.party_id,
-        "role": event.role,
-        "stage": event.stage,
-        "branch_id": event.branch_id,
+        **callback_base(event),
         "reason_code": event.reason_code,
         "refusals_for_loan": event.refusals_for_loan,
         "occurred_at": event.occurred_at.isoformat(),
     }
     if policy.escalation.notify_officer_on_refusal:
-        # Without a known officer the webhook receiver routes by loan_id; never drop the notice.
-        await queue_notification(
+        await notify(
             uow=uow,
+            out=out,
             source_event_id=event_id,
-            loan_id=event.loan_id,
             kind="refusal",
-            recipient=f"officer:{officer_id}" if officer_id else "officer",
-            payload={"type": "callback.refused", **base, "officer_id": officer_id},
+            payload={"type": "callback.refused", **base, "officer_id": officer_id(contacts)},
+            contacts=contacts,
+            routes=officer_routes(out=out, contacts=contacts),
         )
-    rule = escalation_rule(policy, event)
-    if rule is None or await active_escalation(uow=uow, loan_id=event.loan_id) is not None:
-        return None
-    esc = Escalation(
-        escalation_id=str(uuid.uuid5(_NS, f"escalation|{event_id}")),
-        loan_id=event.loan_id,
-        callback_id=event.callback_id,
-        level=1,
-        rule=rule,
-        assignee=policy.escalation.level1,
-        state="open",
-        raised_at=utcnow(),
+    await raise_level1(
+        uow=uow, event=event, event_id=event_id, policy=policy, officer_id=officer_id(contacts), now=utcnow()
     )
-    uow.session.add(esc)
-    await uow.session.flush()
-    uow.emit(escalation_event(EscalationRaised, esc), key=esc.loan_id)
-    await queue_notification(
+
+
+async def on_notice(*, uow: UnitOfWork, event: CallbackNoticeRequested, event_id: str, out: Outbound) -> None:
+    """The advance notice to the party, addressed from the notice itself."""
+    kept = await load_contacts(uow=uow, cipher=out.cipher, loan_id=event.loan_id)
+    timezone = (find_party(kept or {}, event.party_id) or {}).get("timezone")
+    party = {
+        "party_id": event.party_id,
+        "name": event.name,
+        "phone": event.phone,
+        "email": event.email,
+        "language": event.language,
+        "timezone": timezone,
+    }
+    payload = {
+        "type": "callback.notice.requested",
+        **callback_base(event),
+        "due_at": event.due_at.isoformat(),
+        "purpose": event.purpose,
+        "topics": list(event.topics),
+    }
+    contacts = {"parties": [party]}
+    await notify(
         uow=uow,
+        out=out,
         source_event_id=event_id,
-        loan_id=event.loan_id,
-        kind="escalation",
-        recipient=esc.assignee,
-        payload={
-            "type": "escalation.raised",
-            **base,
-            "escalation_id": esc.escalation_id,
-            "level": esc.level,
-            "rule": esc.rule,
-            "assignee": esc.assignee,
-            "officer_id": officer_id,
-        },
-    )
-    return esc
-
-
-def escalation_event(model: type[E], esc: Escalation, *, by: str | None = None) -> E:
-    """An escalation.* event for this escalation (ids only, never notes)."""
-    return model(
-        escalation_id=esc.escalation_id,
-        level=esc.level,
-        rule=esc.rule,
-        loan_id=esc.loan_id,
-        assignee=esc.assignee,
-        callback_id=esc.callback_id,
-        by=by,
+        kind="notice",
+        payload=payload,
+        contacts=contacts,
+        routes=[
+            party_route(out=out, contacts=contacts, party_id=event.party_id, prefer_email=event.channel == "email")
+        ],
     )
 
 
-def handlers(policy: Policy, cipher: Cipher) -> dict[str, Handler]:
+async def send_questionnaire(
+    *, uow: UnitOfWork, event: CallbackRef, event_id: str, policy: Policy, out: Outbound, officer_kind: str, reason: str
+) -> None:
+    """Send the party the questionnaire link and tell the officer why."""
+    contacts = await load_contacts(uow=uow, cipher=out.cipher, loan_id=event.loan_id)
+    payload = {**callback_base(event), "reason": reason, "url": questionnaire_url(policy, event.callback_id)}
+    await notify(
+        uow=uow,
+        out=out,
+        source_event_id=event_id,
+        kind="questionnaire",
+        payload={"type": "questionnaire", **payload},
+        contacts=contacts,
+        routes=[party_route(out=out, contacts=contacts, party_id=event.party_id, prefer_email=True)],
+    )
+    await notify(
+        uow=uow,
+        out=out,
+        source_event_id=event_id,
+        kind=officer_kind,
+        payload={"type": TYPE_OF[type(event)], **payload, "officer_id": officer_id(contacts)},
+        contacts=contacts,
+        routes=officer_routes(out=out, contacts=contacts),
+    )
+
+
+def handlers(policy: Policy, out: Outbound) -> dict[str, Handler]:
     async def loan_stage(uow: UnitOfWork, event: Event) -> None:
         assert isinstance(event.data, LoanStageChanged)
-        await on_loan_stage(uow=uow, event=event.data, cipher=cipher)
+        await on_loan_stage(uow=uow, event=event.data, cipher=out.cipher)
 
     async def refused(uow: UnitOfWork, event: Event) -> None:
         assert isinstance(event.data, CallbackRefused)
-        await on_refusal(uow=uow, event=event.data, event_id=event.id, policy=policy)
+        await on_refusal(uow=uow, event=event.data, event_id=event.id, policy=policy, out=out)
 
-    return {"loan.stage.changed": loan_stage, "callback.refused": refused}
+    async def notice(uow: UnitOfWork, event: Event) -> None:
+        assert isinstance(event.data, CallbackNoticeRequested)
+        await on_notice(uow=uow, event=event.data, event_id=event.id, out=out)
+
+    async def questionnaire(uow: UnitOfWork, event: Event, *, officer_kind: str, reason: str) -> None:
+        assert isinstance(event.data, CallbackRef)
+        await send_questionnaire(
+            uow=uow,
+            event=event.data,
+            event_id=event.id,
+            policy=policy,
+            out=out,
+            officer_kind=officer_kind,
+            reason=reason,
+        )
+
+    async def expired(uow: UnitOfWork, event: Event) -> None:
+        assert isinstance(event.data, CallbackExpired)
+        await questionnaire(uow, event, officer_kind="expired", reason=event.data.reason)
+
+    async def scheduled(uow: UnitOfWork, event: Event) -> None:
+        assert isinstance(event.data, CallbackScheduled)
+        # A party without contact consent is never phoned: the questionnaire is their only way to answer.
+        if event.data.channel == "questionnaire":
+            await questionnaire(uow, event, officer_kind="no_consent", reason="no_consent")
+
+    return {
+        "loan.stage.changed": loan_stage,
+        "callback.refused": refused,
+        "callback.notice.requested": notice,
+        "callback.expired": expired,
+        "callback.scheduled": scheduled,
+    }

@@ -34,9 +34,9 @@ class Notification(SQLModel, table=True):
     notification_id: str = Field(unique=True, max_length=64)
     source_event_id: str = Field(max_length=255)
     loan_id: str = Field(index=True, max_length=128)
-    kind: str = Field(max_length=32)  # refusal | escalation
+    kind: str = Field(max_length=32)  # see messages.KINDS
     recipient: str = Field(max_length=255)  # a role or an id, never an address
-    channel: str = Field(max_length=16)  # webhook
+    channel: str = Field(max_length=16)  # webhook | email | sms
     payload: str = Field(sa_type=sa.Text)  # JSON, ids only
     status: str = Field(default="pending", max_length=16)
     attempts: int = 0
@@ -45,6 +45,10 @@ class Notification(SQLModel, table=True):
     last_error: str | None = Field(default=None, max_length=500)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Email and SMS only: the address and the rendered message (names inside), encrypted.
+    # Empty until the recipient's contact is known (it may arrive after the event that asks for it).
+    address_enc: str | None = Field(default=None, sa_type=sa.Text)
+    message_enc: str | None = Field(default=None, sa_type=sa.Text)
 
 
 class Escalation(SQLModel, table=True):
@@ -65,3 +69,6 @@ class Escalation(SQLModel, table=True):
     resolved_by: str | None = Field(default=None, max_length=128)
     resolve_note: str | None = Field(default=None, sa_type=sa.Text)  # encrypted
     resolved_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # The durable level-2 timer: set while level 1 is open and unacknowledged, cleared when it fires.
+    ack_due_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    escalated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -1,0 +1,167 @@
+"""Escalations: level 1 from a refusal, level 2 by a durable timer when level 1 is not acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlmodel import col, select
+
+from services.notifier.models import Escalation, LoanContact
+from services.notifier.outbound import NAMESPACE, queue_notification
+from shared.claims import claim
+from shared.db import Database, UnitOfWork, utcnow
+from shared.events import CallbackRefused, EscalationEvent, EscalationRaised
+from shared.metrics import TIMER_LATENESS, TIMERS_FIRED
+from shared.policy import Policy
+
+E = TypeVar("E", bound=EscalationEvent)
+
+
+def escalation_rule(policy: Policy, event: CallbackRefused) -> str | None:
+    """Which rule, if any, makes this refusal an escalation."""
+    if event.reason_code in policy.escalation.escalate_reasons:
+        return f"reason:{event.reason_code}"
+    if event.refusals_for_loan == policy.escalation.escalate_after_refusals_per_loan:
+        return "refusals_per_loan"
+    return None
+
+
+async def active_escalation(*, uow: UnitOfWork, loan_id: str) -> Escalation | None:
+    """The loan's escalation that is not resolved yet, if any."""
+    # Acknowledged counts as active: someone is already on the loan, a second escalation is noise.
+    result = await uow.session.execute(
+        select(Escalation).where(Escalation.loan_id == loan_id, Escalation.state != "resolved").limit(1)
+    )
+    return result.scalar_one_or_none()
+
+
+def escalation_event(model: type[E], esc: Escalation, *, by: str | None = None) -> E:
+    """An escalation.* event for this escalation (ids only, never notes)."""
+    return model(
+        escalation_id=esc.escalation_id,
+        level=esc.level,
+        rule=esc.rule,
+        loan_id=esc.loan_id,
+        assignee=esc.assignee,
+        callback_id=esc.callback_id,
+        by=by,
+    )
+
+
+async def announce(
+    *, uow: UnitOfWork, esc: Escalation, source_event_id: str, officer_id: str | None, **extra: Any
+) -> None:
+    """Emit `escalation.raised` at the current level and tell its assignee by webhook (ids only)."""
+    uow.emit(escalation_event(EscalationRaised, esc), key=esc.loan_id)
+    payload = {
+        "type": "escalation.raised",
+        "loan_id": esc.loan_id,
+        "callback_id": esc.callback_id,
+        "escalation_id": esc.escalation_id,
+        "level": esc.level,
+        "rule": esc.rule,
+        "assignee": esc.assignee,
+        "officer_id": officer_id,
+        **extra,
+    }
+    await queue_notification(
+        uow=uow,
+        source_event_id=source_event_id,
+        loan_id=esc.loan_id,
+        kind="escalation",
+        recipient=esc.assignee,
+        channel="webhook",
+        payload=payload,
+    )
+
+
+async def raise_level1(
+    *, uow: UnitOfWork, event: CallbackRefused, event_id: str, policy: Policy, officer_id: str | None, now: datetime
+) -> Escalation | None:
+    """Raise a level-1 escalation when a rule matches and none is active; arms its level-2 timer."""
+    rule = escalation_rule(policy, event)
+    if rule is None or await active_escalation(uow=uow, loan_id=event.loan_id) is not None:
+        return None
+    esc = Escalation(
+        escalation_id=str(uuid.uuid5(NAMESPACE, f"escalation|{event_id}")),
+        loan_id=event.loan_id,
+        callback_id=event.callback_id,
+        level=1,
+        rule=rule,
+        assignee=policy.escalation.level1,
+        state="open",
+        raised_at=now,
+        ack_due_at=now + policy.escalation.ack_timeout,
+    )
+    uow.session.add(esc)
+    await uow.session.flush()
+    await announce(
+        uow=uow,
+        esc=esc,
+        source_event_id=event_id,
+        officer_id=officer_id,
+        party_id=event.party_id,
+        role=event.role,
+        stage=event.stage,
+        branch_id=event.branch_id,
+        reason_code=event.reason_code,
+        refusals_for_loan=event.refusals_for_loan,
+    )
+    return esc
+
+
+async def raise_level2(*, uow: UnitOfWork, esc: Escalation, policy: Policy, now: datetime) -> None:
+    """Hand an unacknowledged level-1 escalation to the level-2 assignee."""
+    previous = esc.assignee
+    contact = await uow.session.get(LoanContact, esc.loan_id)
+    esc.level, esc.assignee, esc.escalated_at, esc.ack_due_at = 2, policy.escalation.level2, now, None
+    uow.session.add(esc)
+    await announce(
+        uow=uow,
+        esc=esc,
+        source_event_id=f"escalation:{esc.escalation_id}:level2",
+        officer_id=contact.officer_id if contact else None,
+        previous_assignee=previous,
+        raised_at=esc.raised_at.isoformat(),
+    )
+
+
+class EscalationLoop:
+    """Fires level-2 timers that have come due; rows are claimed, so replicas never fire one twice."""
+
+    def __init__(self, *, db: Database, policy: Policy, poll_seconds: float, batch: int = 100) -> None:
+        self.db = db
+        self.policy = policy
+        self.poll_seconds = poll_seconds
+        self.batch = batch
+
+    async def run(self) -> None:
+        while True:
+            if await self.fire_due() < self.batch:
+                await asyncio.sleep(self.poll_seconds)
+
+    async def fire_due(self) -> int:
+        """Raise to level 2 every open level-1 escalation past its acknowledgement deadline."""
+        now = utcnow()
+        table = Escalation.__table__  # type: ignore[attr-defined]
+        async with self.db.uow() as uow:
+            # Claim and escalate in one transaction: a crash before commit leaves the timer armed.
+            rows = await claim(
+                uow,
+                table,
+                where=[table.c.ack_due_at <= now, table.c.state == "open", table.c.level == 1],
+                order_by=table.c.ack_due_at,
+                limit=self.batch,
+                values={"ack_due_at": None},
+            )
+            for row in rows:
+                esc = (await uow.session.execute(select(Escalation).where(col(Escalation.seq) == row.seq))).scalar_one()
+                due = esc.raised_at + self.policy.escalation.ack_timeout
+                await raise_level2(uow=uow, esc=esc, policy=self.policy, now=now)
+                TIMERS_FIRED.labels("notifier", "escalation").inc()
+                TIMER_LATENESS.labels("notifier", "escalation").observe(max(0.0, (now - due).total_seconds()))
+            await uow.commit()
+        return len(rows)

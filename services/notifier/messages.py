@@ -1,0 +1,87 @@
+"""What people read: Jinja2 templates per language, and who gets a message at which address."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+TEMPLATES = Path(__file__).parent / "templates"
+LANGUAGES = ("zh-CN", "en")
+DEFAULT_LANGUAGE = "zh-CN"
+DEFAULT_TIMEZONE = "Asia/Shanghai"
+# Kinds a person reads (the rest go to systems by webhook only).
+PARTY_KINDS = frozenset({"notice", "questionnaire"})
+OFFICER_KINDS = frozenset({"refusal", "expired", "no_consent"})
+
+_env = Environment(
+    loader=FileSystemLoader(TEMPLATES),
+    undefined=StrictUndefined,
+    autoescape=False,  # plain-text SMS and email bodies
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+@dataclass(frozen=True)
+class Message:
+    subject: str
+    body: str
+
+
+@dataclass(frozen=True)
+class Composed:
+    address: str
+    message: Message
+
+
+def render(*, kind: str, channel: str, language: str, context: dict[str, Any]) -> Message:
+    """Render one message in the recipient's language (zh-CN when we do not have theirs)."""
+    lang = language if language in LANGUAGES else DEFAULT_LANGUAGE
+    template = _env.get_template(f"{lang}/{kind}.j2")
+    # Role and reason names live beside the templates, in the same language.
+    labels = _env.get_template(f"{lang}/_labels.j2").module
+    ctx = template.new_context({**context, "roles": labels.roles, "reasons": labels.reasons})  # type: ignore[attr-defined]
+
+    def block(name: str) -> str:
+        return "".join(template.blocks[name](ctx)).strip()
+
+    return Message(subject=block("subject"), body=block("sms" if channel == "sms" else "email"))
+
+
+def find_party(contacts: dict[str, Any], party_id: str | None) -> dict[str, Any] | None:
+    """The party of the loan's contacts with this id."""
+    return next((p for p in contacts.get("parties", []) if p.get("party_id") == party_id), None)
+
+
+def person_of(contacts: dict[str, Any], recipient: str) -> dict[str, Any] | None:
+    """The person a recipient key (`officer:ID` or `party:ID`) names, from the loan's contacts."""
+    who, _, ident = recipient.partition(":")
+    if who == "officer":
+        officer: dict[str, Any] | None = contacts.get("officer")
+        return officer if officer and officer.get("id") == ident else None
+    return find_party(contacts, ident) if who == "party" else None
+
+
+def compose(
+    *, kind: str, channel: str, recipient: str, payload: dict[str, Any], contacts: dict[str, Any]
+) -> Composed | None:
+    """Address and text for one email or SMS; None while the recipient or their address is unknown."""
+    person = person_of(contacts, recipient)
+    if person is None:
+        return None
+    address = person.get("email") if channel == "email" else person.get("phone")
+    if not address:
+        return None
+    party = find_party(contacts, payload.get("party_id")) or {}
+    timezone = person.get("timezone") or DEFAULT_TIMEZONE
+    context = {**payload, "name": person.get("name") or "", "party_name": party.get("name") or "", "timezone": timezone}
+    if "due_at" in payload:
+        due = datetime.fromisoformat(payload["due_at"]).astimezone(ZoneInfo(timezone))
+        context["due_local"] = due.strftime("%Y-%m-%d %H:%M")
+    language = person.get("language") or DEFAULT_LANGUAGE
+    return Composed(address=address, message=render(kind=kind, channel=channel, language=language, context=context))

@@ -1,0 +1,139 @@
+"""Queueing notifications: one row per (source event, recipient, channel), personal data encrypted."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlmodel import select
+
+from services.notifier.messages import Composed, compose, find_party
+from services.notifier.models import LoanContact, Notification
+from shared.crypto import Cipher
+from shared.db import UnitOfWork, utcnow
+
+# Fixed namespace so a notification's id follows from (event, recipient, channel) on every replica.
+NAMESPACE = uuid.UUID("6b2f1c4e-9a53-4d1e-8f0a-1c2d3e4f5a6b")
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """What handlers need to address people: the cipher, and whether email can be sent at all."""
+
+    cipher: Cipher
+    email_enabled: bool
+
+
+def notification_id(*, source_event_id: str, recipient: str, channel: str) -> str:
+    """The same (event, recipient, channel) always gives the same id."""
+    return str(uuid.uuid5(NAMESPACE, f"{source_event_id}|{recipient}|{channel}"))
+
+
+def seal(cipher: Cipher, composed: Composed) -> tuple[str, str]:
+    """Encrypted address and message of a composed email or SMS."""
+    return cipher.encrypt(composed.address), cipher.encrypt_json(asdict(composed.message))
+
+
+async def queue_notification(
+    *,
+    uow: UnitOfWork,
+    source_event_id: str,
+    loan_id: str,
+    kind: str,
+    recipient: str,
+    channel: str,
+    payload: dict[str, Any],
+    sealed: tuple[str, str] | None = None,
+) -> Notification | None:
+    """Insert a pending notification unless this event already made one for this recipient and channel."""
+    existing = await uow.session.execute(
+        select(Notification).where(
+            Notification.source_event_id == source_event_id,
+            Notification.recipient == recipient,
+            Notification.channel == channel,
+        )
+    )
+    if existing.scalar_one_or_none() is not None:
+        return None
+    note = Notification(
+        notification_id=notification_id(source_event_id=source_event_id, recipient=recipient, channel=channel),
+        source_event_id=source_event_id,
+        loan_id=loan_id,
+        kind=kind,
+        recipient=recipient,
+        channel=channel,
+        payload=json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
+        status="pending",
+        next_attempt_at=utcnow(),
+        address_enc=sealed[0] if sealed else None,
+        message_enc=sealed[1] if sealed else None,
+    )
+    uow.session.add(note)
+    await uow.session.flush()
+    return note
+
+
+async def load_contacts(*, uow: UnitOfWork, cipher: Cipher, loan_id: str) -> dict[str, Any] | None:
+    """The loan's officer and parties as last seen on loan.stage.v1, or None if not seen yet."""
+    row = await uow.session.get(LoanContact, loan_id)
+    return cipher.decrypt_json(row.contacts_enc) if row else None
+
+
+@dataclass(frozen=True)
+class Route:
+    recipient: str  # `officer:ID`, `party:ID` or a role: never an address
+    channel: str
+
+
+def officer_id(contacts: dict[str, Any] | None) -> str | None:
+    """The loan officer's id, when the loan's contacts are known."""
+    officer: dict[str, Any] = (contacts or {}).get("officer") or {}
+    return officer.get("id")
+
+
+def officer_routes(*, out: Outbound, contacts: dict[str, Any] | None) -> list[Route]:
+    """The officer hears by webhook always (ids only), and by email when we have their address."""
+    ident = officer_id(contacts)
+    # Without a known officer the webhook receiver routes by loan_id; never drop the notice.
+    recipient = f"officer:{ident}" if ident else "officer"
+    has_email = bool(((contacts or {}).get("officer") or {}).get("email"))
+    return [Route(recipient, "webhook")] + ([Route(recipient, "email")] if out.email_enabled and has_email else [])
+
+
+def party_route(*, out: Outbound, contacts: dict[str, Any] | None, party_id: str, prefer_email: bool) -> Route:
+    """A party hears by email when preferred and possible, else by SMS (every party has a phone)."""
+    party = find_party(contacts or {}, party_id) or {}
+    email = prefer_email and out.email_enabled and bool(party.get("email"))
+    return Route(f"party:{party_id}", "email" if email else "sms")
+
+
+async def notify(
+    *,
+    uow: UnitOfWork,
+    out: Outbound,
+    source_event_id: str,
+    kind: str,
+    payload: dict[str, Any],
+    contacts: dict[str, Any] | None,
+    routes: list[Route],
+) -> None:
+    """Queue one notification per route; an email or SMS is addressed and written now if the contact is known."""
+    for route in routes:
+        composed = None
+        if route.channel != "webhook":
+            # Contacts may not have arrived yet (another topic): then the delivery loop composes it later.
+            composed = compose(
+                kind=kind, channel=route.channel, recipient=route.recipient, payload=payload, contacts=contacts or {}
+            )
+        await queue_notification(
+            uow=uow,
+            source_event_id=source_event_id,
+            loan_id=payload["loan_id"],
+            kind=kind,
+            recipient=route.recipient,
+            channel=route.channel,
+            payload=payload,
+            sealed=seal(out.cipher, composed) if composed else None,
+        )

@@ -1,0 +1,129 @@
+"""Notifier rules without I/O: templates by language, addressing, SMTP classification, retry backoff."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from services.notifier.channels.email import build_message, classify_smtp
+from services.notifier.delivery import Retry
+from services.notifier.handlers import questionnaire_url
+from services.notifier.messages import compose, render
+from services.notifier.outbound import Outbound, Route, officer_routes, party_route
+from shared.crypto import Cipher, generate_key
+from shared.policy import Escalation, Policy
+
+CONTACTS: dict[str, Any] = {
+    "officer": {"id": "EMP-778", "name": "李娜", "email": "li.na@bank.example"},
+    "parties": [
+        {"party_id": "P-1", "role": "borrower", "name": "张伟", "phone": "+8613800138000", "language": "zh-CN"},
+        {
+            "party_id": "P-2",
+            "role": "guarantor",
+            "name": "Anna Lee",
+            "phone": "+85291234567",
+            "email": "anna@example.com",
+            "language": "en",
+            "timezone": "Asia/Hong_Kong",
+        },
+    ],
+}
+REFUSAL = {"loan_id": "L-1", "callback_id": "cb-1", "party_id": "P-2", "role": "guarantor"}
+
+
+def test_party_reads_their_own_language() -> None:
+    payload = {"party_id": "P-2", "url": "https://q/cb-1", "reason": "attempts_exhausted"}
+    english = compose(kind="questionnaire", channel="email", recipient="party:P-2", payload=payload, contacts=CONTACTS)
+    chinese = compose(
+        kind="questionnaire",
+        channel="sms",
+        recipient="party:P-1",
+        payload={**payload, "party_id": "P-1"},
+        contacts=CONTACTS,
+    )
+    assert english is not None and chinese is not None
+    assert english.address == "anna@example.com" and english.message.body.startswith("Dear Anna Lee,")
+    assert english.message.subject == "Please complete your loan verification questionnaire"
+    assert chinese.address == "+8613800138000" and chinese.message.body.startswith("张伟您好")
+    assert "https://q/cb-1" in chinese.message.body and chinese.message.body.count("\n") == 0  # one SMS line
+
+
+def test_officer_reads_chinese_about_the_party_in_question() -> None:
+    payload = {**REFUSAL, "reason_code": "privacy_concern", "refusals_for_loan": 2}
+    composed = compose(kind="refusal", channel="email", recipient="officer:EMP-778", payload=payload, contacts=CONTACTS)
+    assert composed is not None and composed.address == "li.na@bank.example"
+    assert composed.message.subject == "【回访拒绝】贷款 L-1：担保人拒绝回访"
+    assert "担保人Anna Lee拒绝了核实回访" in composed.message.body and "担心个人信息泄露" in composed.message.body
+
+
+def test_notice_time_is_local_to_the_party() -> None:
+    payload = {"party_id": "P-2", "due_at": "2026-11-30T02:00:00+00:00", "purpose": "p", "topics": ["a", "b"]}
+    composed = compose(kind="notice", channel="sms", recipient="party:P-2", payload=payload, contacts=CONTACTS)
+    assert composed is not None and "around 2026-11-30 10:00" in composed.message.body
+
+
+def test_unknown_recipient_or_missing_address_waits() -> None:
+    payload = {"party_id": "P-1", "url": "u", "reason": "deadline"}
+    assert (
+        compose(kind="questionnaire", channel="sms", recipient="party:P-9", payload=payload, contacts=CONTACTS) is None
+    )
+    assert (
+        compose(kind="questionnaire", channel="email", recipient="party:P-1", payload=payload, contacts=CONTACTS)
+        is None
+    )
+    assert compose(kind="questionnaire", channel="sms", recipient="party:P-1", payload=payload, contacts={}) is None
+    assert (
+        compose(kind="refusal", channel="email", recipient="officer:EMP-1", payload=REFUSAL, contacts=CONTACTS) is None
+    )
+
+
+def test_unsupported_language_falls_back_to_chinese() -> None:
+    message = render(
+        kind="questionnaire", channel="sms", language="fr", context={"name": "X", "url": "u", "reason": "x"}
+    )
+    assert message.body.startswith("X您好")
+
+
+@pytest.mark.parametrize(("code", "outcome"), [(421, "retryable"), (451, "retryable"), (550, "permanent")])
+def test_smtp_4xx_is_transient_5xx_permanent(code: int, outcome: str) -> None:
+    result = classify_smtp(code)
+    assert result.outcome == outcome and result.error == f"smtp {code}"
+
+
+def test_email_carries_a_stable_message_id() -> None:
+    message = build_message(sender="a@b", to="c@d", subject="主题", body="正文", notification_id="n-1")
+    assert message["Message-ID"] == "<n-1@huifang>" and message["Subject"] == "主题"
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
+    retry = Retry(max_attempts=8, base_seconds=2.0, cap_seconds=60.0)
+    for attempts, middle in [(1, 2.0), (2, 4.0), (3, 8.0), (10, 60.0)]:
+        pauses = {retry.backoff(attempts) for _ in range(50)}
+        assert all(timedelta(seconds=middle * 0.5) <= p <= timedelta(seconds=middle * 1.5) for p in pauses)
+        assert len(pauses) > 1  # jittered
+
+
+def test_questionnaire_url_names_the_callback() -> None:
+    policy = Policy(escalation=Escalation(questionnaire_url="https://bank.example/q/{callback_id}?src=sms"))
+    assert questionnaire_url(policy, "cb/1") == "https://bank.example/q/cb%2F1?src=sms"
+
+
+def test_officer_gets_email_only_when_smtp_is_set_and_an_address_is_known() -> None:
+    cipher = Cipher([generate_key()])
+    with_email, without = Outbound(cipher=cipher, email_enabled=True), Outbound(cipher=cipher, email_enabled=False)
+    assert officer_routes(out=with_email, contacts=CONTACTS) == [
+        Route("officer:EMP-778", "webhook"),
+        Route("officer:EMP-778", "email"),
+    ]
+    assert officer_routes(out=without, contacts=CONTACTS) == [Route("officer:EMP-778", "webhook")]
+    assert officer_routes(out=with_email, contacts=None) == [Route("officer", "webhook")]
+
+
+def test_party_gets_email_when_preferred_and_possible_else_sms() -> None:
+    out = Outbound(cipher=Cipher([generate_key()]), email_enabled=True)
+    assert party_route(out=out, contacts=CONTACTS, party_id="P-2", prefer_email=True) == Route("party:P-2", "email")
+    assert party_route(out=out, contacts=CONTACTS, party_id="P-2", prefer_email=False) == Route("party:P-2", "sms")
+    assert party_route(out=out, contacts=CONTACTS, party_id="P-1", prefer_email=True) == Route("party:P-1", "sms")
+    assert party_route(out=out, contacts=None, party_id="P-1", prefer_email=True) == Route("party:P-1", "sms")
