@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import cache
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import holidays
@@ -86,7 +87,7 @@ def calling_spans(*, policy: Policy, window: Window | None) -> list[Span]:
     out = []
     for start, end in spans:
         edges = [start, *(c for c in cuts if start < c < end), end]
-        out += [Span(a, b, part_of_day(policy=policy, minute=a)) for a, b in zip(edges, edges[1:], strict=False)]
+        out += [Span(a, b, part_of_day(policy=policy, minute=a)) for a, b in pairwise(edges)]
     return out
 
 
@@ -143,9 +144,7 @@ def earliest_slot(
     """The first instant at or after `after` and before `before` when the party may be phoned."""
     zone = _zone(reach.timezone)
     spans = [
-        s
-        for s in calling_spans(policy=policy, window=reach.window if use_window else None)
-        if s.part != avoid_part
+        s for s in calling_spans(policy=policy, window=reach.window if use_window else None) if s.part != avoid_part
     ]
     last = min(before, after + timedelta(days=HORIZON_DAYS))
     for day in _days(after.astimezone(zone).date(), last.astimezone(zone).date()):
@@ -189,9 +188,7 @@ def notice_time(*, policy: Policy, reach: Reach, at: datetime) -> datetime:
     return local_instant(day=wake_day, minute=quiet_end, zone=zone) if quiet else at
 
 
-def plan_first_call(
-    *, policy: Policy, party: Party, now: datetime, busy_days: frozenset[date] = frozenset()
-) -> Plan:
+def plan_first_call(*, policy: Policy, party: Party, now: datetime, busy_days: frozenset[date] = frozenset()) -> Plan:
     """When to notify and when to first call a party (CONTRACT.md section 4), and when the callback expires."""
     reach = Reach.of(party)
     deadline = business_day_end(policy=policy, reach=reach, now=now, days=policy.attempts.deadline_business_days)
@@ -237,8 +234,10 @@ def plan_retry(
     return found or earliest_slot(policy=policy, reach=reach, after=after, before=deadline, busy_days=busy_days)
 
 
-def plan_reschedule(*, policy: Policy, reach: Reach, requested: datetime, now: datetime, deadline: datetime) -> datetime | None:
-    """The party's requested time, clamped into calling hours; the last calling day's start if it passes the deadline."""
+def plan_reschedule(
+    *, policy: Policy, reach: Reach, requested: datetime, now: datetime, deadline: datetime
+) -> datetime | None:
+    """The party's requested time clamped into calling hours; past the deadline, the last calling day's start."""
     after = max(requested, now)
     found = earliest_slot(policy=policy, reach=reach, after=after, before=deadline, use_window=False)
     return found or latest_start(policy=policy, reach=reach, now=now, deadline=deadline)

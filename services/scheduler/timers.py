@@ -11,12 +11,12 @@ import structlog
 from sqlmodel import col
 
 from services.scheduler import planner
-from services.scheduler.handlers import close, find, ref
+from services.scheduler.handlers import expire, find, publish, ref
 from services.scheduler.models import Callback, Timer
 from shared.claims import claim
 from shared.crypto import Cipher
 from shared.db import Database, UnitOfWork, utcnow
-from shared.events import CLOSED_STATES, CallbackDue, CallbackExpired, CallbackNoticeRequested
+from shared.events import CLOSED_STATES, CallbackDue, CallbackNoticeRequested
 from shared.metrics import TIMER_LATENESS, TIMERS_FIRED
 
 log = structlog.get_logger(__name__)
@@ -69,19 +69,18 @@ class TimerLoop:
         return len(rows)
 
     async def _fire(self, uow: UnitOfWork, *, kind: str, callback_id: str, now: datetime) -> None:
-        cb = await find(uow=uow, callback_id=callback_id)
+        cb = await find(uow=uow, callback_id=callback_id, lock=True)
         if cb is None or cb.state in CLOSED_STATES:
             return
         if kind == "notice":
-            uow.emit(self._notice(cb), key=cb.loan_id)
+            publish(uow, cb, self._notice(cb))
         elif kind == "due" and cb.state == "scheduled":
             cb.state = "due"
             cb.updated_at = now
             uow.session.add(cb)
-            uow.emit(self._due(cb), key=cb.loan_id)
+            publish(uow, cb, self._due(cb))
         elif kind == "deadline":
-            await close(uow=uow, cb=cb, state="expired", now=now)
-            uow.emit(CallbackExpired(**ref(cb), reason="deadline"), key=cb.loan_id)  # type: ignore[arg-type]
+            await expire(uow=uow, cb=cb, reason="deadline", now=now)
 
     def _notice(self, cb: Callback) -> CallbackNoticeRequested:
         contact = self.cipher.decrypt_json(cb.contact_enc)

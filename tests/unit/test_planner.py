@@ -157,7 +157,10 @@ def test_retry_is_min_gap_later_and_in_another_part_of_the_day() -> None:
 def test_retry_within_a_narrow_window_keeps_the_window() -> None:
     reach = Reach("Asia/Shanghai", Window(start="18:00", end="20:00"))
     retry = planner.plan_retry(
-        policy=DEFAULT, reach=reach, last_call_at=at(2026, 3, 9, 18, 0), now=at(2026, 3, 9, 18, 0),
+        policy=DEFAULT,
+        reach=reach,
+        last_call_at=at(2026, 3, 9, 18, 0),
+        now=at(2026, 3, 9, 18, 0),
         deadline=at(2026, 3, 16, 20),
     )
     assert retry == at(2026, 3, 10, 18, 0)
@@ -165,16 +168,23 @@ def test_retry_within_a_narrow_window_keeps_the_window() -> None:
 
 def test_retry_that_does_not_fit_before_the_deadline_is_none() -> None:
     retry = planner.plan_retry(
-        policy=DEFAULT, reach=Reach("Asia/Shanghai"), last_call_at=at(2026, 3, 9, 17, 0),
-        now=at(2026, 3, 9, 17, 0), deadline=at(2026, 3, 9, 20, 0),
+        policy=DEFAULT,
+        reach=Reach("Asia/Shanghai"),
+        last_call_at=at(2026, 3, 9, 17, 0),
+        now=at(2026, 3, 9, 17, 0),
+        deadline=at(2026, 3, 9, 20, 0),
     )
     assert retry is None
 
 
 def test_retry_skips_a_busy_day() -> None:
     retry = planner.plan_retry(
-        policy=DEFAULT, reach=Reach("Asia/Shanghai"), last_call_at=at(2026, 3, 9, 9, 0),
-        now=at(2026, 3, 9, 9, 0), deadline=at(2026, 3, 16, 20), busy_days=frozenset({date(2026, 3, 9)}),
+        policy=DEFAULT,
+        reach=Reach("Asia/Shanghai"),
+        last_call_at=at(2026, 3, 9, 9, 0),
+        now=at(2026, 3, 9, 9, 0),
+        deadline=at(2026, 3, 16, 20),
+        busy_days=frozenset({date(2026, 3, 9)}),
     )
     assert retry == at(2026, 3, 10, 12, 0)  # next day, still another part of the day than 09:00
 
@@ -190,8 +200,11 @@ def test_retry_skips_a_busy_day() -> None:
 )
 def test_reschedule_clamps_the_requested_time(requested: datetime, expected: datetime) -> None:
     moved = planner.plan_reschedule(
-        policy=DEFAULT, reach=Reach("Asia/Shanghai", Window(start="18:00", end="19:00")),
-        requested=requested, now=at(2026, 3, 9, 12), deadline=at(2026, 3, 16, 20),
+        policy=DEFAULT,
+        reach=Reach("Asia/Shanghai", Window(start="18:00", end="19:00")),
+        requested=requested,
+        now=at(2026, 3, 9, 12),
+        deadline=at(2026, 3, 16, 20),
     )
     assert moved == expected
 
@@ -201,7 +214,9 @@ def test_daylight_saving_spring_forward_in_new_york() -> None:
     early = policy(calling_hours={"start": "02:00", "end": "04:00", "holidays": ""}, notice={"lead": "PT0S"})
     reach = Reach("America/New_York", Window(start="02:00", end="03:00"))
     slot = planner.earliest_slot(
-        policy=early, reach=reach, after=datetime(2026, 3, 8, 0, 0, tzinfo=NY),
+        policy=early,
+        reach=reach,
+        after=datetime(2026, 3, 8, 0, 0, tzinfo=NY),
         before=datetime(2026, 3, 12, 0, 0, tzinfo=NY),
     )
     assert slot == datetime(2026, 3, 9, 2, 0, tzinfo=NY)
@@ -219,10 +234,9 @@ def test_day_parts_must_increase() -> None:
 
 
 def test_deadline_is_end_of_calling_hours() -> None:
-    assert planner.business_day_end(
-        policy=DEFAULT, reach=Reach("Asia/Shanghai"), now=at(2026, 3, 9, 10), days=0
-    ) == at(2026, 3, 9, 20)
+    assert planner.business_day_end(policy=DEFAULT, reach=Reach("Asia/Shanghai"), now=at(2026, 3, 9, 10), days=0) == at(
+        2026, 3, 9, 20
+    )
     assert planner.business_day_end(
         policy=DEFAULT, reach=Reach("Asia/Shanghai"), now=at(2026, 3, 14, 10), days=0
     ) == at(2026, 3, 16, 20)  # Saturday: the next business day
-

@@ -14,9 +14,7 @@ from shared.policy import Policy
 
 ZONES = ["Asia/Shanghai", "America/New_York", "Europe/London", "Australia/Sydney", "Asia/Kolkata"]
 clock = st.integers(min_value=0, max_value=24 * 4).map(lambda q: f"{q * 15 // 60:02d}:{q * 15 % 60:02d}")
-moments = st.datetimes(
-    min_value=datetime(2025, 1, 1), max_value=datetime(2027, 12, 31), timezones=st.just(UTC)
-)
+moments = st.datetimes(min_value=datetime(2025, 1, 1), max_value=datetime(2027, 12, 31), timezones=st.just(UTC))
 
 
 @st.composite
@@ -84,7 +82,10 @@ def test_lead_is_honoured_whenever_a_slot_allows_it(policy: Policy, party: Party
         ),
     )
     possible = planner.earliest_slot(policy=policy, reach=reach, after=now + policy.notice.lead, before=limit)
-    if possible is not None and planner.notice_time(policy=policy, reach=reach, at=possible - policy.notice.lead) <= possible:
+    if (
+        possible is not None
+        and planner.notice_time(policy=policy, reach=reach, at=possible - policy.notice.lead) <= possible
+    ):
         assert plan.lead_honoured and plan.due_at == possible
 
 
