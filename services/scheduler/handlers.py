@@ -83,10 +83,15 @@ def publish(uow: UnitOfWork, cb: Callback, data: CallbackRef) -> None:
 
 
 async def open_callbacks(*, uow: UnitOfWork, loan_id: str) -> list[Callback]:
-    rows = await uow.session.execute(
-        select(Callback).where(Callback.loan_id == loan_id, col(Callback.state).not_in(CLOSED_STATES))
+    """The loan's open callbacks, their rows locked (in id order) until the transaction ends."""
+    query = (
+        select(Callback)
+        .where(Callback.loan_id == loan_id, col(Callback.state).not_in(CLOSED_STATES))
+        .order_by(col(Callback.callback_id))
     )
-    return list(rows.scalars())
+    if uow.dialect == "postgresql":
+        query = query.with_for_update()
+    return list((await uow.session.execute(query)).scalars())
 
 
 async def cancel_timers(*, uow: UnitOfWork, callback_id: str, kinds: tuple[str, ...] | None = None) -> None:

@@ -52,6 +52,7 @@ class TimerLoop:
         """Fire every timer whose time has come; returns how many."""
         now = utcnow()
         table = Timer.__table__  # type: ignore[attr-defined]
+        callbacks = Callback.__table__  # type: ignore[attr-defined]
         async with self.db.uow() as uow:
             rows = await claim(
                 uow,
@@ -60,16 +61,20 @@ class TimerLoop:
                 order_by=table.c.fire_at,
                 limit=self.batch,
                 values={"fired_at": now},
+                # A timer is taken only with its callback's row, which an outcome or the other
+                # timers of that callback (on another replica) may hold.
+                joined=(callbacks, callbacks.c.callback_id == table.c.callback_id),
             )
             for row in rows:
                 await self._fire(uow, kind=row.kind, callback_id=row.callback_id, now=now)
-                TIMERS_FIRED.labels("scheduler", row.kind).inc()
-                TIMER_LATENESS.labels("scheduler", row.kind).observe(max(0.0, (now - row.fire_at).total_seconds()))
             await uow.commit()
+        for row in rows:
+            TIMERS_FIRED.labels("scheduler", row.kind).inc()
+            TIMER_LATENESS.labels("scheduler", row.kind).observe(max(0.0, (now - row.fire_at).total_seconds()))
         return len(rows)
 
     async def _fire(self, uow: UnitOfWork, *, kind: str, callback_id: str, now: datetime) -> None:
-        cb = await find(uow=uow, callback_id=callback_id, lock=True)
+        cb = await find(uow=uow, callback_id=callback_id)  # its row is locked by the claim
         if cb is None or cb.state in CLOSED_STATES:
             return
         if kind == "notice":

@@ -163,7 +163,7 @@ async def test_listing_filters_and_pages(huifang: Huifang) -> None:
         bad_cursor = await client.get("/v1/callbacks", params={"cursor": "abc"})
         missing = await client.get("/v1/callbacks/nope")
     assert [len(p) for p in pages] == [2, 1]
-    assert sorted(sum(pages, [])) == ["borrower", "co_borrower", "guarantor"]
+    assert sorted(role for page in pages for role in page) == ["borrower", "co_borrower", "guarantor"]
     assert [cb["role"] for cb in guarantors["items"]] == ["guarantor"]
     assert bad_state.status_code == bad_cursor.status_code == 422 and missing.status_code == 404
 
