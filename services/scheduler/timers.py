@@ -8,10 +8,10 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 import structlog
-from sqlmodel import col
+from sqlmodel import col, select
 
 from services.scheduler import planner
-from services.scheduler.handlers import expire, find, publish, ref
+from services.scheduler.handlers import expire, publish, ref
 from services.scheduler.models import Callback, Timer
 from shared.claims import claim
 from shared.crypto import Cipher
@@ -65,16 +65,19 @@ class TimerLoop:
                 # timers of that callback (on another replica) may hold.
                 joined=(callbacks, callbacks.c.callback_id == table.c.callback_id),
             )
+            # One query for the batch's callbacks, not one per timer: bursts of due timers stay on time.
+            ids = {row.callback_id for row in rows}
+            found = await uow.session.execute(select(Callback).where(col(Callback.callback_id).in_(ids)))
+            by_id = {cb.callback_id: cb for cb in found.scalars()}
             for row in rows:
-                await self._fire(uow, kind=row.kind, callback_id=row.callback_id, now=now)
+                await self._fire(uow, kind=row.kind, cb=by_id.get(row.callback_id), now=now)
             await uow.commit()
         for row in rows:
             TIMERS_FIRED.labels("scheduler", row.kind).inc()
             TIMER_LATENESS.labels("scheduler", row.kind).observe(max(0.0, (now - row.fire_at).total_seconds()))
         return len(rows)
 
-    async def _fire(self, uow: UnitOfWork, *, kind: str, callback_id: str, now: datetime) -> None:
-        cb = await find(uow=uow, callback_id=callback_id)  # its row is locked by the claim
+    async def _fire(self, uow: UnitOfWork, *, kind: str, cb: Callback | None, now: datetime) -> None:
         if cb is None or cb.state in CLOSED_STATES:
             return
         if kind == "notice":
