@@ -9,7 +9,7 @@ DEV_ENV := HUIFANG_API_KEYS=$${HUIFANG_API_KEYS:-agent:dev-agent,supervisor:dev-
 	HUIFANG_WEBHOOK_SECRET=$${HUIFANG_WEBHOOK_SECRET:-dev-webhook-secret} \
 	HUIFANG_SMS_WEBHOOK_URL=$${HUIFANG_SMS_WEBHOOK_URL:-http://127.0.0.1:8009/sms}
 
-.PHONY: setup run demo test test-fault test-unit lint kafka-jars clean
+.PHONY: setup run demo test test-fault test-load test-unit lint kafka-jars clean bench-timers
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,3 +44,11 @@ lint: $(STAMP)
 
 clean:
 	rm -rf .local/test .local/*.db .local/*.db-* .local/kafka/node
+
+# Expensive scenarios (marker `load`): two scheduler processes over thousands of callbacks on PostgreSQL.
+test-load: setup
+	$(BIN)/python -m pytest -p no:cacheprovider -q -m load tests/load
+
+# Timer lateness (p50/p99) of the scheduler's timer loop against a raw-SQL polling baseline; report in bench/results/.
+bench-timers: setup
+	$(BIN)/python bench/timer_lateness.py

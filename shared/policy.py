@@ -84,6 +84,16 @@ class Attempts(_Section):
     max_calls: int = Field(default=3, ge=1, le=20)
     min_gap: Duration = timedelta(hours=4)
     max_calls_per_person_per_day: int = Field(default=2, ge=1, le=20)
+    # Beyond the contract's keys: where one part of the day ends and the next begins (a retry goes to
+    # another part than the failed call); [] makes the whole day one part.
+    day_parts: list[ClockTime] = ["12:00", "18:00"]
+
+    @model_validator(mode="after")
+    def _parts_ordered(self) -> Attempts:
+        minutes = [minutes_of_day(b) for b in self.day_parts]
+        if minutes != sorted(set(minutes)):
+            raise ValueError("day_parts must be distinct clock times in increasing order")
+        return self
 
 
 class Escalation(_Section):

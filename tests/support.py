@@ -256,10 +256,10 @@ def loan_event(
         "officer": {"id": "EMP-778", "name": "李娜", "email": "li.na@bank.example", "phone": "+8613900139000"},
         "parties": [
             {
-                "party_id": f"P-{i + 1}",
+                "party_id": f"P-{i + 1}-{loan_id}",  # a person of their own per loan: daily caps match people
                 "role": role,
                 "name": names[i % 3],
-                "phone": f"+86138001380{i:02d}",
+                "phone": _phone(loan_id, i),
                 "timezone": "Asia/Shanghai",
                 "language": "zh-CN",
                 "contact_consent": consent,
@@ -267,3 +267,11 @@ def loan_event(
             for i, role in enumerate(roles)
         ],
     }
+
+
+def _phone(loan_id: str, index: int) -> str:
+    """A mobile number of this loan's party: distinct across loans, so per-person caps do not join them."""
+    import hashlib
+
+    digits = int(hashlib.sha256(f"{loan_id}/{index}".encode()).hexdigest(), 16) % 10**8
+    return f"+86138{digits:08d}"

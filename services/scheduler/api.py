@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+import sqlalchemy as sa
+from fastapi import APIRouter, Header, Query, Request
+from pydantic import AwareDatetime, BaseModel, Field
 from sqlmodel import col, select
 
-from services.scheduler.handlers import close, find, ref
-from services.scheduler.models import Callback
+from services.scheduler.handlers import close, find, flags_of, publish, ref
+from services.scheduler.models import Callback, CallbackEvent, CancelRequest
 from shared.db import Database, utcnow
-from shared.events import CLOSED_STATES, CallbackCancelled
+from shared.events import CLOSED_STATES, CallbackCancelled, CallbackState, Role, Stage
 from shared.web import AgentAuth, SupervisorAuth, problem
 
 router = APIRouter(prefix="/v1", tags=["callbacks"])
@@ -32,9 +35,21 @@ class CallbackOut(BaseModel):
     deadline: datetime
     notice_at: datetime
     flags: list[str]
+    timezone: str
+    language: str
     created_at: datetime
     updated_at: datetime
     closed_at: datetime | None
+
+
+class TimelineEntry(BaseModel):
+    type: str
+    at: datetime
+    detail: dict[str, Any]
+
+
+class CallbackDetail(CallbackOut):
+    timeline: list[TimelineEntry]
 
 
 class CallbackPage(BaseModel):
@@ -49,8 +64,8 @@ class CancelIn(BaseModel):
 def _out(cb: Callback) -> CallbackOut:
     # Contact details stay encrypted in the database; the API shows ids only.
     return CallbackOut(
-        **cb.model_dump(exclude={"contact_enc", "phone_index", "flags", "seq"}),
-        flags=[f for f in cb.flags.split(",") if f],
+        **cb.model_dump(exclude={"contact_enc", "phone_index", "flags", "seq", "window_start", "window_end"}),
+        flags=flags_of(cb),
     )
 
 
@@ -64,16 +79,29 @@ async def list_callbacks(
     request: Request,
     _: AgentAuth,
     loan_id: str | None = None,
-    state: str | None = None,
+    state: CallbackState | None = None,
+    party_id: str | None = None,
+    role: Role | None = None,
+    stage: Stage | None = None,
+    branch_id: str | None = None,
+    flag: Annotated[str | None, Query(pattern=r"^[a-z_]+$")] = None,
+    due_from: AwareDatetime | None = None,
+    due_to: AwareDatetime | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(pattern=r"^\d+$")] = None,
 ) -> CallbackPage:
-    """Callbacks, oldest first; pass `next_cursor` back as `cursor` for the next page."""
+    """Callbacks, oldest first, filtered; pass `next_cursor` back as `cursor` for the next page."""
     query = select(Callback).order_by(col(Callback.seq)).limit(limit + 1)
-    if loan_id:
-        query = query.where(Callback.loan_id == loan_id)
-    if state:
-        query = query.where(Callback.state == state)
+    equal = {"loan_id": loan_id, "state": state, "party_id": party_id, "role": role, "stage": stage}
+    for name, value in {**equal, "branch_id": branch_id}.items():
+        if value:
+            query = query.where(getattr(Callback, name) == value)
+    if flag:
+        query = query.where(("," + col(Callback.flags) + ",").like(f"%,{flag},%"))
+    if due_from:
+        query = query.where(col(Callback.due_at) >= due_from)
+    if due_to:
+        query = query.where(col(Callback.due_at) < due_to)
     if cursor:
         query = query.where(col(Callback.seq) > int(cursor))
     async with _db(request).uow() as uow:
@@ -83,27 +111,51 @@ async def list_callbacks(
     return CallbackPage(items=[_out(cb) for cb in rows], next_cursor=str(rows[-1].seq) if more else None)
 
 
-@router.get("/callbacks/{callback_id}", response_model=CallbackOut)
-async def get_callback(request: Request, callback_id: str, _: AgentAuth) -> CallbackOut:
-    async with _db(request).uow() as uow:
-        cb = await find(uow=uow, callback_id=callback_id)
-    if cb is None:
-        raise problem(404, f"callback {callback_id} not found")
-    return _out(cb)
-
-
-@router.post("/callbacks/{callback_id}/cancel", response_model=CallbackOut)
-async def cancel_callback(request: Request, callback_id: str, body: CancelIn, who: SupervisorAuth) -> CallbackOut:
-    """A supervisor stops a callback; dialers and agents learn it from `callback.cancelled`."""
+@router.get("/callbacks/{callback_id}", response_model=CallbackDetail)
+async def get_callback(request: Request, callback_id: str, _: AgentAuth) -> CallbackDetail:
+    """One callback with its timeline: every lifecycle event and outcome, oldest first."""
     async with _db(request).uow() as uow:
         cb = await find(uow=uow, callback_id=callback_id)
         if cb is None:
             raise problem(404, f"callback {callback_id} not found")
+        lines = await uow.session.execute(
+            select(CallbackEvent)
+            .where(CallbackEvent.callback_id == callback_id)
+            .order_by(col(CallbackEvent.at), col(CallbackEvent.id))
+        )
+        timeline = [TimelineEntry(type=e.type, at=e.at, detail=json.loads(e.detail)) for e in lines.scalars()]
+    return CallbackDetail(**_out(cb).model_dump(), timeline=timeline)
+
+
+@router.post("/callbacks/{callback_id}/cancel", response_model=CallbackOut)
+async def cancel_callback(
+    request: Request,
+    callback_id: str,
+    body: CancelIn,
+    who: SupervisorAuth,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> CallbackOut:
+    """A supervisor stops a callback; dialers and agents learn it from `callback.cancelled`."""
+    digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+    async with _db(request).uow() as uow:
+        cb = await find(uow=uow, callback_id=callback_id, lock=True)
+        if cb is None:
+            raise problem(404, f"callback {callback_id} not found")
+        if idempotency_key:
+            earlier = await uow.session.get(CancelRequest, idempotency_key)
+            if earlier is not None:
+                if (earlier.callback_id, earlier.request_hash) != (callback_id, digest):
+                    raise problem(422, "Idempotency-Key was already used with a different request")
+                return _out(cb)  # the first request cancelled it; the callback stays as it left it
+            uow.session.add(CancelRequest(key=idempotency_key, callback_id=callback_id, request_hash=digest))
         if cb.state in CLOSED_STATES:
             raise problem(409, f"callback {callback_id} is already {cb.state}")
         await close(uow=uow, cb=cb, state="cancelled", now=utcnow())
-        uow.emit(CallbackCancelled(**ref(cb), reason="operator", note=body.reason), key=cb.loan_id)  # type: ignore[arg-type]
-        await uow.commit()
+        publish(uow, cb, CallbackCancelled(**ref(cb), reason="operator", note=body.reason))  # type: ignore[arg-type]
+        try:
+            await uow.commit()
+        except sa.exc.IntegrityError:
+            raise problem(409, "a request with this Idempotency-Key is in flight; retry to get its result") from None
     return _out(cb)
 
 

@@ -1,30 +1,42 @@
-"""Events in: loan stages open and cancel callbacks; outcomes close, retry or expire them."""
+"""Events in: loan stages open and cancel callbacks; outcomes close, retry, move or expire them."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+import uuid
+from collections import Counter
+from datetime import date, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlmodel import col, select
 
 from services.scheduler import planner
-from services.scheduler.models import Callback, Timer
+from services.scheduler.models import Callback, CallbackEvent, PersonCall, Timer
 from shared.crypto import Cipher
 from shared.db import UnitOfWork, utcnow
 from shared.events import (
     CLOSED_STATES,
+    TYPE_OF,
     CallbackCancelled,
     CallbackExpired,
     CallbackOutcomeRecorded,
+    CallbackRef,
     CallbackRescheduled,
     CallbackScheduled,
     Event,
     LoanStageChanged,
+    Window,
 )
 from shared.kafka import Handler
 from shared.policy import Policy
 
 CANCEL_REASON = {"rejected": "loan_rejected", "withdrawn": "loan_withdrawn"}
+OPEN_STATES = ("scheduled", "due")
+# What a timeline line may show: ids, states, times and reasons; never names, phones or emails.
+TIMELINE_FIELDS = {
+    "state", "attempt", "due_at", "deadline", "notice_at", "reason", "channel", "flags",
+    "disposition", "reason_code", "agent_id", "attempt_id",
+}  # fmt: skip
 
 
 def ref(cb: Callback) -> dict[str, object]:
@@ -41,11 +53,45 @@ def ref(cb: Callback) -> dict[str, object]:
     }
 
 
-async def open_callbacks(*, uow: UnitOfWork, loan_id: str) -> list[Callback]:
-    rows = await uow.session.execute(
-        select(Callback).where(Callback.loan_id == loan_id, col(Callback.state).not_in(CLOSED_STATES))
+def reach(cb: Callback) -> planner.Reach:
+    """Where and when the callback's party may be phoned."""
+    window = Window(start=cb.window_start, end=cb.window_end) if cb.window_start and cb.window_end else None
+    return planner.Reach(timezone=cb.timezone, window=window)
+
+
+def flags_of(cb: Callback) -> list[str]:
+    return [f for f in cb.flags.split(",") if f]
+
+
+def add_flag(cb: Callback, flag: str) -> None:
+    if flag not in flags_of(cb):
+        cb.flags = ",".join([*flags_of(cb), flag])
+
+
+def note(uow: UnitOfWork, *, callback_id: str, data: CallbackRef, at: datetime | None = None) -> None:
+    """Add a line to the callback's timeline."""
+    detail = data.model_dump(mode="json", include=TIMELINE_FIELDS)
+    uow.session.add(
+        CallbackEvent(callback_id=callback_id, type=TYPE_OF[type(data)], at=at or utcnow(), detail=json.dumps(detail))
     )
-    return list(rows.scalars())
+
+
+def publish(uow: UnitOfWork, cb: Callback, data: CallbackRef) -> None:
+    """Emit a lifecycle event through the outbox and note it on the callback's timeline."""
+    uow.emit(data, key=cb.loan_id)
+    note(uow, callback_id=cb.callback_id, data=data)
+
+
+async def open_callbacks(*, uow: UnitOfWork, loan_id: str) -> list[Callback]:
+    """The loan's open callbacks, their rows locked (in id order) until the transaction ends."""
+    query = (
+        select(Callback)
+        .where(Callback.loan_id == loan_id, col(Callback.state).not_in(CLOSED_STATES))
+        .order_by(col(Callback.callback_id))
+    )
+    if uow.dialect == "postgresql":
+        query = query.with_for_update()
+    return list((await uow.session.execute(query)).scalars())
 
 
 async def cancel_timers(*, uow: UnitOfWork, callback_id: str, kinds: tuple[str, ...] | None = None) -> None:
@@ -59,6 +105,34 @@ def add_timer(uow: UnitOfWork, callback_id: str, kind: str, fire_at: datetime) -
     uow.session.add(Timer(callback_id=callback_id, kind=kind, fire_at=fire_at))
 
 
+async def busy_days(
+    *, uow: UnitOfWork, policy: Policy, party_id: str, phone_index: str, timezone: str,
+    exclude: str | None, start: datetime, end: datetime,
+) -> frozenset[date]:  # fmt: skip
+    """The person's local days between start and end that already hold their daily cap of calls.
+
+    A person is matched by party id or by phone: calls made (from outcomes) and calls booked
+    (open callbacks of theirs due that day) both count.
+    """
+    first, last = (planner.local_day(at=t, timezone=timezone) for t in (start, end))
+    person = sa.or_(col(PersonCall.party_id) == party_id, col(PersonCall.phone_index) == phone_index)
+    made = await uow.session.execute(
+        select(col(PersonCall.local_day)).where(person, col(PersonCall.local_day).between(first, last))
+    )
+    booked = await uow.session.execute(
+        select(Callback.due_at).where(
+            sa.or_(col(Callback.party_id) == party_id, col(Callback.phone_index) == phone_index),
+            col(Callback.state).in_(OPEN_STATES),
+            col(Callback.contact_consent),
+            col(Callback.callback_id) != (exclude or ""),
+            col(Callback.due_at).between(start - timedelta(days=1), end + timedelta(days=1)),
+        )
+    )
+    days = Counter(made.scalars())
+    days.update(planner.local_day(at=due, timezone=timezone) for due in booked.scalars())
+    return frozenset(d for d, n in days.items() if n >= policy.attempts.max_calls_per_person_per_day)
+
+
 async def schedule_callbacks(
     *, uow: UnitOfWork, event: LoanStageChanged, policy: Policy, cipher: Cipher, now: datetime
 ) -> list[Callback]:
@@ -69,9 +143,20 @@ async def schedule_callbacks(
     for party in event.parties:
         if party.role not in roles or party.party_id in existing:
             continue
-        plan = planner.plan_first_call(policy, party, now)
+        phone_index = cipher.blind_index(party.phone)
+        busy = frozenset[date]()
+        if party.contact_consent:
+            horizon = planner.business_day_end(
+                policy=policy, reach=planner.Reach.of(party), now=now, days=policy.attempts.deadline_business_days
+            )
+            busy = await busy_days(
+                uow=uow, policy=policy, party_id=party.party_id, phone_index=phone_index,
+                timezone=party.timezone, exclude=None, start=now, end=horizon,
+            )  # fmt: skip
+        plan = planner.plan_first_call(policy=policy, party=party, now=now, busy_days=busy)
+        window = party.preferred_window
         cb = Callback(
-            callback_id=_new_id(),
+            callback_id=str(uuid.uuid4()),
             loan_id=event.loan_id,
             stage=event.stage,
             branch_id=event.branch_id,
@@ -79,28 +164,39 @@ async def schedule_callbacks(
             role=party.role,
             state="scheduled",
             contact_enc=cipher.encrypt_json({"name": party.name, "phone": party.phone, "email": party.email}),
-            phone_index=cipher.blind_index(party.phone),
+            phone_index=phone_index,
             timezone=party.timezone,
             language=party.language,
             contact_consent=party.contact_consent,
             due_at=plan.due_at,
             deadline=plan.deadline,
             notice_at=plan.notice_at,
-            flags="" if party.contact_consent else "no_consent",
+            flags="",
+            window_start=window.start if window else None,
+            window_end=window.end if window else None,
         )
-        uow.session.add(cb)
-        add_timer(uow, cb.callback_id, "notice", plan.notice_at)
-        add_timer(uow, cb.callback_id, "due", plan.due_at)
+        if party.contact_consent:
+            add_timer(uow, cb.callback_id, "notice", plan.notice_at)
+            add_timer(uow, cb.callback_id, "due", plan.due_at)
+        else:
+            # Never phoned: the notifier sends the questionnaire on callback.scheduled at once.
+            cb.due_at = cb.notice_at = now
+            add_flag(cb, "no_consent")
         add_timer(uow, cb.callback_id, "deadline", plan.deadline)
-        uow.emit(
+        uow.session.add(cb)
+        await uow.session.flush()  # the next party of this loan may be the same person (shared phone)
+        publish(
+            uow,
+            cb,
             CallbackScheduled(
-                **ref(cb),
+                **ref(cb),  # type: ignore[arg-type]
                 due_at=cb.due_at,
-                deadline=cb.deadline,  # type: ignore[arg-type]
+                deadline=cb.deadline,
                 notice_at=cb.notice_at,
                 verification_items=planner.VERIFICATION_ITEMS,
+                channel="phone" if party.contact_consent else "questionnaire",
+                flags=flags_of(cb),
             ),
-            key=cb.loan_id,
         )
         created.append(cb)
     return created
@@ -111,7 +207,7 @@ async def cancel_loan(*, uow: UnitOfWork, loan_id: str, reason: str, now: dateti
     cancelled = await open_callbacks(uow=uow, loan_id=loan_id)
     for cb in cancelled:
         await close(uow=uow, cb=cb, state="cancelled", now=now)
-        uow.emit(CallbackCancelled(**ref(cb), reason=reason), key=cb.loan_id)  # type: ignore[arg-type]
+        publish(uow, cb, CallbackCancelled(**ref(cb), reason=reason))  # type: ignore[arg-type]
     return cancelled
 
 
@@ -123,6 +219,12 @@ async def close(*, uow: UnitOfWork, cb: Callback, state: str, now: datetime) -> 
     await cancel_timers(uow=uow, callback_id=cb.callback_id)
 
 
+async def expire(*, uow: UnitOfWork, cb: Callback, reason: str, now: datetime) -> None:
+    """Close a callback as expired: its deadline passed or its attempts ran out."""
+    await close(uow=uow, cb=cb, state="expired", now=now)
+    publish(uow, cb, CallbackExpired(**ref(cb), reason=reason))  # type: ignore[arg-type]
+
+
 async def on_loan_stage(*, uow: UnitOfWork, event: LoanStageChanged, policy: Policy, cipher: Cipher) -> None:
     """A loan moved: open callbacks for a calling stage, cancel them for rejected/withdrawn."""
     now = utcnow()
@@ -132,29 +234,69 @@ async def on_loan_stage(*, uow: UnitOfWork, event: LoanStageChanged, policy: Pol
         await schedule_callbacks(uow=uow, event=event, policy=policy, cipher=cipher, now=now)
 
 
+async def record_call(*, uow: UnitOfWork, cb: Callback, event: CallbackOutcomeRecorded) -> None:
+    """Count a phone call towards the person's daily cap (once per attempt)."""
+    known = await uow.session.scalar(select(PersonCall.id).where(PersonCall.attempt_id == event.attempt_id))
+    if known is None:
+        uow.session.add(
+            PersonCall(
+                attempt_id=event.attempt_id,
+                callback_id=cb.callback_id,
+                party_id=cb.party_id,
+                phone_index=cb.phone_index,
+                local_day=planner.local_day(at=event.recorded_at, timezone=cb.timezone),
+                called_at=event.recorded_at,
+            )
+        )
+        await uow.session.flush()
+
+
 async def on_outcome(*, uow: UnitOfWork, event: CallbackOutcomeRecorded, policy: Policy) -> None:
     """An attempt was recorded: close, retry later, move to the party's time, or expire."""
-    cb = await find(uow=uow, callback_id=event.callback_id)
-    if cb is None or cb.state in CLOSED_STATES:
+    cb = await find(uow=uow, callback_id=event.callback_id, lock=True)
+    if cb is None:
+        return
+    note(uow, callback_id=cb.callback_id, data=event, at=event.recorded_at)
+    if cb.contact_consent:
+        await record_call(uow=uow, cb=cb, event=event)
+    if cb.state in CLOSED_STATES:
         return
     now = utcnow()
     if event.disposition in ("completed", "refused", "wrong_number"):
+        if event.disposition == "wrong_number":
+            add_flag(cb, "wrong_number")
         await close(uow=uow, cb=cb, state=event.disposition, now=now)
-        return
-    if event.disposition == "reschedule_requested":
-        await reschedule(
-            uow=uow,
-            cb=cb,
-            due_at=event.reschedule_to or now + policy.attempts.min_gap,
-            reason="party_requested",
-            now=now,
+    elif not cb.contact_consent:
+        return  # the questionnaire route has no phone calls to retry or move
+    elif event.disposition == "reschedule_requested":
+        requested = event.reschedule_to or event.recorded_at + policy.attempts.min_gap
+        moved = planner.plan_reschedule(
+            policy=policy, reach=reach(cb), requested=requested, now=now, deadline=cb.deadline
         )
-        return
+        if moved is not None:
+            await reschedule(uow=uow, cb=cb, due_at=moved, reason="party_requested", now=now)
+    else:
+        await retry(uow=uow, cb=cb, event=event, policy=policy, now=now)
+
+
+async def retry(
+    *, uow: UnitOfWork, cb: Callback, event: CallbackOutcomeRecorded, policy: Policy, now: datetime
+) -> None:
+    """After no_answer/busy: try again later, or expire when the attempts (or the days) ran out."""
     cb.calls_made += 1
-    retry_at = planner.plan_retry(policy, now, cb.deadline)
-    if cb.calls_made >= policy.attempts.max_calls or retry_at is None:
-        await close(uow=uow, cb=cb, state="expired", now=now)
-        uow.emit(CallbackExpired(**ref(cb), reason="attempts_exhausted"), key=cb.loan_id)  # type: ignore[arg-type]
+    if cb.calls_made >= policy.attempts.max_calls:
+        await expire(uow=uow, cb=cb, reason="attempts_exhausted", now=now)
+        return
+    busy = await busy_days(
+        uow=uow, policy=policy, party_id=cb.party_id, phone_index=cb.phone_index, timezone=cb.timezone,
+        exclude=cb.callback_id, start=now, end=cb.deadline,
+    )  # fmt: skip
+    retry_at = planner.plan_retry(
+        policy=policy, reach=reach(cb), last_call_at=event.recorded_at, now=now, deadline=cb.deadline, busy_days=busy
+    )
+    if retry_at is None:
+        # No decent slot is left before the deadline: no attempt remains.
+        await expire(uow=uow, cb=cb, reason="attempts_exhausted", now=now)
         return
     cb.attempt += 1
     await reschedule(uow=uow, cb=cb, due_at=retry_at, reason=event.disposition, now=now)
@@ -167,18 +309,16 @@ async def reschedule(*, uow: UnitOfWork, cb: Callback, due_at: datetime, reason:
     uow.session.add(cb)
     await cancel_timers(uow=uow, callback_id=cb.callback_id, kinds=("due",))
     add_timer(uow, cb.callback_id, "due", due_at)
-    uow.emit(CallbackRescheduled(**ref(cb), due_at=due_at, reason=reason), key=cb.loan_id)  # type: ignore[arg-type]
+    publish(uow, cb, CallbackRescheduled(**ref(cb), due_at=due_at, reason=reason))  # type: ignore[arg-type]
 
 
-async def find(*, uow: UnitOfWork, callback_id: str) -> Callback | None:
-    result = await uow.session.execute(select(Callback).where(Callback.callback_id == callback_id))
+async def find(*, uow: UnitOfWork, callback_id: str, lock: bool = False) -> Callback | None:
+    """A callback by id; `lock` holds its row so that a replica's timer and an outcome do not interleave."""
+    query = select(Callback).where(Callback.callback_id == callback_id)
+    if lock and uow.dialect == "postgresql":
+        query = query.with_for_update()
+    result = await uow.session.execute(query)
     return result.scalar_one_or_none()
-
-
-def _new_id() -> str:
-    import uuid
-
-    return str(uuid.uuid4())
 
 
 def handlers(policy: Policy, cipher: Cipher) -> dict[str, Handler]:

@@ -1,8 +1,8 @@
-"""Scheduler tables: callbacks and their durable timers."""
+"""Scheduler tables: callbacks, their durable timers and timelines, and calls per person per day."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
@@ -18,7 +18,7 @@ class Callback(SQLModel, table=True):
     loan_id: str = Field(index=True, max_length=128)
     stage: str = Field(max_length=32)
     branch_id: str = Field(max_length=128)
-    party_id: str = Field(max_length=128)
+    party_id: str = Field(max_length=128, index=True)
     role: str = Field(max_length=32)
     state: str = Field(max_length=32, index=True)
     attempt: int = 1
@@ -32,6 +32,8 @@ class Callback(SQLModel, table=True):
     deadline: datetime = Field(sa_type=UTCDateTime)
     notice_at: datetime = Field(sa_type=UTCDateTime)
     flags: str = Field(default="", max_length=255)
+    window_start: str | None = Field(default=None, max_length=5)  # the party's preferred window, local
+    window_end: str | None = Field(default=None, max_length=5)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -46,3 +48,40 @@ class Timer(SQLModel, table=True):
     fire_at: datetime = Field(sa_type=UTCDateTime)
     fired_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     cancelled: bool = False
+
+
+class CallbackEvent(SQLModel, table=True):
+    """One line of a callback's timeline: what happened and when, ids and times only."""
+
+    __tablename__ = "callback_event"
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    callback_id: str = Field(max_length=64, index=True)
+    type: str = Field(max_length=64)
+    at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    detail: str = Field(default="{}", sa_type=sa.Text)  # JSON, never personal data
+
+
+class PersonCall(SQLModel, table=True):
+    """A call made to a person, from `callback.outcome.recorded`, for the per-person daily cap."""
+
+    __tablename__ = "person_call"
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    attempt_id: str = Field(unique=True, max_length=64)
+    callback_id: str = Field(max_length=64)
+    party_id: str = Field(max_length=128, index=True)
+    phone_index: str = Field(max_length=64, index=True)
+    local_day: date  # the party's local date of the call
+    called_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class CancelRequest(SQLModel, table=True):
+    """An Idempotency-Key used on POST /v1/callbacks/{id}/cancel and the body it came with."""
+
+    __tablename__ = "cancel_request"
+
+    key: str = Field(primary_key=True, max_length=255)
+    callback_id: str = Field(max_length=64)
+    request_hash: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -1,17 +1,39 @@
-"""Pure calendar logic: when to notify, when to call, when a callback expires.
+"""Pure calendar logic: when to notify, when to call, when to retry, when a callback expires.
 
-The walking skeleton honours only the notice lead; calling hours, holidays, preferred windows
-and business days arrive with the full policy (issue 3). Everything here is a pure function of
-(policy, party, now) so that it can be tested without I/O.
+Everything here is a pure function of the policy, where the party is reachable (time zone and
+preferred window) and `now`, so it can be tested without I/O. Clock times are local to the party;
+the instants handed in and returned are aware datetimes (the scheduler stores them in UTC).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from functools import cache
+from itertools import pairwise
+from zoneinfo import ZoneInfo
 
-from shared.events import Party
-from shared.policy import Policy
+import holidays
+
+from shared.events import Party, Window
+from shared.policy import Policy, minutes_of_day
+
+DAY_MINUTES = 24 * 60
+# How far ahead a slot is looked for: beyond any deadline the policy allows (120 business days).
+HORIZON_DAYS = 400
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Where and when a party may be phoned: their IANA time zone and optional preferred window."""
+
+    timezone: str
+    window: Window | None = None
+
+    @classmethod
+    def of(cls, party: Party) -> Reach:
+        return cls(timezone=party.timezone, window=party.preferred_window)
 
 
 @dataclass(frozen=True)
@@ -19,19 +41,226 @@ class Plan:
     notice_at: datetime
     due_at: datetime
     deadline: datetime
+    lead_honoured: bool
 
 
-def plan_first_call(policy: Policy, party: Party, now: datetime) -> Plan:
-    """Notice now, call after the notice lead, expire after the deadline's days."""
-    due_at = now + policy.notice.lead
-    deadline = max(now + timedelta(days=policy.attempts.deadline_business_days), due_at + timedelta(hours=1))
-    return Plan(notice_at=now, due_at=due_at, deadline=deadline)
+@dataclass(frozen=True)
+class Span:
+    """Minutes of a local day [start, end) that lie in one part of the day."""
+
+    start: float
+    end: float
+    part: int
 
 
-def plan_retry(policy: Policy, now: datetime, deadline: datetime) -> datetime | None:
-    """Next try after no_answer/busy: min_gap later, or None when that passes the deadline."""
-    retry_at = now + policy.attempts.min_gap
-    return retry_at if retry_at < deadline else None
+@cache
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+@cache
+def _calendar(code: str) -> holidays.HolidayBase:
+    # The package knows weekends, public holidays and the weekend make-up working days (调休).
+    return holidays.country_holidays(code)
+
+
+def is_calling_day(*, policy: Policy, day: date) -> bool:
+    """A business day of the policy's calendar; with no calendar (`holidays = ""`) every day is one."""
+    code = policy.calling_hours.holidays
+    return True if not code else bool(_calendar(code).is_working_day(day))
+
+
+def part_of_day(*, policy: Policy, minute: float) -> int:
+    """Which part of the day (0 = morning, ...) a local minute of the day falls in."""
+    return sum(1 for b in policy.attempts.day_parts if minute >= minutes_of_day(b))
+
+
+def calling_spans(*, policy: Policy, window: Window | None) -> list[Span]:
+    """Calling hours, narrowed to the preferred window when they overlap, cut at the parts of the day."""
+    hours = [(minutes_of_day(policy.calling_hours.start), minutes_of_day(policy.calling_hours.end))]
+    spans = hours
+    if window is not None:
+        narrowed = _intersect(hours, _window_intervals(window))
+        # A window entirely outside calling hours cannot be honoured; calling hours are the hard rule.
+        spans = narrowed or hours
+    cuts = sorted({minutes_of_day(b) for b in policy.attempts.day_parts})
+    out = []
+    for start, end in spans:
+        edges = [start, *(c for c in cuts if start < c < end), end]
+        out += [Span(a, b, part_of_day(policy=policy, minute=a)) for a, b in pairwise(edges)]
+    return out
+
+
+def _window_intervals(window: Window) -> list[tuple[int, int]]:
+    start, end = minutes_of_day(window.start), minutes_of_day(window.end)
+    if start < end:
+        return [(start, end)]
+    if start == end:
+        return [(0, DAY_MINUTES)]
+    return [(0, end), (start, DAY_MINUTES)]  # wraps midnight, e.g. 22:00-01:00
+
+
+def _intersect(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out = [(max(s1, s2), min(e1, e2)) for s1, e1 in a for s2, e2 in b]
+    return sorted((s, e) for s, e in out if s < e)
+
+
+def local_instant(*, day: date, minute: float, zone: ZoneInfo) -> datetime:
+    """The UTC instant of a local day's minute (24:00 is the next day's midnight)."""
+    # Aware arithmetic in one zone is wall-clock arithmetic; astimezone then resolves DST.
+    local = datetime.combine(day, time(0), tzinfo=zone) + timedelta(minutes=minute)
+    return local.astimezone(UTC)
+
+
+def _local_minute(at: datetime, zone: ZoneInfo) -> tuple[date, float]:
+    local = at.astimezone(zone)
+    return local.date(), local.hour * 60 + local.minute + local.second / 60 + local.microsecond / 60e6
+
+
+def is_allowed(*, policy: Policy, reach: Reach, at: datetime, use_window: bool = True) -> bool:
+    """Whether `at` is inside calling hours (and the window) on a calling day, in the party's zone."""
+    day, minute = _local_minute(at, _zone(reach.timezone))
+    spans = calling_spans(policy=policy, window=reach.window if use_window else None)
+    return is_calling_day(policy=policy, day=day) and any(s.start <= minute < s.end for s in spans)
+
+
+def _days(start: date, stop: date) -> Iterator[date]:
+    day = start
+    while day <= stop:
+        yield day
+        day += timedelta(days=1)
+
+
+def earliest_slot(
+    *,
+    policy: Policy,
+    reach: Reach,
+    after: datetime,
+    before: datetime,
+    busy_days: frozenset[date] = frozenset(),
+    avoid_part: int | None = None,
+    use_window: bool = True,
+) -> datetime | None:
+    """The first instant at or after `after` and before `before` when the party may be phoned."""
+    zone = _zone(reach.timezone)
+    spans = [
+        s for s in calling_spans(policy=policy, window=reach.window if use_window else None) if s.part != avoid_part
+    ]
+    last = min(before, after + timedelta(days=HORIZON_DAYS))
+    for day in _days(after.astimezone(zone).date(), last.astimezone(zone).date()):
+        if day in busy_days or not is_calling_day(policy=policy, day=day):
+            continue
+        for span in spans:
+            lo = local_instant(day=day, minute=span.start, zone=zone)
+            hi = local_instant(day=day, minute=span.end, zone=zone)
+            slot = max(after, lo)
+            # The round trip guards against wall times that a daylight-saving jump skips.
+            on_day, minute = _local_minute(slot, zone)
+            if slot < min(hi, before) and on_day == day and span.start <= minute < span.end:
+                return slot
+    return None
+
+
+def business_day_end(*, policy: Policy, reach: Reach, now: datetime, days: int) -> datetime:
+    """End of calling hours on the `days`-th business day after today (0: today, or the next business day)."""
+    zone = _zone(reach.timezone)
+    day = now.astimezone(zone).date()
+    counted = 0
+    while counted < days or not is_calling_day(policy=policy, day=day):
+        day += timedelta(days=1)
+        counted += is_calling_day(policy=policy, day=day)
+    return local_instant(day=day, minute=minutes_of_day(policy.calling_hours.end), zone=zone)
+
+
+def notice_time(*, policy: Policy, reach: Reach, at: datetime) -> datetime:
+    """`at`, or the end of the quiet hours when `at` falls inside them (the notice waits for morning)."""
+    quiet_start, quiet_end = minutes_of_day(policy.notice.quiet_start), minutes_of_day(policy.notice.quiet_end)
+    if quiet_start == quiet_end:
+        return at
+    zone = _zone(reach.timezone)
+    day, minute = _local_minute(at, zone)
+    if quiet_start < quiet_end:
+        quiet = quiet_start <= minute < quiet_end
+        wake_day = day
+    else:  # wraps midnight, e.g. 21:00-08:00
+        quiet = minute >= quiet_start or minute < quiet_end
+        wake_day = day + timedelta(days=1) if minute >= quiet_start else day
+    return local_instant(day=wake_day, minute=quiet_end, zone=zone) if quiet else at
+
+
+def plan_first_call(*, policy: Policy, party: Party, now: datetime, busy_days: frozenset[date] = frozenset()) -> Plan:
+    """When to notify and when to first call a party (CONTRACT.md section 4), and when the callback expires."""
+    reach = Reach.of(party)
+    deadline = business_day_end(policy=policy, reach=reach, now=now, days=policy.attempts.deadline_business_days)
+    limit = min(
+        deadline,
+        business_day_end(policy=policy, reach=reach, now=now, days=policy.attempts.first_call_within_business_days),
+    )
+    due = earliest_slot(policy=policy, reach=reach, after=now + policy.notice.lead, before=limit, busy_days=busy_days)
+    if due is not None:
+        notice = notice_time(policy=policy, reach=reach, at=due - policy.notice.lead)
+        if notice <= due:
+            return Plan(notice_at=notice, due_at=due, deadline=deadline, lead_honoured=True)
+    # The lead cannot be honoured within the limit: the notice goes at once (outside quiet hours),
+    # and the call takes the earliest allowed slot after it.
+    notice = notice_time(policy=policy, reach=reach, at=now)
+    due = (
+        earliest_slot(policy=policy, reach=reach, after=notice, before=limit, busy_days=busy_days)
+        or earliest_slot(policy=policy, reach=reach, after=notice, before=deadline, busy_days=busy_days)
+        # Every business day has calling hours, so without the per-person cap a slot always exists.
+        or earliest_slot(policy=policy, reach=reach, after=notice, before=deadline)
+        or notice
+    )
+    return Plan(notice_at=notice, due_at=due, deadline=deadline, lead_honoured=False)
+
+
+def plan_retry(
+    *,
+    policy: Policy,
+    reach: Reach,
+    last_call_at: datetime,
+    now: datetime,
+    deadline: datetime,
+    busy_days: frozenset[date] = frozenset(),
+) -> datetime | None:
+    """Next try after no_answer/busy: `min_gap` later, in another part of the day when possible; None if none fits."""
+    after = max(now, last_call_at + policy.attempts.min_gap)
+    _, minute = _local_minute(last_call_at, _zone(reach.timezone))
+    part = part_of_day(policy=policy, minute=minute)
+    found = earliest_slot(
+        policy=policy, reach=reach, after=after, before=deadline, busy_days=busy_days, avoid_part=part
+    )
+    # A preferred window inside one part of the day leaves no other part: the party's wish wins.
+    return found or earliest_slot(policy=policy, reach=reach, after=after, before=deadline, busy_days=busy_days)
+
+
+def plan_reschedule(
+    *, policy: Policy, reach: Reach, requested: datetime, now: datetime, deadline: datetime
+) -> datetime | None:
+    """The party's requested time clamped into calling hours; past the deadline, the last calling day's start."""
+    after = max(requested, now)
+    found = earliest_slot(policy=policy, reach=reach, after=after, before=deadline, use_window=False)
+    return found or latest_start(policy=policy, reach=reach, now=now, deadline=deadline)
+
+
+def latest_start(*, policy: Policy, reach: Reach, now: datetime, deadline: datetime) -> datetime | None:
+    """The start of the last stretch of calling hours before the deadline (or now, if inside it)."""
+    zone = _zone(reach.timezone)
+    start, end = minutes_of_day(policy.calling_hours.start), minutes_of_day(policy.calling_hours.end)
+    day = deadline.astimezone(zone).date()
+    first = now.astimezone(zone).date()
+    while day >= first:
+        if is_calling_day(policy=policy, day=day):
+            slot = max(now, local_instant(day=day, minute=start, zone=zone))
+            if slot < min(deadline, local_instant(day=day, minute=end, zone=zone)):
+                return slot
+        day -= timedelta(days=1)
+    return None
+
+
+def local_day(*, at: datetime, timezone: str) -> date:
+    """The party's local date of an instant (per-person daily caps count by it)."""
+    return at.astimezone(_zone(timezone)).date()
 
 
 def purpose_text(language: str, stage: str) -> tuple[str, list[str]]:

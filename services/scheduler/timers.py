@@ -8,15 +8,15 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 import structlog
-from sqlmodel import col
+from sqlmodel import col, select
 
 from services.scheduler import planner
-from services.scheduler.handlers import close, find, ref
+from services.scheduler.handlers import expire, publish, ref
 from services.scheduler.models import Callback, Timer
 from shared.claims import claim
 from shared.crypto import Cipher
 from shared.db import Database, UnitOfWork, utcnow
-from shared.events import CLOSED_STATES, CallbackDue, CallbackExpired, CallbackNoticeRequested
+from shared.events import CLOSED_STATES, CallbackDue, CallbackNoticeRequested
 from shared.metrics import TIMER_LATENESS, TIMERS_FIRED
 
 log = structlog.get_logger(__name__)
@@ -52,6 +52,7 @@ class TimerLoop:
         """Fire every timer whose time has come; returns how many."""
         now = utcnow()
         table = Timer.__table__  # type: ignore[attr-defined]
+        callbacks = Callback.__table__  # type: ignore[attr-defined]
         async with self.db.uow() as uow:
             rows = await claim(
                 uow,
@@ -60,28 +61,34 @@ class TimerLoop:
                 order_by=table.c.fire_at,
                 limit=self.batch,
                 values={"fired_at": now},
+                # A timer is taken only with its callback's row, which an outcome or the other
+                # timers of that callback (on another replica) may hold.
+                joined=(callbacks, callbacks.c.callback_id == table.c.callback_id),
             )
+            # One query for the batch's callbacks, not one per timer: bursts of due timers stay on time.
+            ids = {row.callback_id for row in rows}
+            found = await uow.session.execute(select(Callback).where(col(Callback.callback_id).in_(ids)))
+            by_id = {cb.callback_id: cb for cb in found.scalars()}
             for row in rows:
-                await self._fire(uow, kind=row.kind, callback_id=row.callback_id, now=now)
-                TIMERS_FIRED.labels("scheduler", row.kind).inc()
-                TIMER_LATENESS.labels("scheduler", row.kind).observe(max(0.0, (now - row.fire_at).total_seconds()))
+                await self._fire(uow, kind=row.kind, cb=by_id.get(row.callback_id), now=now)
             await uow.commit()
+        for row in rows:
+            TIMERS_FIRED.labels("scheduler", row.kind).inc()
+            TIMER_LATENESS.labels("scheduler", row.kind).observe(max(0.0, (now - row.fire_at).total_seconds()))
         return len(rows)
 
-    async def _fire(self, uow: UnitOfWork, *, kind: str, callback_id: str, now: datetime) -> None:
-        cb = await find(uow=uow, callback_id=callback_id)
+    async def _fire(self, uow: UnitOfWork, *, kind: str, cb: Callback | None, now: datetime) -> None:
         if cb is None or cb.state in CLOSED_STATES:
             return
         if kind == "notice":
-            uow.emit(self._notice(cb), key=cb.loan_id)
+            publish(uow, cb, self._notice(cb))
         elif kind == "due" and cb.state == "scheduled":
             cb.state = "due"
             cb.updated_at = now
             uow.session.add(cb)
-            uow.emit(self._due(cb), key=cb.loan_id)
+            publish(uow, cb, self._due(cb))
         elif kind == "deadline":
-            await close(uow=uow, cb=cb, state="expired", now=now)
-            uow.emit(CallbackExpired(**ref(cb), reason="deadline"), key=cb.loan_id)  # type: ignore[arg-type]
+            await expire(uow=uow, cb=cb, reason="deadline", now=now)
 
     def _notice(self, cb: Callback) -> CallbackNoticeRequested:
         contact = self.cipher.decrypt_json(cb.contact_enc)
