@@ -39,7 +39,7 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider -q tests/unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check shared services tests
+	$(BIN)/ruff check shared services tests bench
 	$(BIN)/mypy shared services
 
 clean:
