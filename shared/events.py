@@ -141,7 +141,6 @@ class CallbackRescheduled(CallbackRef):
 
 class CallbackCancelled(CallbackRef):
     reason: Literal["loan_withdrawn", "loan_rejected", "operator"]
-    note: str | None = None
 
 
 class CallbackExpired(CallbackRef):

@@ -64,7 +64,9 @@ class CancelIn(BaseModel):
 def _out(cb: Callback) -> CallbackOut:
     # Contact details stay encrypted in the database; the API shows ids only.
     return CallbackOut(
-        **cb.model_dump(exclude={"contact_enc", "phone_index", "flags", "seq", "window_start", "window_end"}),
+        **cb.model_dump(
+            exclude={"contact_enc", "phone_index", "flags", "seq", "window_start", "window_end", "cancel_note_enc"}
+        ),
         flags=flags_of(cb),
     )
 
@@ -151,7 +153,9 @@ async def cancel_callback(
         if cb.state in CLOSED_STATES:
             raise problem(409, f"callback {callback_id} is already {cb.state}")
         await close(uow=uow, cb=cb, state="cancelled", now=utcnow())
-        publish(uow, cb, CallbackCancelled(**ref(cb), reason="operator", note=body.reason))  # type: ignore[arg-type]
+        # The reason is free text a supervisor typed: kept encrypted here, never put on a topic.
+        cb.cancel_note_enc = request.app.state.runtime.cipher.encrypt(body.reason)
+        publish(uow, cb, CallbackCancelled(**ref(cb), reason="operator"))  # type: ignore[arg-type]
         try:
             await uow.commit()
         except sa.exc.IntegrityError:

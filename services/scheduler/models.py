@@ -34,6 +34,7 @@ class Callback(SQLModel, table=True):
     flags: str = Field(default="", max_length=255)
     window_start: str | None = Field(default=None, max_length=5)  # the party's preferred window, local
     window_end: str | None = Field(default=None, max_length=5)
+    cancel_note_enc: str | None = Field(default=None, sa_type=sa.Text)  # free text: encrypted, never emitted
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -17,9 +17,11 @@ from shared.claims import claim
 from shared.crypto import Cipher
 from shared.db import Database, UnitOfWork, utcnow
 from shared.events import CLOSED_STATES, CallbackDue, CallbackNoticeRequested
+from shared.kafka import is_transient
 from shared.metrics import TIMER_LATENESS, TIMERS_FIRED
 
 log = structlog.get_logger(__name__)
+RETRY_AFTER = timedelta(minutes=1)
 
 
 class TimerLoop:
@@ -70,7 +72,18 @@ class TimerLoop:
             found = await uow.session.execute(select(Callback).where(col(Callback.callback_id).in_(ids)))
             by_id = {cb.callback_id: cb for cb in found.scalars()}
             for row in rows:
-                await self._fire(uow, kind=row.kind, cb=by_id.get(row.callback_id), now=now)
+                try:
+                    async with uow.session.begin_nested():
+                        await self._fire(uow, kind=row.kind, cb=by_id.get(row.callback_id), now=now)
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    # One broken timer (say, undecryptable contact details) must not stop the others:
+                    # it is put back to try again later, and the log says which.
+                    log.error("timer.failed", timer_id=row.id, kind=row.kind, error=type(exc).__name__)
+                    await uow.session.execute(
+                        sa.update(table).where(table.c.id == row.id).values(fired_at=None, fire_at=now + RETRY_AFTER)
+                    )
             await uow.commit()
         for row in rows:
             TIMERS_FIRED.labels("scheduler", row.kind).inc()

@@ -1,0 +1,76 @@
+"""One broken timer does not stop the others (real SQLite and PostgreSQL, no broker needed)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from services.scheduler.app import MIGRATIONS
+from services.scheduler.models import Callback, Timer
+from services.scheduler.timers import TimerLoop
+from shared.crypto import Cipher, generate_key
+from shared.db import Database, utcnow
+from shared.outbox import OutboxMessage
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'scheduler.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    db = Database(url, schema=f"t{uuid.uuid4().hex[:8]}_scheduler", source="/huifang/scheduler")
+    await db.migrate(MIGRATIONS)
+    try:
+        yield db
+    finally:
+        await db.dispose()
+
+
+def _callback(cipher: Cipher, *, contact_enc: str | None = None) -> Callback:
+    now = utcnow()
+    return Callback(
+        callback_id=str(uuid.uuid4()),
+        loan_id=f"L-{uuid.uuid4().hex[:8]}",
+        stage="final_check",
+        branch_id="BR-1",
+        party_id=f"P-{uuid.uuid4().hex[:6]}",
+        role="borrower",
+        state="scheduled",
+        contact_enc=contact_enc or cipher.encrypt_json({"name": "张伟", "phone": "+8613800138000"}),
+        phone_index="x",
+        timezone="Asia/Shanghai",
+        language="zh-CN",
+        due_at=now,
+        deadline=now + timedelta(days=5),
+        notice_at=now,
+    )
+
+
+async def test_an_undecryptable_callback_does_not_block_other_timers(database: Database) -> None:
+    cipher = Cipher([generate_key()])
+    good = _callback(cipher)
+    broken = _callback(cipher, contact_enc=Cipher([generate_key()]).encrypt_json({"name": "?", "phone": "?"}))
+    async with database.uow() as uow:
+        for cb in (broken, good):
+            uow.session.add(cb)
+            uow.session.add(Timer(callback_id=cb.callback_id, kind="due", fire_at=utcnow() - timedelta(seconds=1)))
+        await uow.commit()
+
+    fired = await TimerLoop(db=database, cipher=cipher, poll_seconds=0.1).fire_due()
+
+    assert fired == 2
+    async with database.uow() as uow:
+        states = {cb.callback_id: cb.state for cb in (await uow.session.execute(sa.select(Callback))).scalars()}
+        outbox = [m.key for m in (await uow.session.execute(sa.select(OutboxMessage))).scalars()]
+        retry = (
+            await uow.session.execute(sa.select(Timer).where(Timer.callback_id == broken.callback_id))
+        ).scalar_one()
+    assert states == {good.callback_id: "due", broken.callback_id: "scheduled"}
+    assert good.loan_id in outbox and broken.loan_id not in outbox
+    assert retry.fired_at is None and retry.fire_at > utcnow()
