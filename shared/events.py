@@ -83,7 +83,7 @@ class LoanStageChanged(_Open):
     amount: Decimal | None = None
     currency: str | None = None
     officer: Officer
-    parties: list[Party] = []
+    parties: list[Party] = Field(default_factory=list)
 
 
 # --- callback.lifecycle.v1 (scheduler) ---------------------------------------------------------
