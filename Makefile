@@ -39,3 +39,10 @@ lint: $(STAMP)
 
 clean:
 	rm -rf .local/test .local/*.db .local/*.db-* .local/kafka/node
+
+# Browser tests drive Debian's chromium through Playwright (never `playwright install`); CJK fonts for the page.
+.PHONY: chromium
+test: chromium
+chromium:
+	@test -x /usr/bin/chromium && fc-list :lang=zh | grep -q . || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update && $$SUDO apt-get install -y chromium fonts-wqy-microhei; }

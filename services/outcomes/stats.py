@@ -156,10 +156,12 @@ async def period(
         key = bucket_expr(dialect=uow.dialect, unit=group_by, tz=tz)
         # By label: PostgreSQL would not match the select's and the GROUP BY's separately bound parameters.
         grouping: Any = sa.literal_column("bucket")
+        order: list[Any] = [grouping]
     else:
         key = grouping = COLUMNS[group_by]
+        order = [grouping.is_(None), grouping]  # "no agent" last on both databases
     rows = await uow.session.execute(
-        sa.select(key.label("bucket"), *_counts()).where(*where).group_by(grouping).order_by(grouping)
+        sa.select(key.label("bucket"), *_counts()).where(*where).group_by(grouping).order_by(*order)
     )
     groups = [
         Group(

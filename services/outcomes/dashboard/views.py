@@ -94,7 +94,11 @@ async def logout() -> Response:
 
 
 @router.get("", response_class=HTMLResponse)
-async def dashboard(request: Request, window: Annotated[str, Query(pattern="^(1h|24h|30d)$")] = "24h") -> Response:
+async def dashboard(
+    request: Request,
+    window: Annotated[str, Query(pattern="^(1h|24h|30d)$")] = "24h",
+    refresh: Annotated[int, Query(ge=2, le=3600, description="seconds between refreshes")] = 15,
+) -> Response:
     """The dashboard page: refusal charts, open and overdue callbacks, open escalations."""
     who = session.verify(keys=request.app.state.api_keys, cookie=request.cookies.get(session.COOKIE))
     if who is None:
@@ -110,6 +114,6 @@ async def dashboard(request: Request, window: Annotated[str, Query(pattern="^(1h
         "now": now,
         "tz": REPORTING_TZ,
         "reasons": REASON_LABELS,
-        "refresh_s": 15,
+        "refresh_s": refresh,
     }
     return _page(request, "dashboard.html", context)
