@@ -181,7 +181,7 @@ async def test_stats_need_a_supervisor(huifang: Huifang) -> None:
 async def test_recorded_attempts_show_up_in_the_stats(huifang: Huifang) -> None:
     """End to end: attempts over HTTP close callbacks, and the statistics count them."""
     branch = new_id("BR-LIVE")
-    loan, callbacks = await due_callbacks(huifang, roles=("borrower", "co_borrower", "guarantor"), branch=branch)
+    _, callbacks = await due_callbacks(huifang, roles=("borrower", "co_borrower", "guarantor"), branch=branch)
     bodies = {
         "borrower": {"disposition": "completed", "agent_id": "AG-1"},
         "co_borrower": {"disposition": "refused", "reason_code": "emotional_distress", "agent_id": "AG-2"},

@@ -90,6 +90,7 @@ def bucket_labels(*, start: datetime, end: datetime, unit: str, tz: str) -> list
     while moment < end:
         labels[moment.astimezone(zone).strftime(PY_FORMATS[unit])] = None
         moment += step
+    labels[(end - timedelta(microseconds=1)).astimezone(zone).strftime(PY_FORMATS[unit])] = None  # the current one
     return list(labels)
 
 
