@@ -15,7 +15,12 @@ from services.outcomes.models import CallbackView
 from shared.db import UnitOfWork
 
 GroupBy = Literal["reason", "stage", "role", "agent", "branch", "day", "hour", "minute"]
-TIME_UNITS = {"day": timedelta(days=1), "hour": timedelta(hours=1), "minute": timedelta(minutes=1)}
+TIME_UNITS = {
+    "day": timedelta(days=1),
+    "hour": timedelta(hours=1),
+    "minute": timedelta(minutes=1),
+    "10s": timedelta(seconds=10),  # the dashboard's live view; not offered by the API
+}
 MAX_BUCKETS = 2000
 COLUMNS: dict[str, Any] = {
     "reason": col(CallbackView.reason_code),
@@ -25,8 +30,13 @@ COLUMNS: dict[str, Any] = {
     "branch": col(CallbackView.branch_id),
 }
 # Local bucket labels: ISO dates, or ISO minutes for hour and minute buckets.
-PG_FORMATS = {"day": "YYYY-MM-DD", "hour": 'YYYY-MM-DD"T"HH24:MI', "minute": 'YYYY-MM-DD"T"HH24:MI'}
-PY_FORMATS = {"day": "%Y-%m-%d", "hour": "%Y-%m-%dT%H:00", "minute": "%Y-%m-%dT%H:%M"}
+PG_FORMATS = {
+    "day": "YYYY-MM-DD",
+    "hour": 'YYYY-MM-DD"T"HH24:MI',
+    "minute": 'YYYY-MM-DD"T"HH24:MI',
+    "10s": 'YYYY-MM-DD"T"HH24:MI:SS',
+}
+PY_FORMATS = {"day": "%Y-%m-%d", "hour": "%Y-%m-%dT%H:00", "minute": "%Y-%m-%dT%H:%M", "10s": "%Y-%m-%dT%H:%M:%S"}
 
 
 class Counts(BaseModel):
@@ -87,16 +97,28 @@ def bucket_expr(*, dialect: str, unit: str, tz: str) -> Any:
     closed = col(CallbackView.closed_at)
     if dialect == "postgresql":
         local = sa.func.timezone(tz, closed)
-        return sa.func.to_char(sa.func.date_trunc(unit, local), PG_FORMATS[unit])
+        if unit == "10s":
+            tens = sa.func.floor(sa.extract("second", local) / 10) * 10
+            start = sa.func.date_trunc("minute", local) + tens * sa.literal_column("interval '1 second'")
+        else:
+            start = sa.func.date_trunc(unit, local)
+        return sa.func.to_char(start, PG_FORMATS[unit])
     return sa.func.huifang_bucket(closed, unit, tz)
+
+
+def local_label(*, moment: datetime, unit: str, tz: str) -> str:
+    """The label of the local time bucket holding an aware moment."""
+    local = moment.astimezone(ZoneInfo(tz))
+    if unit == "10s":
+        local = local.replace(second=local.second // 10 * 10)
+    return local.strftime(PY_FORMATS[unit])
 
 
 def sqlite_bucket(value: str | None, unit: str, tz: str) -> str | None:
     """SQLite function behind bucket_expr: SQLite has no time zone database, Python has."""
     if value is None:
         return None
-    moment = datetime.fromisoformat(value).replace(tzinfo=UTC).astimezone(ZoneInfo(tz))
-    return moment.strftime(PY_FORMATS[unit])
+    return local_label(moment=datetime.fromisoformat(value).replace(tzinfo=UTC), unit=unit, tz=tz)
 
 
 def install_sqlite_functions(engine: AsyncEngine) -> None:

@@ -28,7 +28,7 @@ async def test_the_dashboard_is_behind_a_login_form(huifang: Huifang) -> None:
     async with browser(huifang) as client:
         page = await client.get("/dashboard")
         form = await client.get("/dashboard/login")
-    assert page.status_code == 303 and page.headers["location"] == "/dashboard/login"
+    assert page.status_code == 303 and page.headers["location"] == "/dashboard/login?next=%2Fdashboard"
     assert form.status_code == 200 and 'name="key"' in form.text
     assert "default-src 'self'" in form.headers["content-security-policy"]
 
@@ -58,6 +58,17 @@ async def test_a_supervisor_gets_a_strict_http_only_session_and_can_log_out(huif
     assert page.status_code == 200 and "Refusal rate" in page.text and KEYS["supervisor"] not in page.text
     assert logout.status_code == 303 and logout.headers["location"] == "/dashboard/login"
     assert after.status_code == 303
+
+
+async def test_login_returns_to_the_page_asked_for_and_nowhere_else(huifang: Huifang) -> None:
+    async with browser(huifang) as client:
+        asked = await client.get("/dashboard", params={"window": "1h"})
+        form = await client.get(asked.headers["location"])
+        back = await client.post("/dashboard/login", data={"key": KEYS["supervisor"], "next": "/dashboard?window=1h"})
+        away = await client.post("/dashboard/login", data={"key": KEYS["supervisor"], "next": "//evil.example/x"})
+    assert 'value="/dashboard?window=1h"' in form.text
+    assert back.headers["location"] == "/dashboard?window=1h"
+    assert away.headers["location"] == "/dashboard"
 
 
 async def test_a_tampered_cookie_is_no_session(huifang: Huifang) -> None:

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.outcomes_support import closed_view, due_callbacks, new_id, seed
+from services.outcomes.stats import period
+from tests.outcomes_support import closed_view, due_callbacks, new_id, outcomes_db, seed
 from tests.support import Huifang
 
 CST = timezone(timedelta(hours=8))
@@ -195,3 +196,20 @@ async def test_recorded_attempts_show_up_in_the_stats(huifang: Huifang) -> None:
     assert groups(by_agent) == {"AG-1": counts(1, 1, 0, 0.0), "AG-2": counts(1, 0, 1, 1.0)}
     by_reason = (await stats(huifang, branch_id=branch, group_by="reason")).json()
     assert by_reason["groups"] == [{"key": "emotional_distress", **counts(1, None, 1, 0.5)}]
+
+
+async def test_ten_second_buckets_of_the_live_view(huifang: Huifang) -> None:
+    """The dashboard's live view groups by 10 seconds (not offered by the API), on both databases."""
+    branch = new_id("BR-LIVE10")
+    at_s = [datetime(2026, 3, 10, 9, 0, s, tzinfo=CST) for s in (5, 9, 15, 59)]
+    finals = ["refused", "completed", "completed", "refused"]
+    await seed(huifang, [closed_view(branch=branch, closed_at=t, final=f) for t, f in zip(at_s, finals, strict=True)])
+    async with outcomes_db(huifang).uow() as uow:
+        found = await period(
+            uow=uow, start=at(10, 9), end=at(10, 10), group_by="10s", tz="Asia/Shanghai", branch_id=branch
+        )
+    assert {g.key: (g.closed, g.refused) for g in found.groups} == {
+        "2026-03-10T09:00:00": (2, 1),
+        "2026-03-10T09:00:10": (1, 0),
+        "2026-03-10T09:00:50": (1, 1),
+    }

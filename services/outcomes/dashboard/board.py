@@ -5,17 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlmodel import col, select
 
 from services.outcomes.models import CallbackView, EscalationView
-from services.outcomes.stats import PY_FORMATS, TIME_UNITS, Period, RefusalStats, period, refusal_stats
+from services.outcomes.stats import TIME_UNITS, Period, RefusalStats, local_label, period, refusal_stats
 from shared.db import UnitOfWork
 
 # window name -> (length, time bucket of the trend chart)
 WINDOWS: dict[str, tuple[timedelta, str]] = {
+    "10m": (timedelta(minutes=10), "10s"),
     "1h": (timedelta(hours=1), "minute"),
     "24h": (timedelta(hours=24), "hour"),
     "30d": (timedelta(days=30), "day"),
@@ -85,12 +85,12 @@ def _pct(value: float | None) -> float | None:
 
 def bucket_labels(*, start: datetime, end: datetime, unit: str, tz: str) -> list[str]:
     """Every local bucket label between start and end, in order, so empty buckets show as gaps."""
-    step, zone, labels = TIME_UNITS[unit] / 2, ZoneInfo(tz), dict[str, None]()
+    step, labels = TIME_UNITS[unit] / 2, dict[str, None]()
     moment = start
     while moment < end:
-        labels[moment.astimezone(zone).strftime(PY_FORMATS[unit])] = None
+        labels[local_label(moment=moment, unit=unit, tz=tz)] = None
         moment += step
-    labels[(end - timedelta(microseconds=1)).astimezone(zone).strftime(PY_FORMATS[unit])] = None  # the current one
+    labels[local_label(moment=end - timedelta(microseconds=1), unit=unit, tz=tz)] = None  # the current one
     return list(labels)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query, Request
@@ -48,16 +48,25 @@ def _page(request: Request, name: str, context: dict[str, Any], status_code: int
     return response
 
 
-def _login(request: Request, error: str | None = None, status_code: int = 200) -> HTMLResponse:
-    return _page(request, "login.html", {"error": error}, status_code)
+def _login(
+    request: Request, error: str | None = None, status_code: int = 200, after: str = "/dashboard"
+) -> HTMLResponse:
+    return _page(request, "login.html", {"error": error, "next": after}, status_code)
+
+
+def _after_login(target: str | None) -> str:
+    """Where to go after logging in: a dashboard page, never another site."""
+    if target and target.startswith("/dashboard") and "//" not in target and "\\" not in target:
+        return target
+    return "/dashboard"
 
 
 @router.get("/login", response_class=HTMLResponse)
-async def login_form(request: Request) -> Response:
+async def login_form(request: Request, next: str | None = None) -> Response:
     """The login form (or straight to the dashboard with a valid session)."""
     if session.verify(keys=request.app.state.api_keys, cookie=request.cookies.get(session.COOKIE)):
-        return RedirectResponse("/dashboard", status_code=303)
-    return _login(request)
+        return RedirectResponse(_after_login(next), status_code=303)
+    return _login(request, after=_after_login(next))
 
 
 @router.post("/login")
@@ -66,13 +75,15 @@ async def login(request: Request) -> Response:
     raw = await request.body()
     if len(raw) > MAX_FORM_BYTES:
         return _login(request, "The form is too large.", 413)
-    key = (parse_qs(raw.decode("utf-8", "replace")).get("key") or [""])[0].strip()
+    form = parse_qs(raw.decode("utf-8", "replace"))
+    key = (form.get("key") or [""])[0].strip()
+    after = _after_login((form.get("next") or [""])[0])
     role = request.app.state.api_keys.get(key)
     if role is None:
-        return _login(request, "Unknown key.", 401)
+        return _login(request, "Unknown key.", 401, after)
     if ROLE_RANK[role] < ROLE_RANK["supervisor"]:
-        return _login(request, "The dashboard needs a supervisor or admin key.", 403)
-    response = RedirectResponse("/dashboard", status_code=303)
+        return _login(request, "The dashboard needs a supervisor or admin key.", 403, after)
+    response = RedirectResponse(after, status_code=303)
     response.set_cookie(
         session.COOKIE,
         session.sign(key=key, role=role),
@@ -96,13 +107,14 @@ async def logout() -> Response:
 @router.get("", response_class=HTMLResponse)
 async def dashboard(
     request: Request,
-    window: Annotated[str, Query(pattern="^(1h|24h|30d)$")] = "24h",
+    window: Annotated[str, Query(pattern="^(10m|1h|24h|30d)$")] = "24h",
     refresh: Annotated[int, Query(ge=2, le=3600, description="seconds between refreshes")] = 15,
 ) -> Response:
     """The dashboard page: refusal charts, open and overdue callbacks, open escalations."""
     who = session.verify(keys=request.app.state.api_keys, cookie=request.cookies.get(session.COOKIE))
     if who is None:
-        return RedirectResponse("/dashboard/login", status_code=303)
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/dashboard/login?next={quote(target, safe='')}", status_code=303)
     now = utcnow()
     async with request.app.state.runtime.db.uow() as uow:
         board = await load_board(uow=uow, window=window, now=now, tz=REPORTING_TZ)

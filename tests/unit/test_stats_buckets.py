@@ -31,6 +31,8 @@ def test_range_must_be_forward_and_not_too_fine() -> None:
         ("2026-03-10 16:30:59.999999", "minute", "Asia/Shanghai", "2026-03-11T00:30"),
         ("2026-03-10 16:30:00", "hour", "Asia/Kolkata", "2026-03-10T22:00"),
         ("2026-07-01 03:00:00", "day", "America/New_York", "2026-06-30"),  # daylight saving time
+        ("2026-03-10 16:30:59.999999", "10s", "Asia/Shanghai", "2026-03-11T00:30:50"),
+        ("2026-03-10 16:30:00", "10s", "Asia/Kolkata", "2026-03-10T22:00:00"),
     ],
 )
 def test_sqlite_buckets_are_local(stored: str, unit: str, tz: str, label: str) -> None:
