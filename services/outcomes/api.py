@@ -66,7 +66,7 @@ async def _record(
             out = attempt_out(row)
             if claim is not None:
                 await idempotency.finish(uow=uow, claim=claim, status_code=201, response=out.model_dump_json())
-        except (AttemptRejected, idempotency.KeyConflict) as exc:
+        except AttemptRejected as exc:  # a KeyConflict too
             raise problem(exc.status, exc.detail) from None
         await uow.commit()
     return out

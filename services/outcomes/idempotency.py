@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import col
 
+from services.outcomes.attempts import AttemptRejected
 from services.outcomes.models import IdempotencyRecord
 from shared.db import Database, UnitOfWork, utcnow
 
@@ -29,11 +30,8 @@ class Replay:
     body: Any
 
 
-class KeyConflict(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
+class KeyConflict(AttemptRejected):
+    """The key cannot be used for this request now (409 in flight, 422 another body)."""
 
 
 IN_FLIGHT = "a request with this Idempotency-Key is still in flight; retry later to get its result"
