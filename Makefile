@@ -52,3 +52,10 @@ test-load: setup
 # Timer lateness (p50/p99) of the scheduler's timer loop against a raw-SQL polling baseline; report in bench/results/.
 bench-timers: setup
 	$(BIN)/python bench/timer_lateness.py
+
+# Browser tests drive Debian's chromium through Playwright (never `playwright install`); CJK fonts for the page.
+.PHONY: chromium
+test: chromium
+chromium:
+	@test -x /usr/bin/chromium && fc-list :lang=zh | grep -q . || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update && $$SUDO apt-get install -y chromium fonts-wqy-microhei; }

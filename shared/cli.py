@@ -288,7 +288,7 @@ def dlq_replay(topic: str) -> None:
 
 @app.command()
 def demo(
-    loans: Annotated[int, typer.Option(min=1, max=10_000, help="how many loans to publish")] = 20,
+    loans: Annotated[int, typer.Option(min=1, max=10_000, help="how many loans to publish")] = 80,
     agents: Annotated[bool, typer.Option(help="play agents answering due calls over HTTP")] = True,
     api_key: Annotated[str | None, typer.Option(envvar="HUIFANG_DEMO_API_KEY", help="an agent key")] = None,
     seconds: Annotated[float, typer.Option(help="how long agents keep answering")] = 60.0,

@@ -1,44 +1,109 @@
-"""`huifang demo`: a realistic stream of loans, and agents answering the calls that fall due."""
+"""`huifang demo`: a realistic stream of loans, and agents answering their callbacks, so the dashboard fills.
+
+The story it tells in about a minute: in the first half agents call without much preparation and one of
+them (AG-07) puts borrowers off; halfway through the team is retrained and calls are announced, and the
+refusal rate falls, as the bank in the issue saw.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import json
 import random
 import time
 import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer
-from rich.progress import Progress
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from shared.events import CALLBACK_LIFECYCLE, LOAN_STAGE, Envelope, encode
+from shared.events import CALLBACK_LIFECYCLE, LOAN_STAGE, LOAN_VERIFICATION, Envelope, encode
 from shared.kafka import client_options, make_producer
 from shared.settings import Settings
 
-SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗"
-GIVEN = ["伟", "芳", "娜", "敏", "静", "磊", "洋", "勇", "艳", "杰", "娟", "涛", "明", "超", "秀英", "建华", "丽"]
-BRANCHES = ["BR-SH-001", "BR-SH-002", "BR-BJ-001", "BR-GZ-003", "BR-CD-001"]
-ZONES = ["Asia/Shanghai"] * 8 + ["Asia/Hong_Kong", "America/New_York"]
+SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘蒋蔡余杜叶程苏魏吕丁任沈"
+GIVEN = [
+    "伟",
+    "芳",
+    "娜",
+    "敏",
+    "静",
+    "磊",
+    "洋",
+    "勇",
+    "艳",
+    "杰",
+    "娟",
+    "涛",
+    "明",
+    "超",
+    "秀英",
+    "建华",
+    "丽",
+    "志强",
+    "晓燕",
+]
+BRANCHES = ["BR-SH-001", "BR-SH-002", "BR-BJ-001", "BR-GZ-003", "BR-CD-001", "BR-SZ-002"]
+# Mostly mainland China; some parties abroad (a guarantor in New York, a co-borrower in Sydney).
+ZONES = ["Asia/Shanghai"] * 12 + ["Asia/Hong_Kong", "Asia/Singapore", "America/New_York", "Australia/Sydney"]
 ROLESETS = [
     ("borrower",),
     ("borrower", "co_borrower"),
     ("borrower", "guarantor"),
     ("borrower", "co_borrower", "guarantor"),
 ]
-DISPOSITIONS = ["completed"] * 55 + ["refused"] * 15 + ["no_answer"] * 18 + ["busy"] * 7 + ["reschedule_requested"] * 5
-REASONS = (
-    ["distrust"] * 25
-    + ["privacy_concern"] * 22
-    + ["time_conflict"] * 20
-    + ["process_misunderstanding"] * 15
-    + ["communication_barrier", "emotional_distress"] * 4
-    + ["suspected_fraud"] * 3
-    + ["other"] * 5
-)
+# Where a loan enters the stream: most reach final_check (callbacks), some are earlier in the pipeline.
+ENTRY_STAGES = ["final_check"] * 8 + ["application_submitted", "initial_review_passed"]
+AGENTS = [f"AG-{n:02d}" for n in range(1, 11)]
+WEAK_AGENT = "AG-07"
+# Before retraining and advance notice, then after: dispositions and refusal reasons (weights).
+DISPOSITIONS = {
+    "before": {
+        "completed": 52,
+        "refused": 24,
+        "no_answer": 12,
+        "busy": 6,
+        "reschedule_requested": 4,
+        "wrong_number": 2,
+    },
+    "after": {"completed": 68, "refused": 11, "no_answer": 11, "busy": 5, "reschedule_requested": 4, "wrong_number": 1},
+}
+REASONS = {
+    "before": {
+        "distrust": 30,
+        "process_misunderstanding": 22,
+        "privacy_concern": 18,
+        "time_conflict": 15,
+        "communication_barrier": 5,
+        "emotional_distress": 4,
+        "suspected_fraud": 2,
+        "other": 4,
+    },
+    "after": {
+        "distrust": 14,
+        "process_misunderstanding": 8,
+        "privacy_concern": 20,
+        "time_conflict": 32,
+        "communication_barrier": 7,
+        "emotional_distress": 7,
+        "suspected_fraud": 3,
+        "other": 9,
+    },
+}
 
 
-def demo_loan(rng: random.Random) -> dict[str, Any]:
+def pick(rng: random.Random, weights: dict[str, int]) -> str:
+    """One key, drawn by weight."""
+    return rng.choices(list(weights), weights=list(weights.values()))[0]
+
+
+def demo_loan(rng: random.Random, stage: str = "final_check") -> dict[str, Any]:
+    """A loan.stage.changed payload with parties who have Chinese names, phones and time zones."""
     loan_id = f"L-{time.strftime('%Y')}-{rng.randrange(10**6):06d}-{uuid.uuid4().hex[:4]}"
     parties = []
     for i, role in enumerate(rng.choice(ROLESETS)):
@@ -50,17 +115,18 @@ def demo_loan(rng: random.Random) -> dict[str, Any]:
                 "name": rng.choice(SURNAMES) + rng.choice(GIVEN),
                 "phone": f"+861{rng.randrange(3, 9)}{rng.randrange(10**9):09d}",
                 "timezone": zone,
-                "language": "en" if zone == "America/New_York" else "zh-CN",
+                "language": "en" if zone in ("America/New_York", "Australia/Sydney") else "zh-CN",
                 "preferred_window": {"start": "18:00", "end": "20:30"} if rng.random() < 0.3 else None,
-                "contact_consent": rng.random() > 0.03,
+                "contact_consent": rng.random() > 0.05,
             }
         )
+    previous = {"final_check": "initial_review_passed", "initial_review_passed": "application_submitted"}
     return {
         "loan_id": loan_id,
-        "stage": "final_check",
-        "previous_stage": "initial_review_passed",
+        "stage": stage,
+        "previous_stage": previous.get(stage),
         "branch_id": rng.choice(BRANCHES),
-        "product": rng.choice(["first_home_mortgage", "second_home_mortgage"]),
+        "product": rng.choice(["first_home_mortgage", "second_home_mortgage", "home_equity"]),
         "amount": f"{rng.randrange(300, 3000) * 1000}.00",
         "currency": "CNY",
         "officer": {"id": f"EMP-{rng.randrange(100, 999)}", "name": rng.choice(SURNAMES) + rng.choice(GIVEN)},
@@ -68,78 +134,189 @@ def demo_loan(rng: random.Random) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Demo:
+    """One demo run: what it published and what its agents did."""
+
+    settings: Settings
+    rng: random.Random
+    seconds: float
+    started: float = field(default_factory=time.monotonic)
+    loans: dict[str, dict[str, Any]] = field(default_factory=dict)
+    answered: set[tuple[str, int]] = field(default_factory=set)
+    queue: list[tuple[float, str, int]] = field(default_factory=list)  # (when, callback_id, attempt)
+    statuses: Counter[str] = field(default_factory=Counter)
+    phases: dict[str, Counter[str]] = field(default_factory=lambda: {"before": Counter(), "after": Counter()})
+
+    def phase(self) -> str:
+        return "before" if time.monotonic() - self.started < self.seconds / 2 else "after"
+
+    def attempt_body(self) -> dict[str, Any]:
+        """What an agent records for one call, given the phase and the agent."""
+        phase, agent = self.phase(), self.rng.choice(AGENTS)
+        weights = dict(DISPOSITIONS[phase])
+        if agent == WEAK_AGENT and phase == "before":
+            weights["refused"] *= 4
+        disposition = pick(self.rng, weights)
+        body: dict[str, Any] = {
+            "disposition": disposition,
+            "agent_id": agent,
+            "duration_s": self.rng.randrange(20, 600),
+            "started_at": datetime.now(UTC).isoformat(),
+        }
+        if disposition == "refused":
+            reasons = dict(REASONS[phase])
+            if agent == WEAK_AGENT and phase == "before":
+                reasons["distrust"] *= 3
+            body["reason_code"] = pick(self.rng, reasons)
+        if disposition == "reschedule_requested":
+            body["reschedule_to"] = (datetime.now(UTC) + timedelta(days=self.rng.randrange(1, 3))).isoformat()
+        if disposition == "completed":
+            body["verification"] = {"identity": True, "loan_amount": True}
+        return body
+
+
 async def run_demo(settings: Settings, *, loans: int, agents: bool, api_key: str | None, seconds: float) -> None:
-    rng = random.Random()
+    """Publish `loans` loans over the first part of `seconds`, and (with an agent key) answer their calls."""
+    demo = Demo(settings=settings, rng=random.Random(), seconds=seconds)
     producer = make_producer(settings)
     await producer.start()
-    consumer = AIOKafkaConsumer(
-        settings.topic(CALLBACK_LIFECYCLE),
-        **client_options(settings),
-        group_id=f"{settings.huifang_topic_prefix}huifang-demo-agents",
-        enable_auto_commit=True,
-        auto_offset_reset="latest",
-    )
-    if agents:
-        await consumer.start()
+    consumer = await _listen(settings) if agents and api_key else None
+    columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
-        with Progress() as progress:
-            publishing = progress.add_task("publishing loans", total=loans)
-            for _ in range(loans):
-                data = demo_loan(rng)
-                envelope = Envelope(
-                    specversion="1.0",
-                    id=str(uuid.uuid4()),
-                    source="/los/demo",
-                    type="loan.stage.changed",
-                    subject=data["loan_id"],
-                    data=data,
-                )
-                await producer.send_and_wait(settings.topic(LOAN_STAGE), encode(envelope), key=data["loan_id"].encode())
-                progress.advance(publishing)
-            if consumer is None:
+        with Progress(*columns) as progress:
+            if agents and not api_key:
+                progress.console.print("no agent key (--api-key or HUIFANG_DEMO_API_KEY): publishing loans only")
+            published = progress.add_task("loans published", total=loans)
+            clock = progress.add_task("seconds of agents' work", total=int(seconds) if consumer else 0)
+            calls = progress.add_task("calls recorded", total=None)
+            publisher = asyncio.create_task(_publish(demo, producer, loans, progress, published, consumer is not None))
+            if consumer is None or api_key is None:
+                await publisher
                 return
-            if not api_key:
-                progress.console.print("no agent key (--api-key or HUIFANG_DEMO_API_KEY): not playing agents")
-                return
-            answering = progress.add_task("agents answering due calls", total=seconds)
-            await _play_agents(settings, consumer, api_key, rng, progress, answering, seconds)
+            await _play_agents(demo, consumer, producer, api_key, progress, clock, calls)
+            await publisher
+        _summary(demo)
     finally:
         await producer.stop()
         if consumer is not None:
             await consumer.stop()
 
 
-async def _play_agents(
-    settings: Settings,
-    consumer: AIOKafkaConsumer,
-    api_key: str,
-    rng: random.Random,
-    progress: Progress,
-    task: Any,
-    seconds: float,
+async def _listen(settings: Settings) -> AIOKafkaConsumer:
+    """A consumer of the lifecycle and verification topics from their current end (no group: nothing missed)."""
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
+    await consumer.start()
+    parts = []
+    for topic in (settings.topic(CALLBACK_LIFECYCLE), settings.topic(LOAN_VERIFICATION)):
+        found = consumer.partitions_for_topic(topic)
+        if not found:
+            await consumer._client.force_metadata_update()
+            found = consumer.partitions_for_topic(topic) or set()
+        parts += [TopicPartition(topic, p) for p in found]
+    consumer.assign(parts)
+    await consumer.seek_to_end(*parts)
+    for tp in parts:
+        await consumer.position(tp)  # resolve the end offsets now, before the first loan goes out
+    return consumer
+
+
+async def _publish(
+    demo: Demo, producer: AIOKafkaProducer, loans: int, progress: Progress, task: Any, spread: bool
 ) -> None:
-    base = f"http://127.0.0.1:{settings.huifang_outcomes_port}"
-    started = time.monotonic()
-    counts: dict[str, int] = {}
+    """Publish the loans, spread over the first three quarters of the run so every minute has calls."""
+    pause = demo.seconds * 0.75 / loans if spread else 0.0
+    for _ in range(loans):
+        data = demo_loan(demo.rng, demo.rng.choice(ENTRY_STAGES))
+        demo.loans[data["loan_id"]] = data
+        await _send(demo.settings, producer, data)
+        progress.advance(task)
+        await asyncio.sleep(pause * demo.rng.uniform(0.5, 1.5))
+        if demo.rng.random() < 0.04:
+            # Now and then a borrower withdraws before anyone called: the loan's callbacks are cancelled.
+            await _send(demo.settings, producer, {**data, "stage": "withdrawn", "previous_stage": data["stage"]})
+
+
+async def _send(settings: Settings, producer: AIOKafkaProducer, data: dict[str, Any]) -> None:
+    envelope = Envelope(
+        specversion="1.0",
+        id=str(uuid.uuid4()),
+        source=f"/los/branch/{data['branch_id']}",
+        type="loan.stage.changed",
+        time=datetime.now(UTC),
+        subject=data["loan_id"],
+        data=data,
+    )
+    await producer.send_and_wait(settings.topic(LOAN_STAGE), encode(envelope), key=data["loan_id"].encode())
+
+
+async def _play_agents(
+    demo: Demo,
+    consumer: AIOKafkaConsumer,
+    producer: AIOKafkaProducer,
+    api_key: str,
+    progress: Progress,
+    clock: Any,
+    calls: Any,
+) -> None:
+    """Answer each of the demo's callbacks a few seconds after it is scheduled (before its due time)."""
+    base = f"http://127.0.0.1:{demo.settings.huifang_outcomes_port}"
+    announced = False
     async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {api_key}"}, timeout=10) as http:
-        while (elapsed := time.monotonic() - started) < seconds:
-            progress.update(task, completed=elapsed)
-            for records in (await consumer.getmany(timeout_ms=500)).values():
+        while (elapsed := time.monotonic() - demo.started) < demo.seconds:
+            progress.update(clock, completed=min(int(elapsed), int(demo.seconds)))
+            if not announced and demo.phase() == "after":
+                announced = True
+                progress.console.print("[bold]agents retrained; calls are now announced in advance[/bold]")
+            for records in (await consumer.getmany(timeout_ms=200)).values():
                 for record in records:
-                    event = json.loads(record.value)
-                    if event.get("type") != "callback.due":
-                        continue
-                    disposition = rng.choice(DISPOSITIONS)
-                    body: dict[str, Any] = {
-                        "disposition": disposition,
-                        "agent_id": f"AG-{rng.randrange(1, 13):02d}",
-                        "duration_s": rng.randrange(20, 600),
-                    }
-                    if disposition == "refused":
-                        body["reason_code"] = rng.choice(REASONS)
-                    if disposition == "reschedule_requested":
-                        body["reschedule_to"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 120))
-                    response = await http.post(f"/v1/callbacks/{event['data']['callback_id']}/attempts", json=body)
-                    counts[str(response.status_code)] = counts.get(str(response.status_code), 0) + 1
-        progress.update(task, completed=seconds)
-    progress.console.print(f"agents recorded attempts: {counts}")
+                    await _on_event(demo, producer, json.loads(record.value))
+            while demo.queue and demo.queue[0][0] <= time.monotonic():
+                _, callback_id, _ = heapq.heappop(demo.queue)
+                body = demo.attempt_body()
+                response = await http.post(f"/v1/callbacks/{callback_id}/attempts", json=body)
+                demo.statuses[str(response.status_code)] += 1
+                if response.status_code == 201:
+                    demo.phases[demo.phase()][body["disposition"]] += 1
+                progress.advance(calls)
+        progress.update(clock, completed=int(demo.seconds))
+
+
+async def _on_event(demo: Demo, producer: AIOKafkaProducer, event: dict[str, Any]) -> None:
+    """Queue a call for each new callback or retry of the demo's loans; move verified loans on."""
+    data = event.get("data") or {}
+    loan = demo.loans.get(data.get("loan_id", ""))
+    if loan is None:
+        return  # not this run's loan
+    kind = event.get("type")
+    if kind == "loan.verification.completed":
+        # Upstream reacts to the verification: approve verified loans, reject those the party disowned.
+        parties = {p["disposition"] for p in data.get("parties", [])}
+        if data.get("status") == "verified":
+            await _send(demo.settings, producer, {**loan, "stage": "approved", "previous_stage": "final_check"})
+        elif "refused" in parties and demo.rng.random() < 0.3:
+            await _send(demo.settings, producer, {**loan, "stage": "rejected", "previous_stage": "final_check"})
+        return
+    if kind not in ("callback.scheduled", "callback.rescheduled") or data.get("channel") == "questionnaire":
+        return  # no phone call for a party without contact consent: the questionnaire goes instead
+    ticket = (data["callback_id"], int(data["attempt"]))
+    if ticket in demo.answered:
+        return
+    demo.answered.add(ticket)
+    heapq.heappush(demo.queue, (time.monotonic() + demo.rng.uniform(1.0, 6.0), *ticket))
+
+
+def _summary(demo: Demo) -> None:
+    """Print what the agents did and where to look."""
+    from rich.console import Console
+
+    console = Console()
+
+    def rate(counts: Counter[str]) -> str:
+        answered = counts["completed"] + counts["refused"]
+        return f"{100 * counts['refused'] / answered:.0f}%" if answered else "n/a"
+
+    console.print(f"HTTP answers to recorded attempts: {dict(demo.statuses)}")
+    console.print(f"refusal rate before retraining {rate(demo.phases['before'])}, after {rate(demo.phases['after'])}")
+    port = demo.settings.huifang_outcomes_port
+    console.print(f"dashboard: http://127.0.0.1:{port}/dashboard?window=10m  (log in with a supervisor key)")

@@ -1,28 +1,33 @@
-"""Outcomes HTTP API: agents record attempts; anyone with a key reads a loan's verification."""
+"""Outcomes HTTP API: agents record attempts and read verifications; supervisors read refusal statistics."""
 
 from __future__ import annotations
 
 import hashlib
-import json
+from datetime import datetime, timedelta
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import sqlalchemy as sa
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel
 from sqlmodel import col, select
 
+from services.outcomes import idempotency
 from services.outcomes.attempts import AttemptIn, AttemptOut, AttemptRejected, attempt_out, record_attempt
-from services.outcomes.models import Attempt, IdempotencyRecord, LoanVerification
-from shared.db import Database
-from shared.web import AgentAuth, problem
+from services.outcomes.handlers import verification_status
+from services.outcomes.models import Attempt, CallbackView, LoanVerification
+from services.outcomes.stats import GroupBy, RefusalStats, StatsRequestError, refusal_stats
+from shared.db import utcnow
+from shared.events import CLOSED_STATES
+from shared.runtime import Runtime
+from shared.web import AgentAuth, SupervisorAuth, problem
 
 router = APIRouter(prefix="/v1", tags=["outcomes"])
 
 
-def _db(request: Request) -> Database:
-    db: Database = request.app.state.runtime.db
-    return db
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
 
 
 @router.post("/callbacks/{callback_id}/attempts", status_code=201, response_model=AttemptOut)
@@ -31,43 +36,48 @@ async def post_attempt(
     callback_id: str,
     body: AttemptIn,
     who: AgentAuth,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> Any:
     """Record the outcome of one call."""
-    db = _db(request)
-    scoped = f"attempt:{callback_id}:{idempotency_key}" if idempotency_key else None
+    runtime = _runtime(request)
+    if idempotency_key is None:
+        return await _record(runtime=runtime, callback_id=callback_id, body=body, claim=None)
     digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-    async with db.uow() as uow:
-        if scoped:
-            earlier = await uow.session.get(IdempotencyRecord, scoped)
-            if earlier is not None:
-                if earlier.request_hash != digest:
-                    raise problem(422, "Idempotency-Key was already used with a different body")
-                return JSONResponse(json.loads(earlier.response), status_code=earlier.status_code)
+    try:
+        claimed = await idempotency.claim(db=runtime.db, key=f"attempt:{callback_id}:{idempotency_key}", digest=digest)
+    except idempotency.KeyConflict as exc:
+        raise problem(exc.status, exc.detail) from None
+    if isinstance(claimed, idempotency.Replay):
+        return JSONResponse(claimed.body, status_code=claimed.status_code)
+    try:
+        return await _record(runtime=runtime, callback_id=callback_id, body=body, claim=claimed)
+    except BaseException:
+        await idempotency.release(db=runtime.db, claim=claimed)
+        raise
+
+
+async def _record(
+    *, runtime: Runtime, callback_id: str, body: AttemptIn, claim: idempotency.Claim | None
+) -> AttemptOut:
+    """One transaction: the attempt, its events and (with a key) its stored result."""
+    async with runtime.db.uow() as uow:
         try:
-            row = await record_attempt(
-                uow=uow, callback_id=callback_id, body=body, cipher=request.app.state.runtime.cipher
-            )
-        except AttemptRejected as exc:
+            row = await record_attempt(uow=uow, callback_id=callback_id, body=body, cipher=runtime.cipher)
+            out = attempt_out(row)
+            if claim is not None:
+                await idempotency.finish(uow=uow, claim=claim, status_code=201, response=out.model_dump_json())
+        except AttemptRejected as exc:  # a KeyConflict too
             raise problem(exc.status, exc.detail) from None
-        out = attempt_out(row)
-        if scoped:
-            uow.session.add(
-                IdempotencyRecord(key=scoped, request_hash=digest, status_code=201, response=out.model_dump_json())
-            )
-        try:
-            await uow.commit()
-        except sa.exc.IntegrityError:
-            # The same key committed first from a concurrent request.
-            raise problem(
-                409, "a request with this Idempotency-Key is in flight or done; retry to get its result"
-            ) from None
+        await uow.commit()
     return out
 
 
 @router.get("/callbacks/{callback_id}/attempts", response_model=list[AttemptOut])
 async def list_attempts(request: Request, callback_id: str, _: AgentAuth) -> list[AttemptOut]:
-    async with _db(request).uow() as uow:
+    """Every attempt recorded for a callback, oldest first."""
+    async with _runtime(request).db.uow() as uow:
+        if await uow.session.get(CallbackView, callback_id) is None:
+            raise problem(404, f"callback {callback_id} not found")
         rows = (
             await uow.session.execute(
                 select(Attempt).where(Attempt.callback_id == callback_id).order_by(col(Attempt.recorded_at))
@@ -76,30 +86,104 @@ async def list_attempts(request: Request, callback_id: str, _: AgentAuth) -> lis
         return [attempt_out(r) for r in rows]
 
 
+class PartyOut(BaseModel):
+    party_id: str
+    role: str
+    callback_id: str
+    disposition: str | None  # the final disposition; None while the callback is open
+    state: str
+
+
 class VerificationOut(BaseModel):
     loan_id: str
     stage: str
-    status: str
-    parties: list[dict[str, Any]]
-    completed_at: Any
+    status: str  # verified, refused, unreachable, cancelled; "pending" while a callback is open
+    parties: list[PartyOut]
+    completed_at: datetime | None
 
 
 @router.get("/loans/{loan_id}/verification", response_model=list[VerificationOut])
 async def loan_verification(request: Request, loan_id: str, _: AgentAuth) -> list[VerificationOut]:
-    """The loan's completed verifications, one per stage."""
-    async with _db(request).uow() as uow:
-        rows = list(
-            (await uow.session.execute(select(LoanVerification).where(LoanVerification.loan_id == loan_id))).scalars()
+    """The loan's verification per stage: the completed result, or pending with each party's state."""
+    async with _runtime(request).db.uow() as uow:
+        views = list(
+            (
+                await uow.session.execute(
+                    select(CallbackView)
+                    .where(CallbackView.loan_id == loan_id)
+                    .order_by(col(CallbackView.role), col(CallbackView.party_id))
+                )
+            ).scalars()
         )
-    if not rows:
-        raise problem(404, f"no completed verification for loan {loan_id}")
+        done = {
+            v.stage: v
+            for v in (
+                await uow.session.execute(select(LoanVerification).where(LoanVerification.loan_id == loan_id))
+            ).scalars()
+        }
+    if not views and not done:
+        raise problem(404, f"no callbacks known for loan {loan_id}")
     return [
-        VerificationOut(
-            loan_id=r.loan_id,
-            stage=r.stage,
-            status=r.status,
-            parties=json.loads(r.parties),
-            completed_at=r.completed_at,
-        )
-        for r in rows
+        _verification(loan_id=loan_id, stage=stage, views=views, done=done.get(stage))
+        for stage in sorted({v.stage for v in views} | set(done))
     ]
+
+
+def _verification(
+    *, loan_id: str, stage: str, views: list[CallbackView], done: LoanVerification | None
+) -> VerificationOut:
+    """One stage's verification as the API shows it."""
+    mine = [v for v in views if v.stage == stage]
+    parties = [
+        PartyOut(
+            party_id=v.party_id,
+            role=v.role,
+            callback_id=v.callback_id,
+            disposition=v.final_disposition if v.state in CLOSED_STATES else None,
+            state=v.state,
+        )
+        for v in mine
+    ]
+    if done is not None:
+        return VerificationOut(
+            loan_id=loan_id, stage=stage, status=done.status, parties=parties, completed_at=done.completed_at
+        )
+    finals = [p.disposition for p in parties]
+    status = "pending" if None in finals else verification_status([f or "" for f in finals])
+    return VerificationOut(loan_id=loan_id, stage=stage, status=status, parties=parties, completed_at=None)
+
+
+def _zone(tz: str) -> str:
+    """The IANA zone name, or a 422 naming it."""
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise problem(422, f"unknown IANA time zone {tz!r}") from None
+    return tz
+
+
+@router.get("/stats/refusals", response_model=RefusalStats, response_model_by_alias=True, tags=["stats"])
+async def stats_refusals(
+    request: Request,
+    _: SupervisorAuth,
+    start: Annotated[AwareDatetime | None, Query(alias="from", description="inclusive; default to − 30 days")] = None,
+    end: Annotated[AwareDatetime | None, Query(alias="to", description="end (exclusive); default now")] = None,
+    group_by: GroupBy = "reason",
+    compare_from: Annotated[AwareDatetime | None, Query(description="baseline period start")] = None,
+    compare_to: Annotated[AwareDatetime | None, Query(description="baseline period end")] = None,
+    tz: Annotated[str, Query(max_length=64, description="IANA zone of day/hour buckets")] = "Asia/Shanghai",
+    branch_id: Annotated[str | None, Query(max_length=128)] = None,
+) -> RefusalStats:
+    """Closed callbacks, completions, refusals and the refusal rate per group, optionally against a baseline."""
+    end = end or utcnow()
+    start = start or end - timedelta(days=30)
+    if (compare_from is None) != (compare_to is None):
+        raise problem(422, "give both compare_from and compare_to, or neither")
+    compare = (compare_from, compare_to) if compare_from and compare_to else None
+    async with _runtime(request).db.uow() as uow:
+        try:
+            return await refusal_stats(
+                uow=uow, start=start, end=end, group_by=group_by, tz=_zone(tz), branch_id=branch_id, compare=compare
+            )
+        except StatsRequestError as exc:
+            raise problem(422, str(exc)) from None

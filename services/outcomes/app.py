@@ -7,10 +7,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from services.outcomes import api
+from services.outcomes.dashboard import views as dashboard
 from services.outcomes.handlers import handlers
-from shared.events import CALLBACK_LIFECYCLE
+from services.outcomes.stats import install_sqlite_functions
+from shared.events import CALLBACK_LIFECYCLE, NOTIFICATION
 from shared.runtime import Runtime
 from shared.settings import Settings, load_settings
 from shared.web import create_app as create_web_app
@@ -25,7 +28,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with Runtime.running(app, service=SERVICE, settings=settings) as runtime:
-            await runtime.start(migrations=MIGRATIONS, topics=[CALLBACK_LIFECYCLE], handlers=handlers())
+            if runtime.db.dialect == "sqlite":
+                install_sqlite_functions(runtime.db.engine)
+            await runtime.start(migrations=MIGRATIONS, topics=[CALLBACK_LIFECYCLE, NOTIFICATION], handlers=handlers())
             yield
 
     app = create_web_app(
@@ -34,4 +39,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(api.router)
+    app.include_router(dashboard.router)
+    app.mount("/dashboard/static", StaticFiles(directory=dashboard.STATIC), name="dashboard-static")
     return app

@@ -9,7 +9,7 @@ from typing import Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from services.outcomes.handlers import complete_if_closed, refusals_for_loan
+from services.outcomes.handlers import complete_if_closed, lock_loan, refusals_for_loan
 from services.outcomes.models import Attempt, CallbackView
 from shared.crypto import Cipher
 from shared.db import UnitOfWork, utcnow
@@ -68,6 +68,7 @@ class AttemptRejected(Exception):
 
 
 def attempt_out(row: Attempt) -> AttemptOut:
+    """The attempt as the API shows it: everything but the encrypted notes."""
     return AttemptOut(
         **row.model_dump(exclude={"notes_enc", "verification", "stage", "branch_id", "role"}),
         verification=json.loads(row.verification),
@@ -79,6 +80,7 @@ async def record_attempt(*, uow: UnitOfWork, callback_id: str, body: AttemptIn, 
     view = await uow.session.get(CallbackView, callback_id)
     if view is None:
         raise AttemptRejected(404, f"callback {callback_id} not found")
+    await lock_loan(uow=uow, loan_id=view.loan_id)  # reloads the view too: another request may have closed it
     if view.state in CLOSED_STATES:
         raise AttemptRejected(409, f"callback {callback_id} is already closed ({view.state})")
     items = set(json.loads(view.verification_items))
@@ -118,6 +120,7 @@ async def record_attempt(*, uow: UnitOfWork, callback_id: str, body: AttemptIn, 
         view.state = body.disposition
         view.final_disposition = body.disposition
         view.closed_at = now
+        view.reason_code, view.agent_id = body.reason_code, body.agent_id
     view.updated_at = now
     uow.session.add(view)
     uow.emit(

@@ -1,4 +1,4 @@
-"""Events in: keep the callback view; close loans' verifications when their last callback closes."""
+"""Events in: keep the callback and escalation views; close loans' verifications when their last callback closes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlmodel import col, select
 
-from services.outcomes.models import Attempt, CallbackView, LoanVerification
+from services.outcomes.models import Attempt, CallbackView, EscalationView, LoanVerification
 from shared.db import UnitOfWork, utcnow
 from shared.events import (
     CLOSED_STATES,
@@ -18,6 +18,10 @@ from shared.events import (
     CallbackRef,
     CallbackRescheduled,
     CallbackScheduled,
+    EscalationAcknowledged,
+    EscalationEvent,
+    EscalationRaised,
+    EscalationResolved,
     Event,
     LoanVerificationCompleted,
     PartyResult,
@@ -29,8 +33,24 @@ async def find_view(*, uow: UnitOfWork, callback_id: str) -> CallbackView | None
     return await uow.session.get(CallbackView, callback_id)
 
 
+async def lock_loan(*, uow: UnitOfWork, loan_id: str) -> list[CallbackView]:
+    """Lock (PostgreSQL) and reload the loan's callbacks, so two closings of one loan run one after the other."""
+    # Without it, two callbacks closing at once would each see the other still open, and nobody
+    # would complete the loan. Locking in callback_id order keeps concurrent lockers from deadlocking.
+    # SQLite needs nothing: BEGIN IMMEDIATE already serialises writers.
+    query = (
+        select(CallbackView)
+        .where(CallbackView.loan_id == loan_id)
+        .order_by(col(CallbackView.callback_id))
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return list((await uow.session.execute(query)).scalars())
+
+
 async def on_lifecycle(*, uow: UnitOfWork, event: CallbackRef) -> None:
     """Mirror the scheduler's callback state; a closing event may complete the loan's verification."""
+    await lock_loan(uow=uow, loan_id=event.loan_id)
     view = await find_view(uow=uow, callback_id=event.callback_id)
     now = utcnow()
     if view is None:
@@ -128,10 +148,46 @@ async def refusals_for_loan(*, uow: UnitOfWork, loan_id: str) -> int:
     return int(count or 0)
 
 
+ESCALATION_STATE = {EscalationRaised: "open", EscalationAcknowledged: "acknowledged", EscalationResolved: "resolved"}
+STATE_RANK = {"open": 0, "acknowledged": 1, "resolved": 2}
+
+
+async def on_escalation(*, uow: UnitOfWork, event: EscalationEvent, at: datetime) -> EscalationView:
+    """Keep the dashboard's copy of an escalation: raised (again at level 2), acknowledged, resolved."""
+    state = ESCALATION_STATE[type(event)]
+    view = await uow.session.get(EscalationView, event.escalation_id)
+    if view is None:
+        view = EscalationView(
+            escalation_id=event.escalation_id,
+            loan_id=event.loan_id,
+            callback_id=event.callback_id,
+            level=event.level,
+            rule=event.rule,
+            assignee=event.assignee,
+            state=state,
+            raised_at=at,
+        )
+    # A state never goes back (a level-2 raise after an acknowledgement keeps it acknowledged).
+    if STATE_RANK[state] >= STATE_RANK[view.state]:
+        view.state = state
+    if event.level >= view.level:
+        view.level, view.assignee = event.level, event.assignee
+    view.updated_at = utcnow()
+    uow.session.add(view)
+    return view
+
+
 def handlers() -> dict[str, Handler]:
     async def lifecycle(uow: UnitOfWork, event: Event) -> None:
         assert isinstance(event.data, CallbackRef)
         await on_lifecycle(uow=uow, event=event.data)
 
+    async def escalation(uow: UnitOfWork, event: Event) -> None:
+        assert isinstance(event.data, EscalationEvent)
+        await on_escalation(uow=uow, event=event.data, at=event.envelope.time or utcnow())
+
     names = ("callback.scheduled", "callback.due", "callback.rescheduled", "callback.cancelled", "callback.expired")
-    return dict.fromkeys(names, lifecycle)
+    escalations = ("escalation.raised", "escalation.acknowledged", "escalation.resolved")
+    table: dict[str, Handler] = dict.fromkeys(names, lifecycle)
+    table.update(dict.fromkeys(escalations, escalation))
+    return table

@@ -1,4 +1,5 @@
-"""Outcomes tables: its own view of callbacks, every attempt, each loan's verification, idempotency keys."""
+"""Outcomes tables: its own view of callbacks and escalations, every attempt, each loan's verification,
+idempotency keys."""
 
 from __future__ import annotations
 
@@ -28,7 +29,10 @@ class CallbackView(SQLModel, table=True):
     deadline: datetime | None = Field(default=None, sa_type=UTCDateTime)
     final_disposition: str | None = Field(default=None, max_length=32)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
-    closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    # Set by the attempt that closed the callback, for the refusal statistics.
+    reason_code: str | None = Field(default=None, max_length=32)
+    agent_id: str | None = Field(default=None, max_length=128)
 
 
 class Attempt(SQLModel, table=True):
@@ -70,3 +74,21 @@ class IdempotencyRecord(SQLModel, table=True):
     status_code: int
     response: str = Field(sa_type=sa.Text)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # "in_flight" while the first request with the key runs, "done" once its result is stored.
+    state: str = Field(default="done", max_length=16)
+
+
+class EscalationView(SQLModel, table=True):
+    """What outcomes knows of an escalation, built from notification.v1, for the dashboard."""
+
+    __tablename__ = "escalation_view"
+
+    escalation_id: str = Field(primary_key=True, max_length=64)
+    loan_id: str = Field(index=True, max_length=128)
+    callback_id: str | None = Field(default=None, max_length=64)
+    level: int
+    rule: str = Field(max_length=128)
+    assignee: str = Field(max_length=128)
+    state: str = Field(index=True, max_length=16)  # open, acknowledged, resolved
+    raised_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

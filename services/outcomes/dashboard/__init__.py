@@ -1,0 +1,1 @@
+"""The ops dashboard: a server-rendered page behind a supervisor login."""

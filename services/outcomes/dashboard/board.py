@@ -1,0 +1,143 @@
+"""What the dashboard shows, read from outcomes' own tables (statistics by SQL aggregates)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import col, select
+
+from services.outcomes.models import CallbackView, EscalationView
+from services.outcomes.stats import TIME_UNITS, Period, RefusalStats, local_label, period, refusal_stats
+from shared.db import UnitOfWork
+
+# window name -> (length, time bucket of the trend chart)
+WINDOWS: dict[str, tuple[timedelta, str]] = {
+    "10m": (timedelta(minutes=10), "10s"),
+    "1h": (timedelta(hours=1), "minute"),
+    "24h": (timedelta(hours=24), "hour"),
+    "30d": (timedelta(days=30), "day"),
+}
+REASON_LABELS = {
+    "distrust": "distrust 不信任",
+    "privacy_concern": "privacy 隐私顾虑",
+    "time_conflict": "time conflict 时间冲突",
+    "communication_barrier": "communication 沟通障碍",
+    "process_misunderstanding": "process 流程误解",
+    "emotional_distress": "distress 情绪困扰",
+    "suspected_fraud": "suspected fraud 疑似欺诈",
+    "other": "other 其他",
+}
+OPEN_ESCALATIONS = ("open", "acknowledged")
+
+
+@dataclass(frozen=True)
+class Board:
+    window: str
+    start: datetime
+    end: datetime
+    stats: RefusalStats  # by reason, against the previous window
+    trend: Period
+    branches: Period
+    agents: Period
+    open_by_state: dict[str, int]
+    overdue_count: int
+    overdue: list[CallbackView]
+    escalations: list[EscalationView]
+    escalation_count: int
+    level2_count: int
+
+    def charts(self, tz: str) -> dict[str, Any]:
+        """The charts' data, as the page's script reads it."""
+        unit = WINDOWS[self.window][1]
+        by_bucket = {g.key: g for g in self.trend.groups}
+        labels = bucket_labels(start=self.start, end=self.end, unit=unit, tz=tz)
+        answered = sorted(
+            (g for g in self.agents.groups if g.refusal_rate is not None), key=lambda g: -(g.refusal_rate or 0)
+        )[:12]
+        return {
+            "trend": {
+                "labels": [label[11:] if unit != "day" else label[5:] for label in labels],
+                "rate": [_pct(by_bucket[b].refusal_rate) if b in by_bucket else None for b in labels],
+                "completed": [by_bucket[b].completed if b in by_bucket else 0 for b in labels],
+                "refused": [by_bucket[b].refused if b in by_bucket else 0 for b in labels],
+            },
+            "reasons": {
+                "labels": [REASON_LABELS.get(g.key or "", g.key or "?") for g in self.stats.groups],
+                "refused": [g.refused for g in self.stats.groups],
+            },
+            "branches": {
+                "labels": [g.key for g in self.branches.groups if g.refusal_rate is not None],
+                "rate": [_pct(g.refusal_rate) for g in self.branches.groups if g.refusal_rate is not None],
+            },
+            "agents": {
+                "labels": [g.key for g in answered],
+                "rate": [_pct(g.refusal_rate) for g in answered],
+            },
+        }
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else round(100 * value, 1)
+
+
+def bucket_labels(*, start: datetime, end: datetime, unit: str, tz: str) -> list[str]:
+    """Every local bucket label between start and end, in order, so empty buckets show as gaps."""
+    step, labels = TIME_UNITS[unit] / 2, dict[str, None]()
+    moment = start
+    while moment < end:
+        labels[local_label(moment=moment, unit=unit, tz=tz)] = None
+        moment += step
+    labels[local_label(moment=end - timedelta(microseconds=1), unit=unit, tz=tz)] = None  # the current one
+    return list(labels)
+
+
+async def load_board(*, uow: UnitOfWork, window: str, now: datetime, tz: str) -> Board:
+    """Everything the dashboard shows for a window ending now."""
+    length, unit = WINDOWS[window]
+    start = now - length
+    previous = (start - length, start)
+    stats = await refusal_stats(uow=uow, start=start, end=now, group_by="reason", tz=tz, compare=previous)
+
+    async def by(group_by: str) -> Period:
+        return await period(uow=uow, start=start, end=now, group_by=group_by, tz=tz, branch_id=None)
+
+    open_views = sa.and_(col(CallbackView.closed_at).is_(None))
+    by_state = await uow.session.execute(
+        sa.select(col(CallbackView.state), sa.func.count()).where(open_views).group_by(col(CallbackView.state))
+    )
+    overdue_where = sa.and_(open_views, col(CallbackView.due_at) < now)
+    overdue_count = await uow.session.scalar(sa.select(sa.func.count()).where(overdue_where))
+    overdue = (
+        await uow.session.execute(
+            select(CallbackView).where(overdue_where).order_by(col(CallbackView.due_at)).limit(10)
+        )
+    ).scalars()
+    unresolved = col(EscalationView.state).in_(OPEN_ESCALATIONS)
+    escalations = (
+        await uow.session.execute(
+            select(EscalationView)
+            .where(unresolved)
+            .order_by(col(EscalationView.level).desc(), col(EscalationView.raised_at))
+            .limit(20)
+        )
+    ).scalars()
+    level2 = sa.func.coalesce(sa.func.sum(sa.case((col(EscalationView.level) >= 2, 1), else_=0)), 0)
+    counts = (await uow.session.execute(sa.select(sa.func.count(), level2).where(unresolved))).one()
+    return Board(
+        window=window,
+        start=start,
+        end=now,
+        stats=stats,
+        trend=await by(unit),
+        branches=await by("branch"),
+        agents=await by("agent"),
+        open_by_state={state: n for state, n in by_state},
+        overdue_count=int(overdue_count or 0),
+        overdue=list(overdue),
+        escalations=list(escalations),
+        escalation_count=int(counts[0]),
+        level2_count=int(counts[1]),
+    )

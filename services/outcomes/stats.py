@@ -1,0 +1,239 @@
+"""Refusal statistics: counts of closed callbacks per group, aggregated by the database on both dialects."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from pydantic import BaseModel, Field
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col
+
+from services.outcomes.models import CallbackView
+from shared.db import UnitOfWork
+
+GroupBy = Literal["reason", "stage", "role", "agent", "branch", "day", "hour", "minute"]
+TIME_UNITS = {
+    "day": timedelta(days=1),
+    "hour": timedelta(hours=1),
+    "minute": timedelta(minutes=1),
+    "10s": timedelta(seconds=10),  # the dashboard's live view; not offered by the API
+}
+MAX_BUCKETS = 2000
+COLUMNS: dict[str, Any] = {
+    "reason": col(CallbackView.reason_code),
+    "stage": col(CallbackView.stage),
+    "role": col(CallbackView.role),
+    "agent": col(CallbackView.agent_id),
+    "branch": col(CallbackView.branch_id),
+}
+# Local bucket labels: ISO dates, or ISO minutes for hour and minute buckets.
+PG_FORMATS = {
+    "day": "YYYY-MM-DD",
+    "hour": 'YYYY-MM-DD"T"HH24:MI',
+    "minute": 'YYYY-MM-DD"T"HH24:MI',
+    "10s": 'YYYY-MM-DD"T"HH24:MI:SS',
+}
+PY_FORMATS = {"day": "%Y-%m-%d", "hour": "%Y-%m-%dT%H:00", "minute": "%Y-%m-%dT%H:%M", "10s": "%Y-%m-%dT%H:%M:%S"}
+
+
+class Counts(BaseModel):
+    closed: int
+    completed: int | None  # None for a refusal reason: completions have no reason
+    refused: int
+    refusal_rate: float | None  # refused ÷ (completed + refused); None when nothing was completed or refused
+
+
+class Group(Counts):
+    key: str | None
+
+
+class Period(BaseModel):
+    from_: datetime = Field(serialization_alias="from")
+    to: datetime
+    totals: Counts
+    groups: list[Group]
+
+
+class Change(BaseModel):
+    refusal_rate_points: float | None  # current rate − baseline rate
+    relative: float | None  # (current − baseline) ÷ baseline
+
+
+class RefusalStats(BaseModel):
+    group_by: str
+    timezone: str
+    branch_id: str | None
+    from_: datetime = Field(serialization_alias="from")
+    to: datetime
+    totals: Counts
+    groups: list[Group]
+    compare: Period | None
+    change: Change | None
+
+
+class StatsRequestError(ValueError):
+    """The query cannot be answered as asked; the message says why."""
+
+
+def rate(refused: int, completed: int) -> float | None:
+    """Refusal rate: refused ÷ (completed + refused)."""
+    return refused / (refused + completed) if refused + completed else None
+
+
+def check_range(*, start: datetime, end: datetime, group_by: str) -> None:
+    """Raise StatsRequestError for an empty range or one that would give too many time buckets."""
+    if start >= end:
+        raise StatsRequestError("`from` must be before `to`")
+    unit = TIME_UNITS.get(group_by)
+    if unit is not None and (end - start) / unit > MAX_BUCKETS:
+        raise StatsRequestError(f"more than {MAX_BUCKETS} {group_by} buckets: narrow the range or group coarser")
+
+
+def bucket_expr(*, dialect: str, unit: str, tz: str) -> Any:
+    """The local time bucket of closed_at, as a label the database computes."""
+    closed = col(CallbackView.closed_at)
+    if dialect == "postgresql":
+        local = sa.func.timezone(tz, closed)
+        if unit == "10s":
+            tens = sa.func.floor(sa.extract("second", local) / 10) * 10
+            start = sa.func.date_trunc("minute", local) + tens * sa.literal_column("interval '1 second'")
+        else:
+            start = sa.func.date_trunc(unit, local)
+        return sa.func.to_char(start, PG_FORMATS[unit])
+    return sa.func.huifang_bucket(closed, unit, tz)
+
+
+def local_label(*, moment: datetime, unit: str, tz: str) -> str:
+    """The label of the local time bucket holding an aware moment."""
+    local = moment.astimezone(ZoneInfo(tz))
+    if unit == "10s":
+        local = local.replace(second=local.second // 10 * 10)
+    return local.strftime(PY_FORMATS[unit])
+
+
+def sqlite_bucket(value: str | None, unit: str, tz: str) -> str | None:
+    """SQLite function behind bucket_expr: SQLite has no time zone database, Python has."""
+    if value is None:
+        return None
+    return local_label(moment=datetime.fromisoformat(value).replace(tzinfo=UTC), unit=unit, tz=tz)
+
+
+def install_sqlite_functions(engine: AsyncEngine) -> None:
+    """Register huifang_bucket() on every new SQLite connection of this engine."""
+
+    @sa.event.listens_for(engine.sync_engine, "connect")
+    def _register(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.create_function("huifang_bucket", 3, sqlite_bucket, deterministic=True)
+
+
+def _counts() -> list[Any]:
+    final = col(CallbackView.final_disposition)
+    return [
+        sa.func.count().label("closed"),
+        sa.func.coalesce(sa.func.sum(sa.case((final == "completed", 1), else_=0)), 0).label("completed"),
+        sa.func.coalesce(sa.func.sum(sa.case((final == "refused", 1), else_=0)), 0).label("refused"),
+    ]
+
+
+def _where(*, start: datetime, end: datetime, branch_id: str | None) -> list[Any]:
+    closed = col(CallbackView.closed_at)
+    conditions = [closed >= start, closed < end]
+    if branch_id is not None:
+        conditions.append(col(CallbackView.branch_id) == branch_id)
+    return conditions
+
+
+async def period(
+    *, uow: UnitOfWork, start: datetime, end: datetime, group_by: str, tz: str, branch_id: str | None
+) -> Period:
+    """Totals and per-group counts of the callbacks closed in [start, end)."""
+    where = _where(start=start, end=end, branch_id=branch_id)
+    total = (await uow.session.execute(sa.select(*_counts()).where(*where))).one()
+    totals = Counts(
+        closed=total.closed,
+        completed=int(total.completed),
+        refused=int(total.refused),
+        refusal_rate=rate(int(total.refused), int(total.completed)),
+    )
+    if group_by == "reason":
+        key = COLUMNS["reason"]
+        rows = await uow.session.execute(
+            sa.select(key.label("bucket"), sa.func.count().label("refused"))
+            .where(*where, col(CallbackView.final_disposition) == "refused")
+            .group_by(key)
+            .order_by(sa.func.count().desc(), key)
+        )
+        denominator = int(total.completed) + int(total.refused)
+        groups = [
+            # A reason's rate is its share of all answered calls, so the reasons' rates add up to the total.
+            Group(key=r.bucket, closed=r.refused, completed=None, refused=r.refused, refusal_rate=share)
+            for r in rows
+            for share in [r.refused / denominator]
+        ]
+        return Period(from_=start, to=end, totals=totals, groups=groups)
+    if group_by in TIME_UNITS:
+        key = bucket_expr(dialect=uow.dialect, unit=group_by, tz=tz)
+        # By label: PostgreSQL would not match the select's and the GROUP BY's separately bound parameters.
+        grouping: Any = sa.literal_column("bucket")
+        order: list[Any] = [grouping]
+    else:
+        key = grouping = COLUMNS[group_by]
+        order = [grouping.is_(None), grouping]  # "no agent" last on both databases
+    rows = await uow.session.execute(
+        sa.select(key.label("bucket"), *_counts()).where(*where).group_by(grouping).order_by(*order)
+    )
+    groups = [
+        Group(
+            key=r.bucket,
+            closed=r.closed,
+            completed=int(r.completed),
+            refused=int(r.refused),
+            refusal_rate=rate(int(r.refused), int(r.completed)),
+        )
+        for r in rows
+    ]
+    return Period(from_=start, to=end, totals=totals, groups=groups)
+
+
+def change(*, current: Counts, baseline: Counts) -> Change:
+    """How the refusal rate moved from the baseline period to the current one."""
+    if current.refusal_rate is None or baseline.refusal_rate is None:
+        return Change(refusal_rate_points=None, relative=None)
+    delta = current.refusal_rate - baseline.refusal_rate
+    return Change(refusal_rate_points=delta, relative=delta / baseline.refusal_rate if baseline.refusal_rate else None)
+
+
+async def refusal_stats(
+    *,
+    uow: UnitOfWork,
+    start: datetime,
+    end: datetime,
+    group_by: str,
+    tz: str,
+    branch_id: str | None = None,
+    compare: tuple[datetime, datetime] | None = None,
+) -> RefusalStats:
+    """Refusal statistics of a period, optionally against a baseline period (before/after a change)."""
+    check_range(start=start, end=end, group_by=group_by)
+    if compare is not None:
+        check_range(start=compare[0], end=compare[1], group_by=group_by)
+    current = await period(uow=uow, start=start, end=end, group_by=group_by, tz=tz, branch_id=branch_id)
+    baseline = (
+        await period(uow=uow, start=compare[0], end=compare[1], group_by=group_by, tz=tz, branch_id=branch_id)
+        if compare is not None
+        else None
+    )
+    return RefusalStats(
+        group_by=group_by,
+        timezone=tz,
+        branch_id=branch_id,
+        from_=start,
+        to=end,
+        totals=current.totals,
+        groups=current.groups,
+        compare=baseline,
+        change=change(current=current.totals, baseline=baseline.totals) if baseline else None,
+    )
