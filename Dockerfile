@@ -6,6 +6,7 @@ FROM python:3.11-slim
 # The installed packages live in site-packages, away from the repo root, so the services are
 # pointed at the shipped policy explicitly (CONTRACT.md section 4).
 ENV PYTHONDONTWRITEBYTECODE=1 \
+    HUIFANG_HOST=0.0.0.0 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \

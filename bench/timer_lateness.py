@@ -136,7 +136,7 @@ async def main(args: argparse.Namespace) -> None:
     results = {}
     try:
         for name, runner in (("timer_loop", run_loop), ("raw_sql_baseline", run_baseline)):
-            db = Database(url, schema=f"bench_{uuid.uuid4().hex[:8]}", source="/bench")
+            db = Database(url, schema=f"bench_{uuid.uuid4().hex[:8]}", source="/bench", cipher=cipher)
             await db.migrate(MIGRATIONS)
             try:
                 values = await runner(

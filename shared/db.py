@@ -18,7 +18,8 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
-from shared.events import TOPIC_OF_TYPE, encode, new_envelope
+from shared.crypto import Cipher
+from shared.events import PERSONAL_EVENT_TYPES, TOPIC_OF_TYPE, encode, new_envelope
 
 
 def utcnow() -> datetime:
@@ -45,6 +46,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+ENCRYPTED_PREFIX = "enc:"
+
 BigIntPK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
@@ -70,13 +73,16 @@ _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 class Database:
     """Engine and session factory of one service, with its outbox signal."""
 
-    def __init__(self, url: str, *, schema: str, source: str, topic_prefix: str = "") -> None:
+    def __init__(
+        self, url: str, *, schema: str, source: str, topic_prefix: str = "", cipher: Cipher | None = None
+    ) -> None:
         if not _SCHEMA.match(schema):
             raise ValueError(f"invalid schema name {schema!r}")
         self.url = url
         self.schema = schema
         self.source = source
         self.topic_prefix = topic_prefix
+        self.cipher = cipher
         self.outbox_signal = asyncio.Event()
         self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
         self.engine: AsyncEngine = _make_engine(url, schema, self.dialect)
@@ -176,7 +182,13 @@ class UnitOfWork:
         topic = self.db.topic_prefix + TOPIC_OF_TYPE[envelope.type]
         from shared.outbox import OutboxMessage
 
-        self.session.add(OutboxMessage(event_id=envelope.id, topic=topic, key=key, payload=encode(envelope).decode()))
+        payload = encode(envelope).decode()
+        if envelope.type in PERSONAL_EVENT_TYPES:
+            # Contact details wait in the outbox until sent: encrypted there like everywhere at rest.
+            if self.db.cipher is None:
+                raise RuntimeError(f"{envelope.type} carries personal data: the database needs a cipher")
+            payload = ENCRYPTED_PREFIX + self.db.cipher.encrypt(payload)
+        self.session.add(OutboxMessage(event_id=envelope.id, topic=topic, key=key, payload=payload))
         self._emitted += 1
         return envelope.id
 

@@ -24,9 +24,12 @@ TOPICS = (LOAN_STAGE, CALLBACK_LIFECYCLE, CALLBACK_OUTCOME, CALLBACK_REFUSED, LO
 DLQ_SUFFIX = ".dlq"
 
 CONTENT_TYPE = "application/cloudevents+json"
+# The only emitted events that may carry name, phone or email (CONTRACT.md 2.3).
+PERSONAL_EVENT_TYPES = frozenset({"callback.due", "callback.notice.requested"})
 
 Disposition = Literal["completed", "refused", "no_answer", "busy", "wrong_number", "reschedule_requested"]
 CallbackState = Literal["scheduled", "due", "completed", "refused", "wrong_number", "expired", "cancelled"]
+DISPOSITIONS: frozenset[str] = frozenset(Disposition.__args__)  # type: ignore[attr-defined]
 CLOSED_STATES: frozenset[str] = frozenset({"completed", "refused", "wrong_number", "expired", "cancelled"})
 
 
@@ -39,6 +42,11 @@ _Open = _Data
 
 
 # --- loan.stage.v1 (from upstream) -------------------------------------------------------------
+
+
+def message_language(tag: str) -> Literal["zh-CN", "en"]:
+    """The language we write to a person in: English for any en-*, otherwise Chinese."""
+    return "en" if tag.lower() == "en" or tag.lower().startswith("en-") else "zh-CN"
 
 
 class Window(_Open):
@@ -60,7 +68,7 @@ class Party(_Open):
     phone: str = Field(min_length=3)
     email: str | None = None
     timezone: str = "Asia/Shanghai"
-    language: Literal["zh-CN", "en"] = "zh-CN"
+    language: str = Field(default="zh-CN", pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
     preferred_window: Window | None = None
     contact_consent: bool = True
 
@@ -170,7 +178,10 @@ class PartyResult(_Data):
     party_id: str
     role: Role
     callback_id: str
-    disposition: str
+    # The final disposition (CONTRACT.md 2.4) when a call ended it; none for an expired or cancelled callback.
+    disposition: Disposition | None
+    state: CallbackState
+    reason: str | None = None  # why it expired: deadline | attempts_exhausted
 
 
 class LoanVerificationCompleted(_Data):

@@ -12,7 +12,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from sqlmodel import Field, SQLModel
 
-from shared.db import BigIntPK, Database, UnitOfWork, UTCDateTime, utcnow
+from shared.db import ENCRYPTED_PREFIX, BigIntPK, Database, UnitOfWork, UTCDateTime, utcnow
 from shared.metrics import OUTBOX_PUBLISHED, OUTBOX_RELAY_ERRORS
 
 log = structlog.get_logger(__name__)
@@ -145,7 +145,7 @@ class OutboxRelay:
         futures = [
             await self.producer.send(
                 row.topic,
-                value=row.payload.encode(),
+                value=self._plain(row.payload),
                 key=row.key.encode(),
                 headers=[("content-type", b"application/cloudevents+json")],
             )
@@ -158,9 +158,16 @@ class OutboxRelay:
             log.warning("outbox.send_failed", service=self.service, rows=len(failed), error=type(failed[0]).__name__)
         return [row.id for row, result in zip(rows, results, strict=True) if not isinstance(result, BaseException)]
 
+    def _plain(self, payload: str) -> bytes:
+        if payload.startswith(ENCRYPTED_PREFIX):
+            assert self.db.cipher is not None
+            return self.db.cipher.decrypt(payload.removeprefix(ENCRYPTED_PREFIX)).encode()
+        return payload.encode()
+
     async def _mark_sent(self, uow: UnitOfWork, ids: list[int]) -> None:
         if not ids:
             return
         table = OutboxMessage.__table__  # type: ignore[attr-defined]
-        await uow.session.execute(sa.update(table).where(table.c.id.in_(ids)).values(sent_at=utcnow()))
+        # Sent rows are deleted: Kafka holds the events now, and the outbox keeps no copies of them.
+        await uow.session.execute(sa.delete(table).where(table.c.id.in_(ids)))
         OUTBOX_PUBLISHED.labels(self.service).inc(len(ids))

@@ -26,16 +26,17 @@ class Runtime:
     def __init__(self, *, service: str, settings: Settings) -> None:
         self.service = service
         self.settings = settings
+        self.cipher: Cipher = cipher_from_settings(
+            settings.huifang_encryption_key.get_secret_value() if settings.huifang_encryption_key else None,
+            settings.huifang_data_dir,
+            allow_generate=settings.huifang_env != "production",
+        )
         self.db = Database(
             resolve_url(settings.database_url, settings.huifang_data_dir, service),
             schema=f"{settings.huifang_db_schema_prefix}{service}",
             source=f"/huifang/{service}",
             topic_prefix=settings.huifang_topic_prefix,
-        )
-        self.cipher: Cipher = cipher_from_settings(
-            settings.huifang_encryption_key.get_secret_value() if settings.huifang_encryption_key else None,
-            settings.huifang_data_dir,
-            allow_generate=settings.huifang_env != "production",
+            cipher=self.cipher,
         )
         self.producer: AIOKafkaProducer = make_producer(settings)
         self.consumer: ConsumerRunner | None = None

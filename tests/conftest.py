@@ -60,6 +60,7 @@ def postgres_url() -> Iterator[str]:
 def webhook_server() -> Iterator[HTTPServer]:
     server = HTTPServer(host="127.0.0.1", port=0)
     server.expect_request("/hooks/huifang", method="POST").respond_with_data("ok")
+    server.expect_request("/hooks/sms", method="POST").respond_with_data("ok")
     server.start()
     try:
         yield server

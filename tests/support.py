@@ -156,6 +156,7 @@ class Huifang:
             huifang_policy_file=policy or ROOT / "tests" / "policy-test.toml",
             huifang_env="test",
             huifang_notify_webhook_url=webhook.url_for("/hooks/huifang"),
+            huifang_sms_webhook_url=webhook.url_for("/hooks/sms"),
             huifang_webhook_secret=WEBHOOK_SECRET,  # type: ignore[arg-type]
             huifang_timer_poll_seconds=0.2,
             huifang_topic_partitions=3,
@@ -224,11 +225,18 @@ class Huifang:
         """(headers, parsed body, raw body) of each webhook POST received, for one loan or all."""
         out = []
         for request, _ in list(self.webhook.log):
+            if request.path != "/hooks/huifang":
+                continue
             raw = request.get_data()
             body = json.loads(raw)
             if loan_id is None or body.get("loan_id") == loan_id:
                 out.append((dict(request.headers), body, raw))
         return out
+
+    def sms_sent(self, phone: str) -> list[dict[str, Any]]:
+        """The SMS gateway requests received for one phone number."""
+        bodies = [json.loads(r.get_data()) for r, _ in list(self.webhook.log) if r.path == "/hooks/sms"]
+        return [b for b in bodies if b.get("to") == phone]
 
 
 def _no_signals() -> Any:

@@ -29,11 +29,14 @@ def escalation_rule(policy: Policy, event: CallbackRefused) -> str | None:
     return None
 
 
-async def active_escalation(*, uow: UnitOfWork, loan_id: str) -> Escalation | None:
-    """The loan's escalation that is not resolved yet, if any."""
-    # Acknowledged counts as active: someone is already on the loan, a second escalation is noise.
+async def active_escalation(*, uow: UnitOfWork, loan_id: str, rule: str) -> Escalation | None:
+    """The loan's unresolved escalation for this rule, if any."""
+    # Acknowledged counts as active: someone is already on it. Another rule (say suspected_fraud
+    # after a privacy concern) is news, so it raises its own escalation.
     result = await uow.session.execute(
-        select(Escalation).where(Escalation.loan_id == loan_id, Escalation.state != "resolved").limit(1)
+        select(Escalation)
+        .where(Escalation.loan_id == loan_id, Escalation.rule == rule, Escalation.state != "resolved")
+        .limit(1)
     )
     return result.scalar_one_or_none()
 
@@ -83,7 +86,7 @@ async def raise_level1(
 ) -> Escalation | None:
     """Raise a level-1 escalation when a rule matches and none is active; arms its level-2 timer."""
     rule = escalation_rule(policy, event)
-    if rule is None or await active_escalation(uow=uow, loan_id=event.loan_id) is not None:
+    if rule is None or await active_escalation(uow=uow, loan_id=event.loan_id, rule=rule) is not None:
         return None
     esc = Escalation(
         escalation_id=str(uuid.uuid5(NAMESPACE, f"escalation|{event_id}")),

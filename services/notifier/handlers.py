@@ -115,20 +115,29 @@ async def on_notice(*, uow: UnitOfWork, event: CallbackNoticeRequested, event_id
 
 
 async def send_questionnaire(
-    *, uow: UnitOfWork, event: CallbackRef, event_id: str, policy: Policy, out: Outbound, officer_kind: str, reason: str
+    *,
+    uow: UnitOfWork,
+    event: CallbackRef,
+    event_id: str,
+    policy: Policy,
+    out: Outbound,
+    officer_kind: str,
+    reason: str,
+    to_party: bool = True,
 ) -> None:
-    """Send the party the questionnaire link and tell the officer why."""
+    """Send the party the questionnaire link (unless told not to) and tell the officer why."""
     contacts = await load_contacts(uow=uow, cipher=out.cipher, loan_id=event.loan_id)
     payload = {**callback_base(event), "reason": reason, "url": questionnaire_url(policy, event.callback_id)}
-    await notify(
-        uow=uow,
-        out=out,
-        source_event_id=event_id,
-        kind="questionnaire",
-        payload={"type": "questionnaire", **payload},
-        contacts=contacts,
-        routes=[party_route(out=out, contacts=contacts, party_id=event.party_id, prefer_email=True)],
-    )
+    if to_party:
+        await notify(
+            uow=uow,
+            out=out,
+            source_event_id=event_id,
+            kind="questionnaire",
+            payload={"type": "questionnaire", **payload},
+            contacts=contacts,
+            routes=[party_route(out=out, contacts=contacts, party_id=event.party_id, prefer_email=True)],
+        )
     await notify(
         uow=uow,
         out=out,
@@ -153,7 +162,9 @@ def handlers(policy: Policy, out: Outbound) -> dict[str, Handler]:
         assert isinstance(event.data, CallbackNoticeRequested)
         await on_notice(uow=uow, event=event.data, event_id=event.id, out=out)
 
-    async def questionnaire(uow: UnitOfWork, event: Event, *, officer_kind: str, reason: str) -> None:
+    async def questionnaire(
+        uow: UnitOfWork, event: Event, *, officer_kind: str, reason: str, to_party: bool = True
+    ) -> None:
         assert isinstance(event.data, CallbackRef)
         await send_questionnaire(
             uow=uow,
@@ -163,11 +174,20 @@ def handlers(policy: Policy, out: Outbound) -> dict[str, Handler]:
             out=out,
             officer_kind=officer_kind,
             reason=reason,
+            to_party=to_party,
         )
 
     async def expired(uow: UnitOfWork, event: Event) -> None:
         assert isinstance(event.data, CallbackExpired)
-        await questionnaire(uow, event, officer_kind="expired", reason=event.data.reason)
+        # CONTRACT.md 4: the party gets the link when the attempts ran out; a deadline tells the officer only
+        # (a party without consent already has the link from when the callback was scheduled).
+        await questionnaire(
+            uow,
+            event,
+            officer_kind="expired",
+            reason=event.data.reason,
+            to_party=event.data.reason == "attempts_exhausted",
+        )
 
     async def scheduled(uow: UnitOfWork, event: Event) -> None:
         assert isinstance(event.data, CallbackScheduled)

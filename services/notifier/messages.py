@@ -10,6 +10,8 @@ from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from shared.events import message_language
+
 TEMPLATES = Path(__file__).parent / "templates"
 LANGUAGES = ("zh-CN", "en")
 DEFAULT_LANGUAGE = "zh-CN"
@@ -41,7 +43,7 @@ class Composed:
 
 def render(*, kind: str, channel: str, language: str, context: dict[str, Any]) -> Message:
     """Render one message in the recipient's language (zh-CN when we do not have theirs)."""
-    lang = language if language in LANGUAGES else DEFAULT_LANGUAGE
+    lang = language if language in LANGUAGES else message_language(language)
     template = _env.get_template(f"{lang}/{kind}.j2")
     # Role and reason names live beside the templates, in the same language.
     labels = _env.get_template(f"{lang}/_labels.j2").module

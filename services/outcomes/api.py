@@ -14,7 +14,7 @@ from sqlmodel import col, select
 
 from services.outcomes import idempotency
 from services.outcomes.attempts import AttemptIn, AttemptOut, AttemptRejected, attempt_out, record_attempt
-from services.outcomes.handlers import verification_status
+from services.outcomes.handlers import party_result, verification_status
 from services.outcomes.models import Attempt, CallbackView, LoanVerification
 from services.outcomes.stats import GroupBy, RefusalStats, StatsRequestError, refusal_stats
 from shared.db import utcnow
@@ -90,8 +90,9 @@ class PartyOut(BaseModel):
     party_id: str
     role: str
     callback_id: str
-    disposition: str | None  # the final disposition; None while the callback is open
+    disposition: str | None  # the final disposition; None while open, or when it expired or was cancelled
     state: str
+    reason: str | None = None  # why it expired
 
 
 class VerificationOut(BaseModel):
@@ -135,13 +136,9 @@ def _verification(
     """One stage's verification as the API shows it."""
     mine = [v for v in views if v.stage == stage]
     parties = [
-        PartyOut(
-            party_id=v.party_id,
-            role=v.role,
-            callback_id=v.callback_id,
-            disposition=v.final_disposition if v.state in CLOSED_STATES else None,
-            state=v.state,
-        )
+        PartyOut(**party_result(v).model_dump())
+        if v.state in CLOSED_STATES
+        else PartyOut(party_id=v.party_id, role=v.role, callback_id=v.callback_id, disposition=None, state=v.state)
         for v in mine
     ]
     if done is not None:

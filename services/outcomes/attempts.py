@@ -83,6 +83,9 @@ async def record_attempt(*, uow: UnitOfWork, callback_id: str, body: AttemptIn, 
     await lock_loan(uow=uow, loan_id=view.loan_id)  # reloads the view too: another request may have closed it
     if view.state in CLOSED_STATES:
         raise AttemptRejected(409, f"callback {callback_id} is already closed ({view.state})")
+    if view.deadline is not None and utcnow() >= view.deadline:
+        # The scheduler expires it at the deadline; accepting a result now would let the two disagree.
+        raise AttemptRejected(409, f"callback {callback_id} passed its deadline and is expiring")
     items = set(json.loads(view.verification_items))
     unknown = sorted(set(body.verification) - items)
     if unknown:

@@ -12,6 +12,7 @@ from services.outcomes.models import Attempt, CallbackView, EscalationView, Loan
 from shared.db import UnitOfWork, utcnow
 from shared.events import (
     CLOSED_STATES,
+    DISPOSITIONS,
     CallbackCancelled,
     CallbackDue,
     CallbackExpired,
@@ -71,7 +72,9 @@ async def on_lifecycle(*, uow: UnitOfWork, event: CallbackRef) -> None:
     view.updated_at = now
     if isinstance(event, CallbackScheduled):
         view.verification_items = json.dumps(event.verification_items)
-        view.due_at, view.deadline = event.due_at, event.deadline
+        # A questionnaire-route callback is never phoned, so it has no call time to be overdue against.
+        view.due_at = None if event.channel == "questionnaire" else event.due_at
+        view.deadline = event.deadline
     elif isinstance(event, CallbackDue | CallbackRescheduled):
         view.due_at = event.due_at
     elif isinstance(event, CallbackExpired | CallbackCancelled):
@@ -94,6 +97,20 @@ def verification_status(final: list[str]) -> str:
     return "verified"
 
 
+def party_result(view: CallbackView) -> PartyResult:
+    """One party's line of loan.verification.completed: a real disposition, or the state and why."""
+    final = view.final_disposition or view.state
+    state, _, reason = final.partition(":")
+    return PartyResult(
+        party_id=view.party_id,
+        role=view.role,  # type: ignore[arg-type]
+        callback_id=view.callback_id,
+        disposition=final if final in DISPOSITIONS else None,  # type: ignore[arg-type]
+        state=state,  # type: ignore[arg-type]
+        reason=reason or None,
+    )
+
+
 async def complete_if_closed(*, uow: UnitOfWork, loan_id: str, stage: str, now: datetime) -> None:
     """Emit loan.verification.completed once every callback of the loan's stage is closed."""
     views = list(
@@ -107,16 +124,9 @@ async def complete_if_closed(*, uow: UnitOfWork, loan_id: str, stage: str, now: 
         return
     if await uow.session.get(LoanVerification, (loan_id, stage)) is not None:
         return
-    parties = [
-        PartyResult(
-            party_id=v.party_id,
-            role=v.role,
-            callback_id=v.callback_id,  # type: ignore[arg-type]
-            disposition=v.final_disposition or v.state,
-        )
-        for v in sorted(views, key=lambda v: (v.role, v.party_id))
-    ]
-    status = verification_status([p.disposition for p in parties])
+    ordered = sorted(views, key=lambda v: (v.role, v.party_id))
+    parties = [party_result(v) for v in ordered]
+    status = verification_status([v.final_disposition or v.state for v in ordered])
     uow.session.add(
         LoanVerification(
             loan_id=loan_id,

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import holidays
 
-from shared.events import Party, Window
+from shared.events import Party, Window, message_language
 from shared.policy import Policy, minutes_of_day
 
 DAY_MINUTES = 24 * 60
@@ -265,7 +265,7 @@ def local_day(*, at: datetime, timezone: str) -> date:
 
 def purpose_text(language: str, stage: str) -> tuple[str, list[str]]:
     """Why the party is called and what will be asked, in their language."""
-    if language == "en":
+    if message_language(language) == "en":
         return (
             "Verification call for your mortgage application before approval",
             ["identity", "loan amount and purpose", "your role in the loan", "consent to proceed"],

@@ -16,7 +16,7 @@ from services.scheduler.models import Callback, Timer
 from shared.claims import claim
 from shared.crypto import Cipher
 from shared.db import Database, UnitOfWork, utcnow
-from shared.events import CLOSED_STATES, CallbackDue, CallbackNoticeRequested
+from shared.events import CLOSED_STATES, CallbackDue, CallbackNoticeRequested, message_language
 from shared.kafka import is_transient
 from shared.metrics import TIMER_LATENESS, TIMERS_FIRED
 
@@ -107,7 +107,7 @@ class TimerLoop:
         contact = self.cipher.decrypt_json(cb.contact_enc)
         purpose, topics = planner.purpose_text(cb.language, cb.stage)
         local = cb.due_at.astimezone(ZoneInfo(cb.timezone)).strftime("%Y-%m-%d %H:%M")
-        if cb.language == "en":
+        if message_language(cb.language) == "en":
             message = (
                 f"Dear {contact['name']}, your bank will call you around {local} ({cb.timezone}) "
                 f"for: {purpose}. We will ask about: {', '.join(topics)}. We never ask for passwords."

@@ -17,6 +17,8 @@ from shared.crypto import Cipher, generate_key
 from shared.db import Database, utcnow
 from shared.outbox import OutboxMessage
 
+CIPHER = Cipher([generate_key()])
+
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
@@ -24,7 +26,7 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         url = f"sqlite+aiosqlite:///{tmp_path / 'scheduler.db'}"
     else:
         url = request.getfixturevalue("postgres_url")
-    db = Database(url, schema=f"t{uuid.uuid4().hex[:8]}_scheduler", source="/huifang/scheduler")
+    db = Database(url, schema=f"t{uuid.uuid4().hex[:8]}_scheduler", source="/huifang/scheduler", cipher=CIPHER)
     await db.migrate(MIGRATIONS)
     try:
         yield db
@@ -53,7 +55,7 @@ def _callback(cipher: Cipher, *, contact_enc: str | None = None) -> Callback:
 
 
 async def test_an_undecryptable_callback_does_not_block_other_timers(database: Database) -> None:
-    cipher = Cipher([generate_key()])
+    cipher = CIPHER
     good = _callback(cipher)
     broken = _callback(cipher, contact_enc=Cipher([generate_key()]).encrypt_json({"name": "?", "phone": "?"}))
     async with database.uow() as uow:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from services.notifier.channels.webhook import verify
-from tests.support import WEBHOOK_SECRET, Huifang, loan_event
+from tests.support import WEBHOOK_SECRET, Huifang, loan_event, wait_for
 
 
 def new_loan() -> str:
@@ -54,10 +54,14 @@ async def test_loan_event_becomes_refusal_notification_and_escalation(huifang: H
 
     [raised] = await huifang.tap.wait_events("escalation.raised", loan)
     assert raised["data"]["level"] == 1 and raised["data"]["rule"] == "reason:privacy_concern"
-    await huifang.tap.wait_events("notification.sent", loan, count=2)
-
-    deliveries = huifang.webhook_deliveries(loan)
-    assert {body["type"] for _, body, _ in deliveries} >= {"callback.refused", "escalation.raised"}
+    deliveries = await wait_for(
+        lambda: (
+            (d := huifang.webhook_deliveries(loan))
+            and {body["type"] for _, body, _ in d} >= {"callback.refused", "escalation.raised"}
+            and d
+        ),
+        what="the officer's refusal and escalation webhooks",
+    )
     for headers, _, raw in deliveries:
         assert verify(
             WEBHOOK_SECRET,
@@ -115,3 +119,28 @@ async def test_withdrawn_loan_cancels_open_callbacks(huifang: Huifang) -> None:
     async with huifang.client("scheduler") as client:
         page = (await client.get("/v1/callbacks", params={"loan_id": loan})).json()
     assert {cb["state"] for cb in page["items"]} == {"cancelled"}
+
+
+async def test_party_without_consent_gets_the_questionnaire_and_is_never_phoned(huifang: Huifang) -> None:
+    loan = new_loan()
+    event = loan_event(loan, roles=("borrower",), consent=False)
+    phone = event["parties"][0]["phone"]
+    await huifang.publish_event("loan.stage.changed", event, key=loan)
+
+    [scheduled] = await huifang.tap.wait_events("callback.scheduled", loan)
+    assert scheduled["data"]["channel"] == "questionnaire" and "no_consent" in scheduled["data"]["flags"]
+    callback_id = scheduled["data"]["callback_id"]
+
+    def questionnaire_sms() -> list[dict[str, object]]:
+        return [m for m in huifang.sms_sent(phone) if callback_id in str(m.get("text"))]
+
+    await wait_for(questionnaire_sms, what="the questionnaire link by SMS")
+    officer = await wait_for(
+        lambda: [b for _, b, _ in huifang.webhook_deliveries(loan) if b.get("type") == "callback.scheduled"],
+        what="the officer told that the party gets a questionnaire",
+    )
+    assert officer[0]["callback_id"] == callback_id and callback_id in officer[0]["url"]
+    # Never phoned: no notice and no due call for this party, even though the test policy's lead is 1 s.
+    await huifang.tap.wait_events("notification.sent", loan, count=2)
+    assert huifang.tap.events("callback.due", loan) == []
+    assert huifang.tap.events("callback.notice.requested", loan) == []

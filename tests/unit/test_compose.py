@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
+from shared.settings import Settings
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # CONTRACT.md section 5 (plus HUIFANG_TOPIC_PREFIX from section 2.1): the only configuration
@@ -220,10 +222,13 @@ def test_dockerfile(dockerfile: str) -> None:
     assert any(line.startswith("RUN pip install --no-cache-dir .") for line in instructions)
     users = [line.split()[1] for line in instructions if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
-    # Configuration baked into the image is held to the contract too.
+    # Configuration baked into the image is held to the contract, or at least to real settings.
     env = dict(re.findall(r"\b([A-Z][A-Z0-9_]*)=(\S+)", " ".join(i for i in instructions if i.startswith("ENV "))))
-    assert {n for n in env if n.startswith(("HUIFANG_", "KAFKA_", "DATABASE_"))} <= CONTRACT_VARIABLES
+    settings = {name.upper() for name in Settings.model_fields}
+    assert {n for n in env if n.startswith(("HUIFANG_", "KAFKA_", "DATABASE_"))} <= CONTRACT_VARIABLES | settings
     assert env.get("HUIFANG_POLICY_FILE", "").endswith("/policy.toml")
+    # Published ports must reach the services: they listen on every interface inside the container.
+    assert env.get("HUIFANG_HOST") == "0.0.0.0"
 
 
 def test_dockerignore_keeps_local_state_out() -> None:

@@ -309,7 +309,9 @@ EMITTED: list[BaseModel] = [
         stage="final_check",
         branch_id="BR-SH-001",
         status="refused",
-        parties=[PartyResult(party_id="P-1", role="borrower", callback_id="CB-1", disposition="refused")],
+        parties=[
+            PartyResult(party_id="P-1", role="borrower", callback_id="CB-1", disposition="refused", state="refused")
+        ],
         completed_at=NOW + timedelta(hours=8),
     ),
     LoanStageChanged.model_validate(STAGE_DATA),

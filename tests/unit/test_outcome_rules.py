@@ -9,7 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from services.outcomes.attempts import AttemptIn
-from services.outcomes.handlers import verification_status
+from services.outcomes.handlers import party_result, verification_status
+from services.outcomes.models import CallbackView
 
 # --- verification_status -----------------------------------------------------------------------
 
@@ -171,3 +172,30 @@ def test_negative_duration_fails() -> None:
 def test_verification_values_must_be_booleans() -> None:
     with pytest.raises(ValidationError, match="verification"):
         attempt(disposition="completed", verification={"identity": "maybe"})
+
+
+def _view(final: str | None, state: str) -> CallbackView:
+    return CallbackView(
+        callback_id="CB-1",
+        loan_id="L-1",
+        stage="final_check",
+        branch_id="BR-1",
+        party_id="P-1",
+        role="borrower",
+        state=state,
+        final_disposition=final,
+    )
+
+
+@pytest.mark.parametrize(
+    ("final", "state", "expected"),
+    [
+        ("refused", "refused", ("refused", "refused", None)),
+        ("wrong_number", "wrong_number", ("wrong_number", "wrong_number", None)),
+        ("expired:attempts_exhausted", "expired", (None, "expired", "attempts_exhausted")),
+        ("cancelled", "cancelled", (None, "cancelled", None)),
+    ],
+)
+def test_party_result_reports_only_contract_dispositions(final: str, state: str, expected: tuple) -> None:
+    line = party_result(_view(final, state))
+    assert (line.disposition, line.state, line.reason) == expected
