@@ -233,6 +233,17 @@ class Huifang:
                 out.append((dict(request.headers), body, raw))
         return out
 
+    async def consumed(self, service: str, topic: str, result: str = "handled") -> float:
+        """How many events of this system's `topic` the service's consumer counted with `result`."""
+        async with httpx.AsyncClient(base_url=self.url(service)) as client:
+            text = (await client.get("/metrics")).text
+        wanted = (f'service="{service}"', f'topic="{self.settings.topic(topic)}"', f'result="{result}"')
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("huifang_events_consumed_total{") and all(w in line for w in wanted)
+        )
+
     def sms_sent(self, phone: str) -> list[dict[str, Any]]:
         """The SMS gateway requests received for one phone number."""
         bodies = [json.loads(r.get_data()) for r, _ in list(self.webhook.log) if r.path == "/hooks/sms"]

@@ -111,7 +111,7 @@ async def loan_verification(request: Request, loan_id: str, _: AgentAuth) -> lis
             (
                 await uow.session.execute(
                     select(CallbackView)
-                    .where(CallbackView.loan_id == loan_id)
+                    .where(CallbackView.loan_id == loan_id, col(CallbackView.superseded).is_(False))
                     .order_by(col(CallbackView.role), col(CallbackView.party_id))
                 )
             ).scalars()

@@ -54,6 +54,8 @@ async def on_lifecycle(*, uow: UnitOfWork, event: CallbackRef) -> None:
     await lock_loan(uow=uow, loan_id=event.loan_id)
     view = await find_view(uow=uow, callback_id=event.callback_id)
     now = utcnow()
+    if view is None and isinstance(event, CallbackScheduled):
+        await start_new_round_if_done(uow=uow, loan_id=event.loan_id, stage=event.stage)
     if view is None:
         view = CallbackView(
             callback_id=event.callback_id,
@@ -86,6 +88,20 @@ async def on_lifecycle(*, uow: UnitOfWork, event: CallbackRef) -> None:
         await complete_if_closed(uow=uow, loan_id=view.loan_id, stage=view.stage, now=now)
 
 
+async def start_new_round_if_done(*, uow: UnitOfWork, loan_id: str, stage: str) -> None:
+    """A new callback for a stage already reported: that report stands, and a new round begins."""
+    done = await uow.session.get(LoanVerification, (loan_id, stage))
+    if done is None:
+        return
+    await uow.session.delete(done)
+    await uow.session.execute(
+        sa.update(CallbackView)
+        .where(col(CallbackView.loan_id) == loan_id, col(CallbackView.stage) == stage)
+        .values(superseded=True)
+    )
+    await uow.session.flush()
+
+
 def verification_status(final: list[str]) -> str:
     """refused if any refused; unreachable if any expired unanswered or wrong number; cancelled; else verified."""
     if "refused" in final:
@@ -116,7 +132,11 @@ async def complete_if_closed(*, uow: UnitOfWork, loan_id: str, stage: str, now: 
     views = list(
         (
             await uow.session.execute(
-                select(CallbackView).where(CallbackView.loan_id == loan_id, CallbackView.stage == stage)
+                select(CallbackView).where(
+                    CallbackView.loan_id == loan_id,
+                    CallbackView.stage == stage,
+                    col(CallbackView.superseded).is_(False),
+                )
             )
         ).scalars()
     )

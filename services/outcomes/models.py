@@ -28,6 +28,7 @@ class CallbackView(SQLModel, table=True):
     due_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     deadline: datetime | None = Field(default=None, sa_type=UTCDateTime)
     final_disposition: str | None = Field(default=None, max_length=32)
+    superseded: bool = False  # an earlier round of the stage's verification, already reported
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
     # Set by the attempt that closed the callback, for the refusal statistics.

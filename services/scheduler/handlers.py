@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 
 from services.scheduler import planner
-from services.scheduler.models import Callback, CallbackEvent, PersonCall, Timer
+from services.scheduler.models import Callback, CallbackEvent, LoanStage, PersonCall, Timer
 from shared.crypto import Cipher
 from shared.db import UnitOfWork, utcnow
 from shared.events import (
@@ -228,10 +228,26 @@ async def expire(*, uow: UnitOfWork, cb: Callback, reason: str, now: datetime) -
 async def on_loan_stage(*, uow: UnitOfWork, event: LoanStageChanged, policy: Policy, cipher: Cipher) -> None:
     """A loan moved: open callbacks for a calling stage, cancel them for rejected/withdrawn."""
     now = utcnow()
+    repeat = await note_stage(uow=uow, loan_id=event.loan_id, stage=event.stage, now=now)
     if event.stage in CANCEL_REASON:
         await cancel_loan(uow=uow, loan_id=event.loan_id, reason=CANCEL_REASON[event.stage], now=now)
-    elif event.stage in policy.stages:
+    elif event.stage in policy.stages and not repeat:
+        # Upstream re-sending the stage the loan is already in must not call people again;
+        # a loan that left the stage and came back is verified again.
         await schedule_callbacks(uow=uow, event=event, policy=policy, cipher=cipher, now=now)
+
+
+async def note_stage(*, uow: UnitOfWork, loan_id: str, stage: str, now: datetime) -> bool:
+    """Record the loan's stage; True when it was already in that stage."""
+    current = await uow.session.get(LoanStage, loan_id, with_for_update=uow.dialect == "postgresql")
+    if current is None:
+        uow.session.add(LoanStage(loan_id=loan_id, stage=stage, changed_at=now))
+        await uow.session.flush()
+        return False
+    repeat = current.stage == stage
+    current.stage, current.changed_at = stage, now
+    uow.session.add(current)
+    return repeat
 
 
 async def record_call(*, uow: UnitOfWork, cb: Callback, event: CallbackOutcomeRecorded) -> None:

@@ -86,3 +86,13 @@ class CancelRequest(SQLModel, table=True):
     callback_id: str = Field(max_length=64)
     request_hash: str = Field(max_length=64)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class LoanStage(SQLModel, table=True):
+    """The stage each loan is in, as upstream last told us."""
+
+    __tablename__ = "loan_stage"
+
+    loan_id: str = Field(primary_key=True, max_length=128)
+    stage: str = Field(max_length=32)
+    changed_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

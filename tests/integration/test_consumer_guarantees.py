@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import uuid
 
-import httpx
-
 from tests.support import Huifang, loan_event, wait_for
 
 
@@ -14,29 +12,15 @@ def new_loan() -> str:
     return f"L-{uuid.uuid4().hex[:12]}"
 
 
-async def duplicates_seen(huifang: Huifang, service: str) -> float:
-    async with httpx.AsyncClient(base_url=huifang.url(service)) as client:
-        text = (await client.get("/metrics")).text
-    total = 0.0
-    for line in text.splitlines():
-        if (
-            line.startswith("huifang_events_consumed_total{")
-            and 'result="duplicate"' in line
-            and f'service="{service}"' in line
-        ):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 async def test_duplicate_event_has_one_effect(huifang: Huifang) -> None:
     loan = new_loan()
-    before = await duplicates_seen(huifang, "scheduler")
+    before = await huifang.consumed("scheduler", "loan.stage.v1", "duplicate")
     event_id = await huifang.publish_event("loan.stage.changed", loan_event(loan), key=loan)
     await huifang.tap.wait_events("callback.scheduled", loan, count=2)
     await huifang.publish_event("loan.stage.changed", loan_event(loan), key=loan, event_id=event_id)
 
     async def absorbed() -> bool:
-        return await duplicates_seen(huifang, "scheduler") > before
+        return await huifang.consumed("scheduler", "loan.stage.v1", "duplicate") > before
 
     await wait_for(absorbed, what="the scheduler to see the duplicate")
     async with huifang.client("scheduler") as client:

@@ -144,3 +144,54 @@ async def test_party_without_consent_gets_the_questionnaire_and_is_never_phoned(
     await huifang.tap.wait_events("notification.sent", loan, count=2)
     assert huifang.tap.events("callback.due", loan) == []
     assert huifang.tap.events("callback.notice.requested", loan) == []
+
+
+async def complete_all(huifang: Huifang, scheduled: list[dict[str, object]]) -> None:
+    async with huifang.client("outcomes") as client:
+        for event in scheduled:
+            data = event["data"]
+            assert isinstance(data, dict)
+            done = await client.post(
+                f"/v1/callbacks/{data['callback_id']}/attempts", json={"disposition": "completed", "agent_id": "A-7"}
+            )
+            assert done.status_code == 201, done.text
+
+
+async def test_repeated_stage_calls_nobody_again_but_a_return_to_it_is_verified_anew(huifang: Huifang) -> None:
+    loan = new_loan()
+    await huifang.publish_event("loan.stage.changed", loan_event(loan), key=loan)
+    first = await huifang.tap.wait_events("callback.scheduled", loan, count=2)
+    await complete_all(huifang, first)
+    await huifang.tap.wait_events("loan.verification.completed", loan)
+
+    async def closed_by_scheduler() -> bool:
+        async with huifang.client("scheduler") as client:
+            items = (await client.get("/v1/callbacks", params={"loan_id": loan})).json()["items"]
+        return {cb["state"] for cb in items} == {"completed"}
+
+    await wait_for(closed_by_scheduler, what="the scheduler to close the first round")
+
+    # Upstream re-sends final_check (a new event id): the loan is already there, nobody is called again.
+    handled = await huifang.consumed("scheduler", "loan.stage.v1")
+    await huifang.publish_event("loan.stage.changed", loan_event(loan), key=loan)
+
+    async def repeat_handled() -> bool:
+        return await huifang.consumed("scheduler", "loan.stage.v1") > handled
+
+    await wait_for(repeat_handled, what="the scheduler to handle the repeated stage")
+    async with huifang.client("scheduler") as client:
+        assert len((await client.get("/v1/callbacks", params={"loan_id": loan})).json()["items"]) == 2
+    # The loan goes back a stage and returns: that is a new verification.
+    await huifang.publish_event("loan.stage.changed", loan_event(loan, stage="initial_review_passed"), key=loan)
+    await huifang.publish_event("loan.stage.changed", loan_event(loan), key=loan)
+    second = (await huifang.tap.wait_events("callback.scheduled", loan, count=4))[2:]
+    async with huifang.client("scheduler") as client:
+        page = (await client.get("/v1/callbacks", params={"loan_id": loan})).json()
+    assert len(page["items"]) == 4  # the repeat opened nothing (its events come before the return's)
+
+    await complete_all(huifang, second)
+    results = await huifang.tap.wait_events("loan.verification.completed", loan, count=2)
+    assert [r["data"]["status"] for r in results] == ["verified", "verified"]
+    async with huifang.client("outcomes") as client:
+        shown = (await client.get(f"/v1/loans/{loan}/verification")).json()
+    assert {p["callback_id"] for p in shown[0]["parties"]} == {e["data"]["callback_id"] for e in second}
