@@ -9,7 +9,7 @@ DEV_ENV := HUIFANG_API_KEYS=$${HUIFANG_API_KEYS:-agent:dev-agent,supervisor:dev-
 	HUIFANG_WEBHOOK_SECRET=$${HUIFANG_WEBHOOK_SECRET:-dev-webhook-secret} \
 	HUIFANG_SMS_WEBHOOK_URL=$${HUIFANG_SMS_WEBHOOK_URL:-http://127.0.0.1:8009/sms}
 
-.PHONY: setup run demo test test-fault test-load test-unit lint kafka-jars clean bench-timers
+.PHONY: setup run demo test test-fault test-load test-unit lint kafka-jars clean bench-timers bench-pipeline
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ test-load: setup
 # Timer lateness (p50/p99) of the scheduler's timer loop against a raw-SQL polling baseline; report in bench/results/.
 bench-timers: setup
 	$(BIN)/python bench/timer_lateness.py
+
+# Consumer runner and outbox relay throughput (SQLite, PostgreSQL) against raw aiokafka + raw SQL on the same broker and database.
+bench-pipeline: setup
+	$(BIN)/python bench/pipeline_throughput.py
 
 # Browser tests drive Debian's chromium through Playwright (never `playwright install`); CJK fonts for the page.
 .PHONY: chromium

@@ -14,6 +14,9 @@ For SQLite and PostgreSQL, on the same broker and database in the same run:
 - latency: the same two paths at a fixed rate (`--latency-rate`), p50/p99 from the commit of the
   emitting transaction (raw: from `send`) to the broker's ack.
 
+Throughput runs `--rounds` times per side, alternating which side goes first, on a fresh table
+set each time; the best round of each side counts. Everything is warmed up first on other topics.
+
 A broker (shared.devstack.KafkaBroker) and a throwaway PostgreSQL are started unless
 KAFKA_BOOTSTRAP_SERVERS_TEST / TEST_DATABASE_URL are set. The report goes to bench/results/.
 
@@ -465,16 +468,28 @@ async def measure(kind: str, url: str | None, ctx: Context) -> dict[str, Any]:
     await publish_raw(ctx.warm, warm_items, batch=args.relay_batch, rate=None)
     await on_fresh(ctx.warm, publish_huifang, warm_items, batch=args.emit_batch, rate=None)
 
+    # Rounds alternate which side goes first; each side's best round counts (noise only slows a run down).
     s = ctx.settings
-    raw = await on_fresh(s, consume_raw, ctx.inputs)
-    hf = await on_fresh(s, consume_huifang, ctx.inputs)
-    out["consume_events_per_s"] = compare(hf, raw)
+    consume: dict[str, list[float]] = {"huifang": [], "baseline": []}
+    publish: dict[str, list[tuple[float, list[float]]]] = {"huifang": [], "baseline": []}
+    for round_ in range(args.rounds):
+        order = ("baseline", "huifang") if round_ % 2 == 0 else ("huifang", "baseline")
+        for side in order:
+            fn = consume_raw if side == "baseline" else consume_huifang
+            consume[side].append(await on_fresh(s, fn, ctx.inputs))
+        for side in order:
+            if side == "baseline":
+                publish[side].append(await publish_raw(s, ctx.callbacks, batch=args.relay_batch, rate=None))
+            else:
+                run = await on_fresh(s, publish_huifang, ctx.callbacks, batch=args.emit_batch, rate=None)
+                publish[side].append(run)
+    out["consume_events_per_s"] = compare(max(consume["huifang"]), max(consume["baseline"]))
+    out["consume_events_per_s"]["rounds"] = {k: [round(v) for v in vs] for k, vs in consume.items()}
     print(f"  {kind} consume  {out['consume_events_per_s']}", flush=True)
-
-    raw_eps, raw_lat = await publish_raw(s, ctx.callbacks, batch=args.relay_batch, rate=None)
-    hf_eps, hf_lat = await on_fresh(s, publish_huifang, ctx.callbacks, batch=args.emit_batch, rate=None)
-    out["publish_events_per_s"] = compare(hf_eps, raw_eps)
-    out["publish_saturated_latency_ms"] = {"huifang": latency_ms(hf_lat), "baseline": latency_ms(raw_lat)}
+    best = {side: max(runs, key=lambda run: run[0]) for side, runs in publish.items()}
+    out["publish_events_per_s"] = compare(best["huifang"][0], best["baseline"][0])
+    out["publish_events_per_s"]["rounds"] = {k: [round(eps) for eps, _ in vs] for k, vs in publish.items()}
+    out["publish_saturated_latency_ms"] = {side: latency_ms(run[1]) for side, run in best.items()}
     print(f"  {kind} publish  {out['publish_events_per_s']}", flush=True)
 
     few = ctx.callbacks[: args.latency_events]
@@ -541,13 +556,14 @@ async def run(args: argparse.Namespace, bootstrap: str, pg_url: str, workdir: Pa
             "latency_events": args.latency_events,
             "latency_rate_per_s": args.latency_rate,
             "latency_batch": args.latency_batch,
+            "rounds": args.rounds,
             "consume_event": "loan.stage.changed (two parties)",
             "publish_event": "callback.scheduled",
             "external_kafka": bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS_TEST")),
             "external_postgres": bool(os.environ.get("TEST_DATABASE_URL")),
         },
         "definitions": {
-            "ratio": "huifang / baseline events per second (1.0 = as fast as the raw loop)",
+            "ratio": "huifang / baseline events per second (1.0 = as fast as the raw loop), best round of each",
             "consume": "from partition assignment to the offset commit of the last event",
             "publish": "from the first emit (raw: first send) to the commit of the relay's last delete "
             "(raw: the last broker ack); the relay runs beside the emitting loop",
@@ -584,6 +600,7 @@ def main() -> int:
     parser.add_argument("--latency-events", type=int, default=3_000, help="events in the paced latency runs")
     parser.add_argument("--latency-rate", type=float, default=1_000.0, help="events per second when paced")
     parser.add_argument("--latency-batch", type=int, default=10, help="events per transaction when paced")
+    parser.add_argument("--rounds", type=int, default=2, help="measured rounds per side; the best counts")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
     args = parser.parse_args()
     if args.warmup > args.events or args.latency_events > args.events:

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     huifang_consumer_batch: int = Field(default=200, ge=1, le=10_000)
     huifang_webhook_timeout_seconds: float = Field(default=5.0, gt=0)
     # Notifier: tries per notification (webhook, email, SMS) and the first pause between them.
-    huifang_notify_max_attempts: int = Field(default=8, ge=1, le=50)
+    huifang_notify_max_attempts: int = Field(default=20, ge=1, le=50)
     huifang_notify_retry_base_seconds: float = Field(default=2.0, gt=0, le=3600)
     huifang_host: str = "127.0.0.1"
     huifang_drain_seconds: float = Field(default=10.0, ge=0, le=300)

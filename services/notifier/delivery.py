@@ -75,6 +75,7 @@ class Claimed:
     payload: str
     address_enc: str | None
     message_enc: str | None
+    lease_until: datetime | None = None  # our claim; a row whose lease changed was taken by another replica
 
 
 class DeliveryLoop:
@@ -167,7 +168,10 @@ class DeliveryLoop:
         if not self.channels.configured(item.channel):
             return None
         try:
-            return await self._send(item)
+            # Bounded well inside the lease, so no other replica can claim the row while we send it.
+            return await asyncio.wait_for(self._send(item), timeout=LEASE.total_seconds() / 2)
+        except TimeoutError:
+            return DeliveryResult("retryable", error="timed out")
         except Exception as exc:
             # One odd row must not take the loop down; the exception text may hold personal data.
             log.error("notifier.delivery_error", notification_id=item.notification_id, error=type(exc).__name__)
@@ -203,10 +207,10 @@ class DeliveryLoop:
         return await send_email(host=ch.smtp_host, port=ch.smtp_port, message=email, timeout_s=ch.timeout)
 
     async def _record(self, uow: UnitOfWork, item: Claimed, result: DeliveryResult | None) -> None:
-        query = select(Notification).where(Notification.seq == item.seq)
+        query = select(Notification).where(Notification.seq == item.seq).with_for_update()
         note = (await uow.session.execute(query)).scalar_one()
-        if note.status != "pending":
-            return
+        if note.status != "pending" or (item.lease_until is not None and note.lease_until != item.lease_until):
+            return  # recorded already, or our lease ran out and another replica owns the row now
         now = utcnow()
         if result is None:
             self._finish(uow, note, now, error=f"{note.channel} channel not configured")

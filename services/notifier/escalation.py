@@ -20,13 +20,14 @@ from shared.policy import Policy
 E = TypeVar("E", bound=EscalationEvent)
 
 
-def escalation_rule(policy: Policy, event: CallbackRefused) -> str | None:
-    """Which rule, if any, makes this refusal an escalation."""
+def escalation_rules(policy: Policy, event: CallbackRefused) -> list[str]:
+    """Every rule that makes this refusal an escalation, most specific first."""
+    rules = []
     if event.reason_code in policy.escalation.escalate_reasons:
-        return f"reason:{event.reason_code}"
+        rules.append(f"reason:{event.reason_code}")
     if event.refusals_for_loan == policy.escalation.escalate_after_refusals_per_loan:
-        return "refusals_per_loan"
-    return None
+        rules.append("refusals_per_loan")
+    return rules
 
 
 async def active_escalation(*, uow: UnitOfWork, loan_id: str, rule: str) -> Escalation | None:
@@ -84,9 +85,15 @@ async def announce(
 async def raise_level1(
     *, uow: UnitOfWork, event: CallbackRefused, event_id: str, policy: Policy, officer_id: str | None, now: datetime
 ) -> Escalation | None:
-    """Raise a level-1 escalation when a rule matches and none is active; arms its level-2 timer."""
-    rule = escalation_rule(policy, event)
-    if rule is None or await active_escalation(uow=uow, loan_id=event.loan_id, rule=rule) is not None:
+    """Raise a level-1 escalation for the first matching rule not already active; arms its level-2 timer."""
+    # One refusal raises at most one escalation, but an active one for its reason does not hide
+    # the N-th-refusal rule (two privacy refusals: the second still counts).
+    rule = None
+    for candidate in escalation_rules(policy, event):
+        if await active_escalation(uow=uow, loan_id=event.loan_id, rule=candidate) is None:
+            rule = candidate
+            break
+    if rule is None:
         return None
     esc = Escalation(
         escalation_id=str(uuid.uuid5(NAMESPACE, f"escalation|{event_id}")),

@@ -31,7 +31,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await runtime.start(
                 migrations=MIGRATIONS, topics=[LOAN_STAGE, CALLBACK_OUTCOME], handlers=handlers(policy, runtime.cipher)
             )
-            timers = TimerLoop(db=runtime.db, cipher=runtime.cipher, poll_seconds=settings.huifang_timer_poll_seconds)
+            timers = TimerLoop(
+                db=runtime.db, cipher=runtime.cipher, poll_seconds=settings.huifang_timer_poll_seconds, policy=policy
+            )
             runtime.spawn("timers", timers.run)
             yield
 

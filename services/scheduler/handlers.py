@@ -323,7 +323,7 @@ async def reschedule(*, uow: UnitOfWork, cb: Callback, due_at: datetime, reason:
     cb.due_at = due_at
     cb.updated_at = now
     uow.session.add(cb)
-    await cancel_timers(uow=uow, callback_id=cb.callback_id, kinds=("due",))
+    await cancel_timers(uow=uow, callback_id=cb.callback_id, kinds=("due", "notice"))
     add_timer(uow, cb.callback_id, "due", due_at)
     publish(uow, cb, CallbackRescheduled(**ref(cb), due_at=due_at, reason=reason))  # type: ignore[arg-type]
 

@@ -11,7 +11,7 @@ import structlog
 from sqlmodel import col, select
 
 from services.scheduler import planner
-from services.scheduler.handlers import expire, publish, ref
+from services.scheduler.handlers import add_timer, expire, publish, reach, ref
 from services.scheduler.models import Callback, Timer
 from shared.claims import claim
 from shared.crypto import Cipher
@@ -19,17 +19,22 @@ from shared.db import Database, UnitOfWork, utcnow
 from shared.events import CLOSED_STATES, CallbackDue, CallbackNoticeRequested, message_language
 from shared.kafka import is_transient
 from shared.metrics import TIMER_LATENESS, TIMERS_FIRED
+from shared.policy import Policy
 
 log = structlog.get_logger(__name__)
 RETRY_AFTER = timedelta(minutes=1)
+MIN_PAUSE = 0.05
 
 
 class TimerLoop:
     """Claims due timers (never before their time) and turns them into lifecycle events."""
 
-    def __init__(self, *, db: Database, cipher: Cipher, poll_seconds: float, batch: int = 200) -> None:
+    def __init__(
+        self, *, db: Database, cipher: Cipher, poll_seconds: float, policy: Policy | None = None, batch: int = 200
+    ) -> None:
         self.db = db
         self.cipher = cipher
+        self.policy = policy  # when given, a timer that fires late is held to calling and quiet hours
         self.poll_seconds = poll_seconds
         self.batch = batch
 
@@ -38,7 +43,8 @@ class TimerLoop:
             fired = await self.fire_due()
             if fired >= self.batch:
                 continue
-            await asyncio.sleep(await self._pause())
+            # A floor: timers locked by another replica or a consumer are due but not claimable yet.
+            await asyncio.sleep(max(MIN_PAUSE, await self._pause()))
 
     async def _pause(self) -> float:
         # Sleep to the next timer if it is sooner than the poll interval, so timers fire on time.
@@ -94,14 +100,45 @@ class TimerLoop:
         if cb is None or cb.state in CLOSED_STATES:
             return
         if kind == "notice":
+            if self._notice_moved(uow, cb=cb, now=now):
+                return
             publish(uow, cb, self._notice(cb))
         elif kind == "due" and cb.state == "scheduled":
+            if self._due_moved(uow, cb=cb, now=now):
+                return
             cb.state = "due"
             cb.updated_at = now
             uow.session.add(cb)
             publish(uow, cb, self._due(cb))
         elif kind == "deadline":
             await expire(uow=uow, cb=cb, reason="deadline", now=now)
+
+    def _due_moved(self, uow: UnitOfWork, *, cb: Callback, now: datetime) -> bool:
+        """A due timer that fires outside calling hours (after an outage, say) waits for the next slot."""
+        if self.policy is None or planner.is_allowed(policy=self.policy, reach=reach(cb), at=now, use_window=False):
+            return False
+        slot = planner.earliest_slot(policy=self.policy, reach=reach(cb), after=now, before=cb.deadline,
+                                     use_window=False)  # fmt: skip
+        if slot is None:
+            return True  # no slot before the deadline: the deadline timer expires it
+        cb.due_at, cb.updated_at = slot, now
+        uow.session.add(cb)
+        add_timer(uow, cb.callback_id, "due", slot)
+        log.info("timer.deferred", callback_id=cb.callback_id, kind="due")
+        return True
+
+    def _notice_moved(self, uow: UnitOfWork, *, cb: Callback, now: datetime) -> bool:
+        """A late notice waits out quiet hours, and is dropped once its call is due."""
+        if self.policy is None:
+            return False
+        if now >= cb.due_at:
+            return True
+        wake = planner.notice_time(policy=self.policy, reach=reach(cb), at=now)
+        if wake <= now:
+            return False
+        if wake < cb.due_at:
+            add_timer(uow, cb.callback_id, "notice", wake)
+        return True
 
     def _notice(self, cb: Callback) -> CallbackNoticeRequested:
         contact = self.cipher.decrypt_json(cb.contact_enc)

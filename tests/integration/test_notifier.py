@@ -433,3 +433,16 @@ async def test_ack_with_idempotency_key_has_one_effect(rig: Rig) -> None:
     assert plain.status_code == 409  # without the key a second ack is a conflict, as before
     await rig.system.tap.wait_events("escalation.acknowledged", loan)
     assert len(rig.system.tap.events("escalation.acknowledged", loan)) == 1
+
+
+async def test_nth_refusal_escalates_even_when_its_reason_already_did(rig: Rig) -> None:
+    loan = new_loan()
+    await rig.system.publish_event("callback.refused", refusal(loan, "privacy_concern", refusals=1), key=loan)
+    await rig.system.publish_event("callback.refused", refusal(loan, "privacy_concern", refusals=2), key=loan)
+    raised = await rig.system.tap.wait_events("escalation.raised", loan, count=2)
+    assert [e["data"]["rule"] for e in raised] == ["reason:privacy_concern", "refusals_per_loan"]
+    await rig.system.publish_event("callback.refused", refusal(loan, "privacy_concern", refusals=3), key=loan)
+    # 2 + 2 notifications for the first two refusals, 1 for the third's officer notice; a third
+    # escalation would be emitted before that notice on the loan's partition.
+    await rig.system.tap.wait_events("notification.sent", loan, count=5)
+    assert len(rig.system.tap.events("escalation.raised", loan)) == 2  # both rules already active

@@ -1,4 +1,4 @@
-"""One broken timer does not stop the others (real SQLite and PostgreSQL, no broker needed)."""
+"""Timers that go wrong or fire late (real SQLite and PostgreSQL, no broker needed)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
+from sqlmodel import col
 
 from services.scheduler.app import MIGRATIONS
 from services.scheduler.models import Callback, Timer
@@ -16,6 +18,7 @@ from services.scheduler.timers import TimerLoop
 from shared.crypto import Cipher, generate_key
 from shared.db import Database, utcnow
 from shared.outbox import OutboxMessage
+from shared.policy import Policy
 
 CIPHER = Cipher([generate_key()])
 
@@ -76,3 +79,29 @@ async def test_an_undecryptable_callback_does_not_block_other_timers(database: D
     assert states == {good.callback_id: "due", broken.callback_id: "scheduled"}
     assert good.loan_id in outbox and broken.loan_id not in outbox
     assert retry.fired_at is None and retry.fire_at > utcnow()
+
+
+def _hours_excluding_now(zone: str) -> tuple[str, str]:
+    hour = utcnow().astimezone(ZoneInfo(zone)).hour
+    return ("05:00", "07:00") if hour in (1, 2) else ("01:00", "03:00")
+
+
+async def test_a_late_due_timer_waits_for_calling_hours(database: Database) -> None:
+    start, end = _hours_excluding_now("Asia/Shanghai")
+    policy = Policy.model_validate({"calling_hours": {"start": start, "end": end, "holidays": ""}})
+    cb = _callback(CIPHER)
+    async with database.uow() as uow:
+        uow.session.add(cb)
+        uow.session.add(Timer(callback_id=cb.callback_id, kind="due", fire_at=utcnow() - timedelta(minutes=5)))
+        await uow.commit()
+
+    assert await TimerLoop(db=database, cipher=CIPHER, poll_seconds=0.1, policy=policy).fire_due() == 1
+
+    async with database.uow() as uow:
+        moved = (await uow.session.execute(sa.select(Callback))).scalar_one()
+        pending = (await uow.session.execute(sa.select(Timer).where(col(Timer.fired_at).is_(None)))).scalars().all()
+        sent = (await uow.session.execute(sa.select(OutboxMessage))).scalars().all()
+    local = moved.due_at.astimezone(ZoneInfo("Asia/Shanghai"))
+    assert moved.state == "scheduled" and sent == []  # nobody is rung at night
+    assert start <= local.strftime("%H:%M") < end and moved.due_at > utcnow()
+    assert [(t.kind, t.fire_at) for t in pending] == [("due", moved.due_at)]
