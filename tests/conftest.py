@@ -56,6 +56,15 @@ def postgres_url() -> Iterator[str]:
         server.stop()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database of each kind, for tests of one service's storage without the broker."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'service.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
 @pytest.fixture(scope="session")
 def webhook_server() -> Iterator[HTTPServer]:
     server = HTTPServer(host="127.0.0.1", port=0)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI
 from pytest_httpserver import HTTPServer
 
+from shared.crypto import Cipher
+from shared.db import Database
 from shared.devstack import free_port
 from shared.events import DLQ_SUFFIX, TOPICS, Envelope, encode
 from shared.kafka import create_topics
@@ -248,6 +251,25 @@ class Huifang:
         """The SMS gateway requests received for one phone number."""
         bodies = [json.loads(r.get_data()) for r, _ in list(self.webhook.log) if r.path == "/hooks/sms"]
         return [b for b in bodies if b.get("to") == phone]
+
+
+@asynccontextmanager
+async def service_database(
+    url: str, service: str, *, cipher: Cipher, topic_prefix: str = ""
+) -> AsyncIterator[Database]:
+    """One service's migrated database on its own fresh schema (PostgreSQL) or file (SQLite)."""
+    db = Database(
+        url,
+        schema=f"t{uuid.uuid4().hex[:8]}_{service}",
+        source=f"/huifang/{service}",
+        topic_prefix=topic_prefix,
+        cipher=cipher,
+    )
+    await db.migrate(ROOT / "services" / service / "migrations")
+    try:
+        yield db
+    finally:
+        await db.dispose()
 
 
 def _no_signals() -> Any:

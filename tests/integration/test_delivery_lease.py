@@ -5,35 +5,25 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from services.notifier.app import MIGRATIONS
 from services.notifier.channels.webhook import DeliveryResult
 from services.notifier.delivery import LEASE, DeliveryLoop
 from services.notifier.models import Notification
 from shared.crypto import Cipher, generate_key
 from shared.db import Database, utcnow
 from shared.outbox import OutboxMessage
+from tests.support import service_database
 
 CIPHER = Cipher([generate_key()])
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    url = (
-        f"sqlite+aiosqlite:///{tmp_path / 'notifier.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
-    db = Database(url, schema=f"d{uuid.uuid4().hex[:8]}_notifier", source="/huifang/notifier", cipher=CIPHER)
-    await db.migrate(MIGRATIONS)
-    try:
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    async with service_database(database_url, "notifier", cipher=CIPHER) as db:
         yield db
-    finally:
-        await db.dispose()
 
 
 async def test_stale_lease_does_not_overwrite_the_new_owner(database: Database) -> None:

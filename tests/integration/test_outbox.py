@@ -6,19 +6,18 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from services.scheduler.app import MIGRATIONS
 from shared.crypto import Cipher, generate_key
 from shared.db import Database
 from shared.events import CallbackDue, CallbackScheduled
 from shared.kafka import create_topics
 from shared.outbox import OutboxMessage, OutboxRelay
 from shared.settings import Settings
+from tests.support import service_database
 
 CIPHER = Cipher([generate_key()])
 NOW = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
@@ -32,26 +31,12 @@ REF = {
 }
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    url = (
-        f"sqlite+aiosqlite:///{tmp_path / 'scheduler.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
-    prefix = f"t{uuid.uuid4().hex[:8]}."
-    db = Database(
-        url,
-        schema=f"o{uuid.uuid4().hex[:8]}_scheduler",
-        source="/huifang/scheduler",
-        topic_prefix=prefix,
-        cipher=CIPHER,
-    )
-    await db.migrate(MIGRATIONS)
-    try:
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    async with service_database(
+        database_url, "scheduler", cipher=CIPHER, topic_prefix=f"t{uuid.uuid4().hex[:8]}."
+    ) as db:
         yield db
-    finally:
-        await db.dispose()
 
 
 async def test_personal_events_wait_encrypted_and_leave_no_copy(database: Database, kafka_bootstrap: str) -> None:

@@ -5,36 +5,27 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
 from sqlmodel import col
 
-from services.scheduler.app import MIGRATIONS
 from services.scheduler.models import Callback, Timer
 from services.scheduler.timers import TimerLoop
 from shared.crypto import Cipher, generate_key
 from shared.db import Database, utcnow
 from shared.outbox import OutboxMessage
 from shared.policy import Policy
+from tests.support import service_database
 
 CIPHER = Cipher([generate_key()])
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'scheduler.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    db = Database(url, schema=f"t{uuid.uuid4().hex[:8]}_scheduler", source="/huifang/scheduler", cipher=CIPHER)
-    await db.migrate(MIGRATIONS)
-    try:
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    async with service_database(database_url, "scheduler", cipher=CIPHER) as db:
         yield db
-    finally:
-        await db.dispose()
 
 
 def _callback(cipher: Cipher, *, contact_enc: str | None = None) -> Callback:
