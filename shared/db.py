@@ -188,7 +188,9 @@ class UnitOfWork:
             if self.db.cipher is None:
                 raise RuntimeError(f"{envelope.type} carries personal data: the database needs a cipher")
             payload = ENCRYPTED_PREFIX + self.db.cipher.encrypt(payload)
-        self.session.add(OutboxMessage(event_id=envelope.id, topic=topic, key=key, payload=payload))
+        self.session.add(
+            OutboxMessage(event_id=envelope.id, topic=topic, key=key, payload=payload, created_at=utcnow())
+        )
         self._emitted += 1
         return envelope.id
 

@@ -16,7 +16,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import ConsumerRecord
 
-from shared.db import Database, UnitOfWork
+from shared.db import Database, UnitOfWork, utcnow
 from shared.events import DLQ_SUFFIX, TOPIC_OF_TYPE, TOPICS, Event, InvalidEvent, parse_event
 from shared.metrics import CONSUMER_BATCH_SECONDS, CONSUMER_UP, DLQ_MESSAGES, EVENTS_CONSUMED
 from shared.outbox import ProcessedEvent
@@ -252,6 +252,7 @@ class ConsumerRunner:
 
     async def _apply_batch(self, batch: list[tuple[ConsumerRecord, Event]]) -> None:
         results: list[tuple[str, str, str]] = []
+        done: list[str] = []
         async with self.db.uow() as uow:
             seen = await self._already_processed(uow, [e.id for _, e in batch])
             for record, event in batch:
@@ -262,8 +263,16 @@ class ConsumerRunner:
                 handler = self.handlers.get(event.type)
                 if handler is not None:
                     await handler(uow, event)
-                uow.session.add(ProcessedEvent(consumer=self.consumer_name, event_id=event.id))
+                done.append(event.id)
                 results.append((record.topic, event.type, "handled" if handler else "ignored"))
+            if done:
+                # One multi-row insert for the batch's dedupe rows, in the same transaction as the effects.
+                table = ProcessedEvent.__table__  # type: ignore[attr-defined]
+                now = utcnow()
+                await uow.session.execute(
+                    sa.insert(table),
+                    [{"consumer": self.consumer_name, "event_id": i, "processed_at": now} for i in done],
+                )
             await uow.commit()
         for topic, etype, result in results:
             EVENTS_CONSUMED.labels(self.service, topic, etype, result).inc()
