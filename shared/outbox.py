@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -81,6 +82,9 @@ class OutboxRelay:
 
     async def run(self) -> None:
         while True:
+            # Cleared before the pass, not after: a commit landing during the pass keeps it set,
+            # so its rows go out at once instead of after the next poll.
+            self.db.outbox_signal.clear()
             try:
                 sent = await self.publish_once()
             except asyncio.CancelledError:
@@ -91,11 +95,11 @@ class OutboxRelay:
                 await asyncio.sleep(1.0)
                 continue
             if sent < self.batch:
-                self.db.outbox_signal.clear()
-                try:
-                    await asyncio.wait_for(self.db.outbox_signal.wait(), self.poll_seconds)
-                except TimeoutError:
-                    pass
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+                # arrives as the event is set, and then stop() would wait for this loop forever.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll_seconds):
+                        await self.db.outbox_signal.wait()
 
     async def publish_once(self) -> int:
         """Send one batch of unsent rows; returns how many were sent."""
