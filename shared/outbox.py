@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaProducer
 from sqlmodel import Field, SQLModel
 
 from shared.db import ENCRYPTED_PREFIX, BigIntPK, Database, UnitOfWork, UTCDateTime, utcnow
+from shared.events import CONTENT_TYPE
 from shared.metrics import OUTBOX_PUBLISHED, OUTBOX_RELAY_ERRORS
 
 log = structlog.get_logger(__name__)
@@ -151,7 +152,7 @@ class OutboxRelay:
                 row.topic,
                 value=self._plain(row.payload),
                 key=row.key.encode(),
-                headers=[("content-type", b"application/cloudevents+json")],
+                headers=[("content-type", CONTENT_TYPE.encode())],
             )
             for row in rows
         ]

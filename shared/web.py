@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any
 
@@ -109,10 +109,6 @@ def create_app(
         return response
 
     return app
-
-
-async def noop_lifespan(_: FastAPI) -> AsyncIterator[None]:
-    yield
 
 
 def problem(status: int, detail: Any) -> HTTPException:

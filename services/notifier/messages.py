@@ -17,8 +17,6 @@ LANGUAGES = ("zh-CN", "en")
 DEFAULT_LANGUAGE = "zh-CN"
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 # Kinds a person reads (the rest go to systems by webhook only).
-PARTY_KINDS = frozenset({"notice", "questionnaire"})
-OFFICER_KINDS = frozenset({"refusal", "expired", "no_consent"})
 
 _env = Environment(
     loader=FileSystemLoader(TEMPLATES),

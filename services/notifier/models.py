@@ -9,9 +9,6 @@ from sqlmodel import Field, SQLModel
 
 from shared.db import BigIntPK, UTCDateTime, utcnow
 
-NOTIFICATION_STATUSES = ("pending", "sent", "failed")
-ESCALATION_STATES = ("open", "acknowledged", "resolved")
-
 
 class LoanContact(SQLModel, table=True):
     """Who to reach about a loan, kept from its latest `loan.stage.changed`."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -139,6 +140,7 @@ async def test_supervisor_cancel_is_idempotent_and_on_the_timeline(huifang: Huif
     assert other.status_code == 422 and unkeyed.status_code == 409 and empty.status_code == 422
     [cancelled] = await huifang.tap.wait_events("callback.cancelled", loan)
     assert cancelled["data"]["reason"] == "operator"
+    assert "duplicate" not in json.dumps(cancelled)  # the supervisor's free text stays off the topic
     timeline = (await show(huifang, callback_id))["timeline"]
     assert [line["type"] for line in timeline][-1] == "callback.cancelled"
     assert "张" not in str(timeline) and "+86" not in str(timeline)

@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from shared.events import (
     EVENT_TYPES,
@@ -18,9 +18,11 @@ from shared.events import (
     InvalidEvent,
     LoanStageChanged,
     LoanVerificationCompleted,
+    Party,
     PartyResult,
     encode,
     json_schemas,
+    message_language,
     new_envelope,
     parse_event,
 )
@@ -361,3 +363,14 @@ def test_json_schemas_cover_every_type() -> None:
 
 def test_schema_of_loan_stage_changed_requires_loan_id() -> None:
     assert "loan_id" in json_schemas()["loan.stage.changed"]["required"]
+
+
+@pytest.mark.parametrize(("tag", "written"), [("en", "en"), ("en-GB", "en"), ("zh-CN", "zh-CN"), ("zh-HK", "zh-CN")])
+def test_any_language_tag_is_accepted_and_english_ones_get_english(tag: str, written: str) -> None:
+    party = Party.model_validate({**STAGE_DATA["parties"][0], "language": tag})
+    assert party.language == tag and message_language(party.language) == written
+
+
+def test_a_malformed_language_tag_is_refused() -> None:
+    with pytest.raises(ValidationError):
+        Party.model_validate({**STAGE_DATA["parties"][0], "language": "english please"})
