@@ -446,3 +446,18 @@ async def test_nth_refusal_escalates_even_when_its_reason_already_did(rig: Rig) 
     # escalation would be emitted before that notice on the loan's partition.
     await rig.system.tap.wait_events("notification.sent", loan, count=5)
     assert len(rig.system.tap.events("escalation.raised", loan)) == 2  # both rules already active
+
+
+async def test_deadline_expiry_tells_the_officer_but_sends_the_party_nothing(rig: Rig) -> None:
+    loan_id, phone = new_loan(), new_phone()
+    await rig.system.publish_event("loan.stage.changed", loan(loan_id, phone=phone), key=loan_id)
+    expired = {**ref(loan_id, "cb-d1", "expired"), "reason": "deadline"}
+    await rig.system.publish_event("callback.expired", expired, key=loan_id)
+
+    await wait_for(lambda: rig.receiver.webhooks(loan_id), 30, "the officer's webhook")
+    # Every notification of the event is queued in one transaction: only the officer's are there.
+    notes = await notifications(rig, loan_id)
+    assert notes and all(n["recipient"].startswith("officer") and n["kind"] == "expired" for n in notes)
+    [hook] = rig.receiver.webhooks(loan_id)
+    assert hook.body["type"] == "callback.expired" and hook.body["reason"] == "deadline"
+    assert rig.receiver.sms(phone) == []
