@@ -20,6 +20,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY shared/ shared/
 COPY services/ services/
+COPY cli/ cli/
 COPY policy.toml ./
 
 # .local/ is only used without DATABASE_URL (SQLite files); it stays writable for that case.

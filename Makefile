@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) kafka-jars
 
 kafka-jars: $(STAMP)
-	$(BIN)/python -c "from shared.devstack import ensure_kafka_jars; from shared.settings import ROOT; print(ensure_kafka_jars(ROOT / '.local'))"
+	$(BIN)/python -c "from cli.devstack import ensure_kafka_jars; from shared.settings import ROOT; print(ensure_kafka_jars(ROOT / '.local'))"
 
 run: setup
 	$(DEV_ENV) $(BIN)/huifang dev
@@ -39,8 +39,8 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider -q tests/unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check shared services tests bench
-	$(BIN)/mypy shared services
+	$(BIN)/ruff check shared services cli tests bench
+	$(BIN)/mypy shared services cli
 
 clean:
 	rm -rf .local/test .local/*.db .local/*.db-* .local/kafka/node

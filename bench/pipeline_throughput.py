@@ -17,7 +17,7 @@ For SQLite and PostgreSQL, on the same broker and database in the same run:
 Throughput runs `--rounds` times per side, alternating which side goes first, on a fresh table
 set each time; the best round of each side counts. Everything is warmed up first on other topics.
 
-A broker (shared.devstack.KafkaBroker) and a throwaway PostgreSQL are started unless
+A broker (cli.devstack.KafkaBroker) and a throwaway PostgreSQL are started unless
 KAFKA_BOOTSTRAP_SERVERS_TEST / TEST_DATABASE_URL are set. The report goes to bench/results/.
 
     make bench-pipeline          # or: .venv/bin/python bench/pipeline_throughput.py --events 5000
@@ -55,8 +55,8 @@ from sqlmodel import Field, SQLModel
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cli.devstack import KafkaBroker, Postgres, free_port, kafka_libs  # noqa: E402
 from shared.db import Database, UnitOfWork  # noqa: E402
-from shared.devstack import KafkaBroker, Postgres, free_port, kafka_libs  # noqa: E402
 from shared.events import (  # noqa: E402
     CALLBACK_LIFECYCLE,
     CONTENT_TYPE,
@@ -67,9 +67,15 @@ from shared.events import (  # noqa: E402
     encode,
     new_envelope,
 )
-from shared.kafka import ConsumerRunner, client_options, create_topics, make_producer  # noqa: E402
+from shared.kafka import (  # noqa: E402
+    ConsumerRunner,
+    client_options,
+    create_processed_event_table,
+    create_topics,
+    make_producer,
+)
 from shared.logs import configure_logging  # noqa: E402
-from shared.outbox import OutboxRelay, create_common_tables  # noqa: E402
+from shared.outbox import OutboxRelay, create_outbox_table, enqueue  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from tests.support import loan_event  # noqa: E402
 
@@ -89,11 +95,9 @@ class BenchEvent(SQLModel, table=True):
     stage: str = Field(max_length=32)
 
 
-async def record_stage(uow: UnitOfWork, event: Event) -> None:
+async def record_stage(*, uow: UnitOfWork, event: Event[LoanStageChanged]) -> None:
     """Add one row for the event to the unit of work."""
-    data = event.data
-    assert isinstance(data, LoanStageChanged)
-    uow.session.add(BenchEvent(event_id=event.id, loan_id=data.loan_id, stage=data.stage))
+    uow.session.add(BenchEvent(event_id=event.id, loan_id=event.data.loan_id, stage=event.data.stage))
 
 
 @dataclass
@@ -128,7 +132,9 @@ def _create_tables(sync_conn: sa.Connection) -> None:
     from alembic.migration import MigrationContext
     from alembic.operations import Operations
 
-    create_common_tables(Operations(MigrationContext.configure(sync_conn)))  # the services' own DDL
+    ops = Operations(MigrationContext.configure(sync_conn))
+    create_outbox_table(ops)  # the services' own DDL
+    create_processed_event_table(ops)
     BenchEvent.__table__.create(sync_conn)  # type: ignore[attr-defined]
 
 
@@ -238,7 +244,7 @@ async def consume_huifang(settings: Settings, db: Database, n: int) -> float:
         db=db,
         producer=producer,
         topics=[LOAN_STAGE],
-        handlers={"loan.stage.changed": record_stage},
+        handlers={LoanStageChanged: record_stage},
     )
     task = asyncio.create_task(runner.run())
     try:
@@ -392,7 +398,7 @@ async def publish_huifang(
                 await asyncio.sleep(max(0.0, _due(started, index * batch, rate) - time.perf_counter()))
             async with db.uow() as uow:
                 for data in chunk:
-                    uow.emit(data, key=data.loan_id)
+                    enqueue(uow, data, key=data.loan_id)
                 await uow.commit()
             now = time.perf_counter()
             for data in chunk:

@@ -25,11 +25,11 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cli.devstack import Postgres  # noqa: E402
 from services.scheduler.models import Callback, Timer  # noqa: E402
 from services.scheduler.timers import TimerLoop  # noqa: E402
 from shared.crypto import Cipher, generate_key  # noqa: E402
 from shared.db import Database, utcnow  # noqa: E402
-from shared.devstack import Postgres  # noqa: E402
 
 MIGRATIONS = ROOT / "services" / "scheduler" / "migrations"
 RESULTS = ROOT / "bench" / "results"

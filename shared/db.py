@@ -11,15 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from aiokafka.errors import KafkaError
 from alembic import command
 from alembic.config import Config
-from pydantic import BaseModel
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
 from shared.crypto import Cipher
-from shared.events import PERSONAL_EVENT_TYPES, TOPIC_OF_TYPE, encode, new_envelope
 
 
 def utcnow() -> datetime:
@@ -164,41 +163,47 @@ def run_migrations(context: Any) -> None:
 
 
 class UnitOfWork:
-    """A session plus the outbox: state changes and emitted events commit together."""
+    """One transaction: state changes, dedupe rows and outbox rows (outbox.enqueue) commit together."""
 
     def __init__(self, session: AsyncSession, db: Database) -> None:
         self.session = session
         self.db = db
         self.committed = False
-        self._emitted = 0
+        self.emitted = 0  # outbox rows added (outbox.enqueue): commit wakes the relay when there are any
 
     @property
     def dialect(self) -> str:
         return self.db.dialect
 
-    def emit(self, data: BaseModel, *, key: str, event_id: str | None = None) -> str:
-        """Queue an event for publication after commit; returns its id."""
-        envelope = new_envelope(data, source=self.db.source, subject=key, event_id=event_id)
-        topic = self.db.topic_prefix + TOPIC_OF_TYPE[envelope.type]
-        from shared.outbox import OutboxMessage
-
-        payload = encode(envelope).decode()
-        if envelope.type in PERSONAL_EVENT_TYPES:
-            # Contact details wait in the outbox until sent: encrypted there like everywhere at rest.
-            if self.db.cipher is None:
-                raise RuntimeError(f"{envelope.type} carries personal data: the database needs a cipher")
-            payload = ENCRYPTED_PREFIX + self.db.cipher.encrypt(payload)
-        self.session.add(
-            OutboxMessage(event_id=envelope.id, topic=topic, key=key, payload=payload, created_at=utcnow())
-        )
-        self._emitted += 1
-        return envelope.id
-
     async def commit(self) -> None:
         await self.session.commit()
         self.committed = True
-        if self._emitted:
+        if self.emitted:
             self.db.outbox_signal.set()
 
     async def rollback(self) -> None:
         await self.session.rollback()
+
+
+# SQLSTATEs that clear up on their own: connection (08), rollback/serialization/deadlock (40),
+# resources (53), operator intervention/shutdown (57), lock not available, read-only after failover.
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57")
+_TRANSIENT_SQLSTATES = ("55P03", "25006")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors that mean 'try again later', not 'this message (or request) is bad'."""
+    if isinstance(exc, sa.exc.DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+            return True
+        state = _sqlstate(exc.orig)
+        return bool(state) and (state[:2] in _TRANSIENT_SQLSTATE_CLASSES or state in _TRANSIENT_SQLSTATES)
+    return isinstance(exc, OSError | ConnectionError | KafkaError | TimeoutError | sa.exc.TimeoutError)
+
+
+def _sqlstate(error: BaseException | None) -> str:
+    for candidate in (error, getattr(error, "__cause__", None)):
+        state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(state, str):
+            return state
+    return ""

@@ -1,17 +1,21 @@
-"""CloudEvents envelope, every event of CONTRACT.md section 2, and the topic names — defined once."""
+"""CloudEvents envelope, every event of CONTRACT.md section 2, its topic names and vocabulary — defined once.
+
+Each event model declares its CloudEvents `type`, its topic and whether it may carry personal
+data, so a new event type is one model here (listed in EVENT_MODELS) and one handler entry.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from shared.policy import ClockTime, ReasonCode, Role, Stage
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # Topics (CONTRACT.md 2.1); HUIFANG_TOPIC_PREFIX is applied by Settings.topic().
 LOAN_STAGE = "loan.stage.v1"
@@ -24,9 +28,40 @@ TOPICS = (LOAN_STAGE, CALLBACK_LIFECYCLE, CALLBACK_OUTCOME, CALLBACK_REFUSED, LO
 DLQ_SUFFIX = ".dlq"
 
 CONTENT_TYPE = "application/cloudevents+json"
-# The only emitted events that may carry name, phone or email (CONTRACT.md 2.3).
-PERSONAL_EVENT_TYPES = frozenset({"callback.due", "callback.notice.requested"})
 
+# --- the contract's vocabulary (CONTRACT.md 2.2, 2.5) -------------------------------------------
+
+Role = Literal["borrower", "co_borrower", "guarantor"]
+Stage = Literal[
+    "application_submitted",
+    "initial_review_passed",
+    "final_check",
+    "approved",
+    "rejected",
+    "withdrawn",
+    "disbursed",
+]
+ReasonCode = Literal[
+    "distrust",
+    "privacy_concern",
+    "time_conflict",
+    "communication_barrier",
+    "process_misunderstanding",
+    "emotional_distress",
+    "suspected_fraud",
+    "other",
+]
+_CLOCK = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)$")
+
+
+def _clock(value: str) -> str:
+    match = _CLOCK.match(value)
+    if not match or (match.group(1) == "24" and match.group(2) != "00"):
+        raise ValueError("must be a clock time HH:MM between 00:00 and 24:00")
+    return value
+
+
+ClockTime = Annotated[str, AfterValidator(_clock)]
 Disposition = Literal["completed", "refused", "no_answer", "busy", "wrong_number", "reschedule_requested"]
 CallbackState = Literal["scheduled", "due", "completed", "refused", "wrong_number", "expired", "cancelled"]
 DISPOSITIONS: frozenset[str] = frozenset(Disposition.__args__)  # type: ignore[attr-defined]
@@ -38,7 +73,13 @@ class _Data(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-_Open = _Data
+class EventData(_Data):
+    """The data of one event type: its CloudEvents type, its topic, and whether it is personal."""
+
+    event_type: ClassVar[str]
+    topic: ClassVar[str]
+    # Only callback.due and callback.notice.requested may carry name, phone or email (CONTRACT.md 2.3).
+    personal: ClassVar[bool] = False
 
 
 # --- loan.stage.v1 (from upstream) -------------------------------------------------------------
@@ -49,19 +90,19 @@ def message_language(tag: str) -> Literal["zh-CN", "en"]:
     return "en" if tag.lower() == "en" or tag.lower().startswith("en-") else "zh-CN"
 
 
-class Window(_Open):
+class Window(_Data):
     start: ClockTime
     end: ClockTime
 
 
-class Officer(_Open):
+class Officer(_Data):
     id: str = Field(min_length=1)
     name: str | None = None
     email: str | None = None
     phone: str | None = None
 
 
-class Party(_Open):
+class Party(_Data):
     party_id: str = Field(min_length=1)
     role: Role
     name: str = Field(min_length=1)
@@ -82,7 +123,10 @@ class Party(_Open):
         return value
 
 
-class LoanStageChanged(_Open):
+class LoanStageChanged(EventData):
+    event_type = "loan.stage.changed"
+    topic = LOAN_STAGE
+
     loan_id: str = Field(min_length=1)
     stage: Stage
     previous_stage: Stage | None = None
@@ -97,7 +141,9 @@ class LoanStageChanged(_Open):
 # --- callback.lifecycle.v1 (scheduler) ---------------------------------------------------------
 
 
-class CallbackRef(_Data):
+class CallbackRef(EventData):
+    """The fields every callback event carries."""
+
     loan_id: str
     callback_id: str
     party_id: str
@@ -109,6 +155,9 @@ class CallbackRef(_Data):
 
 
 class CallbackScheduled(CallbackRef):
+    event_type = "callback.scheduled"
+    topic = CALLBACK_LIFECYCLE
+
     due_at: AwareDatetime
     deadline: AwareDatetime
     notice_at: AwareDatetime
@@ -119,6 +168,10 @@ class CallbackScheduled(CallbackRef):
 
 
 class CallbackNoticeRequested(CallbackRef):
+    event_type = "callback.notice.requested"
+    topic = CALLBACK_LIFECYCLE
+    personal = True
+
     channel: Literal["sms", "email"]
     due_at: AwareDatetime
     purpose: str
@@ -131,6 +184,10 @@ class CallbackNoticeRequested(CallbackRef):
 
 
 class CallbackDue(CallbackRef):
+    event_type = "callback.due"
+    topic = CALLBACK_LIFECYCLE
+    personal = True
+
     due_at: AwareDatetime
     deadline: AwareDatetime
     name: str
@@ -143,15 +200,24 @@ class CallbackDue(CallbackRef):
 
 
 class CallbackRescheduled(CallbackRef):
+    event_type = "callback.rescheduled"
+    topic = CALLBACK_LIFECYCLE
+
     due_at: AwareDatetime
     reason: Literal["no_answer", "party_requested", "busy"]
 
 
 class CallbackCancelled(CallbackRef):
+    event_type = "callback.cancelled"
+    topic = CALLBACK_LIFECYCLE
+
     reason: Literal["loan_withdrawn", "loan_rejected", "operator"]
 
 
 class CallbackExpired(CallbackRef):
+    event_type = "callback.expired"
+    topic = CALLBACK_LIFECYCLE
+
     reason: Literal["deadline", "attempts_exhausted"]
 
 
@@ -159,6 +225,9 @@ class CallbackExpired(CallbackRef):
 
 
 class CallbackOutcomeRecorded(CallbackRef):
+    event_type = "callback.outcome.recorded"
+    topic = CALLBACK_OUTCOME
+
     attempt_id: str
     disposition: Disposition
     reason_code: ReasonCode | None = None
@@ -168,6 +237,9 @@ class CallbackOutcomeRecorded(CallbackRef):
 
 
 class CallbackRefused(CallbackRef):
+    event_type = "callback.refused"
+    topic = CALLBACK_REFUSED
+
     reason_code: ReasonCode
     agent_id: str
     refusals_for_loan: int = Field(ge=1)
@@ -184,7 +256,10 @@ class PartyResult(_Data):
     reason: str | None = None  # why it expired: deadline | attempts_exhausted
 
 
-class LoanVerificationCompleted(_Data):
+class LoanVerificationCompleted(EventData):
+    event_type = "loan.verification.completed"
+    topic = LOAN_VERIFICATION
+
     loan_id: str
     stage: Stage
     branch_id: str
@@ -196,7 +271,10 @@ class LoanVerificationCompleted(_Data):
 # --- notification.v1 (notifier) ---------------------------------------------------------------
 
 
-class NotificationSent(_Data):
+class NotificationSent(EventData):
+    event_type = "notification.sent"
+    topic = NOTIFICATION
+
     notification_id: str
     loan_id: str
     channel: Literal["webhook", "email", "sms"]
@@ -207,10 +285,13 @@ class NotificationSent(_Data):
 
 
 class NotificationFailed(NotificationSent):
+    event_type = "notification.failed"
+    topic = NOTIFICATION
+
     error: str
 
 
-class EscalationEvent(_Data):
+class EscalationEvent(EventData):
     escalation_id: str
     level: int = Field(ge=1, le=2)
     rule: str
@@ -221,47 +302,38 @@ class EscalationEvent(_Data):
 
 
 class EscalationRaised(EscalationEvent):
-    pass
+    event_type = "escalation.raised"
+    topic = NOTIFICATION
 
 
 class EscalationAcknowledged(EscalationEvent):
-    pass
+    event_type = "escalation.acknowledged"
+    topic = NOTIFICATION
 
 
 class EscalationResolved(EscalationEvent):
-    pass
+    event_type = "escalation.resolved"
+    topic = NOTIFICATION
 
 
-EVENT_TYPES: dict[str, type[BaseModel]] = {
-    "loan.stage.changed": LoanStageChanged,
-    "callback.scheduled": CallbackScheduled,
-    "callback.notice.requested": CallbackNoticeRequested,
-    "callback.due": CallbackDue,
-    "callback.rescheduled": CallbackRescheduled,
-    "callback.cancelled": CallbackCancelled,
-    "callback.expired": CallbackExpired,
-    "callback.outcome.recorded": CallbackOutcomeRecorded,
-    "callback.refused": CallbackRefused,
-    "loan.verification.completed": LoanVerificationCompleted,
-    "notification.sent": NotificationSent,
-    "notification.failed": NotificationFailed,
-    "escalation.raised": EscalationRaised,
-    "escalation.acknowledged": EscalationAcknowledged,
-    "escalation.resolved": EscalationResolved,
-}
-TYPE_OF: dict[type[BaseModel], str] = {model: name for name, model in EVENT_TYPES.items()}
-TOPIC_OF_TYPE: dict[str, str] = {
-    "loan.stage.changed": LOAN_STAGE,
-    **{
-        t: CALLBACK_LIFECYCLE
-        for t in EVENT_TYPES
-        if t.startswith("callback.") and t not in ("callback.outcome.recorded", "callback.refused")
-    },
-    "callback.outcome.recorded": CALLBACK_OUTCOME,
-    "callback.refused": CALLBACK_REFUSED,
-    "loan.verification.completed": LOAN_VERIFICATION,
-    **{t: NOTIFICATION for t in EVENT_TYPES if t.startswith(("notification.", "escalation."))},
-}
+EVENT_MODELS: tuple[type[EventData], ...] = (
+    LoanStageChanged,
+    CallbackScheduled,
+    CallbackNoticeRequested,
+    CallbackDue,
+    CallbackRescheduled,
+    CallbackCancelled,
+    CallbackExpired,
+    CallbackOutcomeRecorded,
+    CallbackRefused,
+    LoanVerificationCompleted,
+    NotificationSent,
+    NotificationFailed,
+    EscalationRaised,
+    EscalationAcknowledged,
+    EscalationResolved,
+)
+EVENT_TYPES: dict[str, type[EventData]] = {model.event_type: model for model in EVENT_MODELS}
 
 
 class Envelope(BaseModel):
@@ -283,13 +355,15 @@ class InvalidEvent(ValueError):
     """A message that cannot be processed; the reason goes to the dead-letter topic."""
 
 
-class Event(BaseModel):
-    """A parsed event: its envelope and its validated data."""
+D = TypeVar("D", bound=EventData, covariant=True)
 
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+@dataclass(frozen=True)
+class Event(Generic[D]):
+    """A parsed event: its envelope and its validated, typed data."""
 
     envelope: Envelope
-    data: BaseModel
+    data: D
 
     @property
     def id(self) -> str:
@@ -300,7 +374,7 @@ class Event(BaseModel):
         return self.envelope.type
 
 
-def parse_event(raw: bytes | None, accepted: frozenset[str] | None = None) -> Event:
+def parse_event(raw: bytes | None, accepted: frozenset[str] | None = None) -> Event[EventData]:
     """Decode and validate one Kafka message value; raises InvalidEvent with a readable reason."""
     if raw is None:
         raise InvalidEvent("empty message (tombstone)")
@@ -329,13 +403,13 @@ def _errors(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors())
 
 
-def new_envelope(data: BaseModel, *, source: str, subject: str, event_id: str | None = None) -> Envelope:
+def new_envelope(data: EventData, *, source: str, subject: str, event_id: str | None = None) -> Envelope:
     """Wrap event data in a CloudEvents envelope."""
     return Envelope(
         specversion="1.0",
         id=event_id or str(uuid.uuid4()),
         source=source,
-        type=TYPE_OF[type(data)],
+        type=data.event_type,
         time=datetime.now(UTC),
         subject=subject,
         datacontenttype="application/json",

@@ -4,9 +4,12 @@ offsets, batches, rebalances and the dead-letter topic."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 import structlog
@@ -15,17 +18,62 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import ConsumerRecord
+from sqlmodel import Field, SQLModel
 
-from shared.db import Database, UnitOfWork, utcnow
-from shared.events import DLQ_SUFFIX, TOPIC_OF_TYPE, TOPICS, Event, InvalidEvent, parse_event
+from shared.db import Database, UnitOfWork, UTCDateTime, is_transient, utcnow
+from shared.events import DLQ_SUFFIX, EVENT_MODELS, TOPICS, Event, EventData, InvalidEvent, parse_event
 from shared.metrics import CONSUMER_BATCH_SECONDS, CONSUMER_UP, DLQ_MESSAGES, EVENTS_CONSUMED
-from shared.outbox import ProcessedEvent
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-Handler = Callable[[UnitOfWork, Event], Awaitable[None]]
 TOPIC_ALREADY_EXISTS = 36
+D = TypeVar("D", bound=EventData, contravariant=True)
+
+
+class Handler(Protocol[D]):
+    """Adapts one event type to the service layer: `async def on_x(*, uow, event: Event[X], ...deps)`."""
+
+    def __call__(self, *, uow: UnitOfWork, event: Event[D]) -> Awaitable[None]: ...
+
+
+# Handlers by event class; the consumer runner checks an event's type once, when it parses it.
+Handlers = Mapping[type[EventData], Handler[Any]]
+# A service's table before its dependencies are bound: handlers may ask for more than uow and event.
+EventHandlers = dict[type[EventData], Callable[..., Awaitable[None]]]
+
+
+def bind(handlers: EventHandlers, **dependencies: object) -> dict[type[EventData], Handler[Any]]:
+    """Give each handler the dependencies its signature names beyond `uow` and `event` (cosmicpython's
+    `inject_dependencies`); a dependency nobody supplied stops the service at start, naming it."""
+    bound: dict[type[EventData], Handler[Any]] = {}
+    for model, handler in handlers.items():
+        wanted = [p for p in inspect.signature(handler).parameters if p not in ("uow", "event")]
+        missing = [p for p in wanted if p not in dependencies]
+        if missing:
+            raise TypeError(f"handler {handler.__name__} for {model.event_type} needs {', '.join(missing)}")
+        bound[model] = partial(handler, **{p: dependencies[p] for p in wanted})
+    return bound
+
+
+class ProcessedEvent(SQLModel, table=True):
+    """Dedupe record: one row per (consumer, event id) handled."""
+
+    __tablename__ = "processed_event"
+
+    consumer: str = Field(primary_key=True, max_length=100)
+    event_id: str = Field(primary_key=True, max_length=255)
+    processed_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+def create_processed_event_table(op: object) -> None:
+    """Used by each service's first migration."""
+    op.create_table(  # type: ignore[attr-defined]
+        "processed_event",
+        sa.Column("consumer", sa.String(100), primary_key=True),
+        sa.Column("event_id", sa.String(255), primary_key=True),
+        sa.Column("processed_at", UTCDateTime(), nullable=False),
+    )
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -78,30 +126,6 @@ async def create_topics(settings: Settings, names: Sequence[str] = TOPICS) -> li
         await admin.close()
 
 
-# SQLSTATEs that clear up on their own: connection (08), rollback/serialization/deadlock (40),
-# resources (53), operator intervention/shutdown (57), lock not available, read-only after failover.
-_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57")
-_TRANSIENT_SQLSTATES = ("55P03", "25006")
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Errors that mean 'try again later', not 'this message is bad'."""
-    if isinstance(exc, sa.exc.DBAPIError):
-        if exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
-            return True
-        state = _sqlstate(exc.orig)
-        return bool(state) and (state[:2] in _TRANSIENT_SQLSTATE_CLASSES or state in _TRANSIENT_SQLSTATES)
-    return isinstance(exc, OSError | ConnectionError | KafkaError | TimeoutError | sa.exc.TimeoutError)
-
-
-def _sqlstate(error: BaseException | None) -> str:
-    for candidate in (error, getattr(error, "__cause__", None)):
-        state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
-        if isinstance(state, str):
-            return state
-    return ""
-
-
 def safe_reason(exc: BaseException) -> str:
     """An error's type, plus field-level detail for validation errors: never input values or SQL params."""
     from pydantic import ValidationError
@@ -139,7 +163,7 @@ class ConsumerRunner:
         db: Database,
         producer: AIOKafkaProducer,
         topics: Sequence[str],
-        handlers: dict[str, Handler],
+        handlers: Handlers,
     ) -> None:
         self.service = service
         self.settings = settings
@@ -153,8 +177,10 @@ class ConsumerRunner:
         self.last_error: str | None = None
         self._stopping = asyncio.Event()
         self.batch_lock = asyncio.Lock()
+        # Every type of a subscribed topic is accepted (those without a handler are only marked seen);
+        # any other type is dead-lettered as unknown.
         self._accepted = {
-            settings.topic(t): frozenset(k for k, v in TOPIC_OF_TYPE.items() if v == t) for t in self.topics
+            settings.topic(t): frozenset(m.event_type for m in EVENT_MODELS if m.topic == t) for t in self.topics
         }
 
     async def run(self) -> None:
@@ -211,7 +237,7 @@ class ConsumerRunner:
 
     async def _process(self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
         started = time.perf_counter()
-        good: list[tuple[ConsumerRecord, Event]] = []
+        good: list[tuple[ConsumerRecord, Event[EventData]]] = []
         poison: list[tuple[ConsumerRecord, str]] = []
         for record in records:
             try:
@@ -250,7 +276,7 @@ class ConsumerRunner:
             log.warning("consumer.commit_failed", service=self.service, partition=tp.partition)
         CONSUMER_BATCH_SECONDS.labels(self.service).observe(time.perf_counter() - started)
 
-    async def _apply_batch(self, batch: list[tuple[ConsumerRecord, Event]]) -> None:
+    async def _apply_batch(self, batch: list[tuple[ConsumerRecord, Event[EventData]]]) -> None:
         results: list[tuple[str, str, str]] = []
         done: list[str] = []
         async with self.db.uow() as uow:
@@ -260,9 +286,9 @@ class ConsumerRunner:
                     results.append((record.topic, event.type, "duplicate"))
                     continue
                 seen.add(event.id)
-                handler = self.handlers.get(event.type)
+                handler = self.handlers.get(type(event.data))
                 if handler is not None:
-                    await handler(uow, event)
+                    await handler(uow=uow, event=event)
                 done.append(event.id)
                 results.append((record.topic, event.type, "handled" if handler else "ignored"))
             if done:

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 from sqlmodel import Field, SQLModel
 
 from shared.db import ENCRYPTED_PREFIX, BigIntPK, Database, UnitOfWork, UTCDateTime, utcnow
-from shared.events import CONTENT_TYPE
+from shared.events import CONTENT_TYPE, EventData, encode, new_envelope
 from shared.metrics import OUTBOX_PUBLISHED, OUTBOX_RELAY_ERRORS
 
 log = structlog.get_logger(__name__)
@@ -32,18 +32,8 @@ class OutboxMessage(SQLModel, table=True):
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
 
 
-class ProcessedEvent(SQLModel, table=True):
-    """Dedupe record: one row per (consumer, event id) handled."""
-
-    __tablename__ = "processed_event"
-
-    consumer: str = Field(primary_key=True, max_length=100)
-    event_id: str = Field(primary_key=True, max_length=255)
-    processed_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
-
-
-def create_common_tables(op: object) -> None:
-    """Used by each service's first migration: the outbox and the dedupe table."""
+def create_outbox_table(op: object) -> None:
+    """Used by each service's first migration."""
     create_table = op.create_table  # type: ignore[attr-defined]
     create_index = op.create_index  # type: ignore[attr-defined]
     create_table(
@@ -63,12 +53,25 @@ def create_common_tables(op: object) -> None:
         postgresql_where=sa.text("sent_at IS NULL"),
         sqlite_where=sa.text("sent_at IS NULL"),
     )
-    create_table(
-        "processed_event",
-        sa.Column("consumer", sa.String(100), primary_key=True),
-        sa.Column("event_id", sa.String(255), primary_key=True),
-        sa.Column("processed_at", UTCDateTime(), nullable=False),
+
+
+def enqueue(uow: UnitOfWork, data: EventData, *, key: str, event_id: str | None = None) -> str:
+    """Queue an event in the unit of work; the relay publishes it after commit. Returns its id."""
+    db = uow.db
+    envelope = new_envelope(data, source=db.source, subject=key, event_id=event_id)
+    payload = encode(envelope).decode()
+    if data.personal:
+        # Contact details wait in the outbox until sent: encrypted there like everywhere at rest.
+        if db.cipher is None:
+            raise RuntimeError(f"{data.event_type} carries personal data: the database needs a cipher")
+        payload = ENCRYPTED_PREFIX + db.cipher.encrypt(payload)
+    uow.session.add(
+        OutboxMessage(
+            event_id=envelope.id, topic=db.topic_prefix + data.topic, key=key, payload=payload, created_at=utcnow()
+        )
     )
+    uow.emitted += 1
+    return envelope.id
 
 
 class OutboxRelay:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import tomllib
 from datetime import timedelta
 from pathlib import Path
@@ -10,35 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-Role = Literal["borrower", "co_borrower", "guarantor"]
-Stage = Literal[
-    "application_submitted",
-    "initial_review_passed",
-    "final_check",
-    "approved",
-    "rejected",
-    "withdrawn",
-    "disbursed",
-]
-ReasonCode = Literal[
-    "distrust",
-    "privacy_concern",
-    "time_conflict",
-    "communication_barrier",
-    "process_misunderstanding",
-    "emotional_distress",
-    "suspected_fraud",
-    "other",
-]
-
-_CLOCK = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)$")
-
-
-def _clock(value: str) -> str:
-    match = _CLOCK.match(value)
-    if not match or (match.group(1) == "24" and match.group(2) != "00"):
-        raise ValueError("must be a clock time HH:MM between 00:00 and 24:00")
-    return value
+from shared.events import ClockTime, ReasonCode, Role, Stage
 
 
 def _non_negative(value: timedelta) -> timedelta:
@@ -47,7 +18,6 @@ def _non_negative(value: timedelta) -> timedelta:
     return value
 
 
-ClockTime = Annotated[str, AfterValidator(_clock)]
 Duration = Annotated[timedelta, AfterValidator(_non_negative)]
 
 

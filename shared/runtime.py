@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from shared.crypto import Cipher, cipher_from_settings
 from shared.db import Database, resolve_url
-from shared.kafka import ConsumerRunner, Handler, make_producer
+from shared.kafka import ConsumerRunner, Handlers, make_producer
 from shared.outbox import OutboxRelay
 from shared.settings import Settings
 
@@ -55,7 +55,7 @@ class Runtime:
         finally:
             await runtime.stop()
 
-    async def start(self, *, migrations: Path, topics: Sequence[str], handlers: dict[str, Handler]) -> None:
+    async def start(self, *, migrations: Path, topics: Sequence[str], handlers: Handlers) -> None:
         await self.db.migrate(migrations)
         await self.producer.start()
         self.consumer = ConsumerRunner(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pytest_httpserver import HTTPServer
 
-from shared.devstack import KafkaBroker, Postgres, free_port
+from cli.devstack import KafkaBroker, Postgres, free_port
 from shared.logs import configure_logging
 from tests.support import Huifang
 

@@ -17,10 +17,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI
 from pytest_httpserver import HTTPServer
 
+from cli.devstack import free_port
 from shared.crypto import Cipher
 from shared.db import Database
-from shared.devstack import free_port
-from shared.events import DLQ_SUFFIX, TOPICS, Envelope, encode
+from shared.events import DLQ_SUFFIX, EVENT_TYPES, TOPICS, Envelope, encode
 from shared.kafka import create_topics
 from shared.settings import Settings
 
@@ -215,9 +215,7 @@ class Huifang:
     async def publish_event(self, type_: str, data: dict[str, Any], *, key: str, event_id: str | None = None) -> str:
         event_id = event_id or str(uuid.uuid4())
         envelope = Envelope(specversion="1.0", id=event_id, source="/los/test", type=type_, subject=key, data=data)
-        from shared.events import TOPIC_OF_TYPE
-
-        await self.publish(TOPIC_OF_TYPE[type_], encode(envelope), key)
+        await self.publish(EVENT_TYPES[type_].topic, encode(envelope), key)
         return event_id
 
     def client(self, service: str, role: str | None = "agent") -> httpx.AsyncClient:

@@ -17,6 +17,7 @@ from services.notifier.models import Escalation, EscalationRequest, Notification
 from shared.crypto import Cipher
 from shared.db import Database, utcnow
 from shared.events import EscalationAcknowledged, EscalationResolved
+from shared.outbox import enqueue
 from shared.web import Principal, SupervisorAuth, problem
 
 router = APIRouter(prefix="/v1", tags=["notifications"])
@@ -216,7 +217,7 @@ async def _change(
             )
             event = escalation_event(EscalationResolved, esc, by=esc.resolved_by)
         uow.session.add(esc)
-        uow.emit(event, key=esc.loan_id)
+        enqueue(uow, event, key=esc.loan_id)
         try:
             await uow.commit()
         except sa.exc.IntegrityError:

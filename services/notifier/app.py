@@ -13,9 +13,10 @@ from fastapi import FastAPI
 from services.notifier import api
 from services.notifier.delivery import Channels, DeliveryLoop, Retry
 from services.notifier.escalation import EscalationLoop
-from services.notifier.handlers import handlers
+from services.notifier.handlers import HANDLERS
 from services.notifier.outbound import Outbound
 from shared.events import CALLBACK_LIFECYCLE, CALLBACK_REFUSED, LOAN_STAGE
+from shared.kafka import bind
 from shared.policy import load_policy
 from shared.runtime import Runtime
 from shared.settings import Settings, load_settings
@@ -41,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await runtime.start(
                     migrations=MIGRATIONS,
                     topics=[LOAN_STAGE, CALLBACK_LIFECYCLE, CALLBACK_REFUSED],
-                    handlers=handlers(policy, out),
+                    handlers=bind(HANDLERS, policy=policy, out=out),
                 )
                 secret = settings.huifang_webhook_secret
                 if settings.huifang_notify_webhook_url and secret is None:

@@ -25,6 +25,7 @@ from shared.crypto import Cipher
 from shared.db import Database, UnitOfWork, utcnow
 from shared.events import NotificationFailed, NotificationSent
 from shared.metrics import NOTIFICATIONS
+from shared.outbox import enqueue
 
 log = structlog.get_logger(__name__)
 
@@ -246,10 +247,10 @@ class DeliveryLoop:
         )
         if error is None:
             note.status, note.sent_at, note.last_error = "sent", now, None
-            uow.emit(NotificationSent(**common), key=note.loan_id)  # type: ignore[arg-type]
+            enqueue(uow, NotificationSent(**common), key=note.loan_id)  # type: ignore[arg-type]
             NOTIFICATIONS.labels(note.channel, "sent").inc()
         else:
             note.status, note.last_error = "failed", error[:500]
-            uow.emit(NotificationFailed(**common, error=note.last_error), key=note.loan_id)  # type: ignore[arg-type]
+            enqueue(uow, NotificationFailed(**common, error=note.last_error), key=note.loan_id)  # type: ignore[arg-type]
             NOTIFICATIONS.labels(note.channel, "failed").inc()
             log.warning("notifier.failed", notification_id=note.notification_id, attempts=note.attempts, error=error)

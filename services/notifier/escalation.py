@@ -15,6 +15,7 @@ from shared.claims import claim
 from shared.db import Database, UnitOfWork, utcnow
 from shared.events import CallbackRefused, EscalationEvent, EscalationRaised
 from shared.metrics import TIMER_LATENESS, TIMERS_FIRED
+from shared.outbox import enqueue
 from shared.policy import Policy
 
 E = TypeVar("E", bound=EscalationEvent)
@@ -59,7 +60,7 @@ async def announce(
     *, uow: UnitOfWork, esc: Escalation, source_event_id: str, officer_id: str | None, **extra: Any
 ) -> None:
     """Emit `escalation.raised` at the current level and tell its assignee by webhook (ids only)."""
-    uow.emit(escalation_event(EscalationRaised, esc), key=esc.loan_id)
+    enqueue(uow, escalation_event(EscalationRaised, esc), key=esc.loan_id)
     payload = {
         "type": "escalation.raised",
         "loan_id": esc.loan_id,

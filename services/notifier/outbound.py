@@ -13,6 +13,7 @@ from services.notifier.messages import Composed, compose, find_party
 from services.notifier.models import LoanContact, Notification
 from shared.crypto import Cipher
 from shared.db import UnitOfWork, utcnow
+from shared.events import LoanStageChanged
 
 # Fixed namespace so a notification's id follows from (event, recipient, channel) on every replica.
 NAMESPACE = uuid.UUID("6b2f1c4e-9a53-4d1e-8f0a-1c2d3e4f5a6b")
@@ -137,3 +138,25 @@ async def notify(
             payload=payload,
             sealed=seal(out.cipher, composed) if composed else None,
         )
+
+
+async def keep_contacts(*, uow: UnitOfWork, event: LoanStageChanged, cipher: Cipher) -> LoanContact:
+    """Keep the latest officer and party contacts of a loan, encrypted."""
+    fields = {"party_id", "role", "name", "phone", "email", "language", "timezone"}
+    contacts = {
+        "officer": event.officer.model_dump(mode="json"),
+        "parties": [p.model_dump(mode="json", include=fields) for p in event.parties],
+    }
+    row = await uow.session.get(LoanContact, event.loan_id)
+    if row is None:
+        row = LoanContact(
+            loan_id=event.loan_id, branch_id=event.branch_id, officer_id=event.officer.id, contacts_enc=""
+        )
+    row.branch_id = event.branch_id
+    row.officer_id = event.officer.id
+    row.contacts_enc = cipher.encrypt_json(contacts)
+    row.updated_at = utcnow()
+    uow.session.add(row)
+    # Flush so a second event for the loan in the same batch finds this row.
+    await uow.session.flush()
+    return row

@@ -14,9 +14,9 @@ from sqlmodel import col, select
 
 from services.outcomes import idempotency
 from services.outcomes.attempts import AttemptIn, AttemptOut, AttemptRejected, attempt_out, record_attempt
-from services.outcomes.handlers import party_result, verification_status
 from services.outcomes.models import Attempt, CallbackView, LoanVerification
 from services.outcomes.stats import GroupBy, RefusalStats, StatsRequestError, refusal_stats
+from services.outcomes.verification import party_result, verification_status
 from shared.db import utcnow
 from shared.events import CLOSED_STATES
 from shared.runtime import Runtime

@@ -11,9 +11,10 @@ from fastapi.staticfiles import StaticFiles
 
 from services.outcomes import api
 from services.outcomes.dashboard import views as dashboard
-from services.outcomes.handlers import handlers
+from services.outcomes.handlers import HANDLERS
 from services.outcomes.stats import install_sqlite_functions
 from shared.events import CALLBACK_LIFECYCLE, NOTIFICATION
+from shared.kafka import bind
 from shared.runtime import Runtime
 from shared.settings import Settings, load_settings
 from shared.web import create_app as create_web_app
@@ -30,7 +31,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with Runtime.running(app, service=SERVICE, settings=settings) as runtime:
             if runtime.db.dialect == "sqlite":
                 install_sqlite_functions(runtime.db.engine)
-            await runtime.start(migrations=MIGRATIONS, topics=[CALLBACK_LIFECYCLE, NOTIFICATION], handlers=handlers())
+            topics = [CALLBACK_LIFECYCLE, NOTIFICATION]
+            await runtime.start(migrations=MIGRATIONS, topics=topics, handlers=bind(HANDLERS))
             yield
 
     app = create_web_app(

@@ -9,13 +9,13 @@ from typing import Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from services.outcomes.handlers import complete_if_closed, lock_loan, refusals_for_loan
 from services.outcomes.models import Attempt, CallbackView
+from services.outcomes.verification import complete_if_closed, lock_loan, refusals_for_loan
 from shared.crypto import Cipher
 from shared.db import UnitOfWork, utcnow
-from shared.events import CLOSED_STATES, CallbackOutcomeRecorded, CallbackRefused, Disposition
+from shared.events import CLOSED_STATES, CallbackOutcomeRecorded, CallbackRefused, Disposition, ReasonCode
 from shared.metrics import REFUSALS
-from shared.policy import ReasonCode
+from shared.outbox import enqueue
 
 CLOSING = {"completed", "refused", "wrong_number"}
 
@@ -126,7 +126,8 @@ async def record_attempt(*, uow: UnitOfWork, callback_id: str, body: AttemptIn, 
         view.reason_code, view.agent_id = body.reason_code, body.agent_id
     view.updated_at = now
     uow.session.add(view)
-    uow.emit(
+    enqueue(
+        uow,
         CallbackOutcomeRecorded(
             **ref,
             state=view.state,
@@ -143,7 +144,8 @@ async def record_attempt(*, uow: UnitOfWork, callback_id: str, body: AttemptIn, 
     if body.disposition == "refused":
         assert body.reason_code is not None
         REFUSALS.labels(body.reason_code).inc()
-        uow.emit(
+        enqueue(
+            uow,
             CallbackRefused(
                 **ref,
                 state="refused",

@@ -1,18 +1,10 @@
-"""Events in: keep the callback and escalation views; close loans' verifications when their last callback closes."""
+"""Events in, adapted to the service layer: one handler per event class."""
 
 from __future__ import annotations
 
-import json
-from datetime import datetime
-
-import sqlalchemy as sa
-from sqlmodel import col, select
-
-from services.outcomes.models import Attempt, CallbackView, EscalationView, LoanVerification
+from services.outcomes import escalations, verification
 from shared.db import UnitOfWork, utcnow
 from shared.events import (
-    CLOSED_STATES,
-    DISPOSITIONS,
     CallbackCancelled,
     CallbackDue,
     CallbackExpired,
@@ -24,200 +16,28 @@ from shared.events import (
     EscalationRaised,
     EscalationResolved,
     Event,
-    LoanVerificationCompleted,
-    PartyResult,
 )
-from shared.kafka import Handler
+from shared.kafka import EventHandlers
 
 
-async def find_view(*, uow: UnitOfWork, callback_id: str) -> CallbackView | None:
-    return await uow.session.get(CallbackView, callback_id)
+async def on_lifecycle(*, uow: UnitOfWork, event: Event[CallbackRef]) -> None:
+    """Mirror the scheduler's callback; a closing event may complete the loan's verification."""
+    await verification.track_callback(uow=uow, event=event.data)
 
 
-async def lock_loan(*, uow: UnitOfWork, loan_id: str) -> list[CallbackView]:
-    """Lock (PostgreSQL) and reload the loan's callbacks, so two closings of one loan run one after the other."""
-    # Without it, two callbacks closing at once would each see the other still open, and nobody
-    # would complete the loan. Locking in callback_id order keeps concurrent lockers from deadlocking.
-    # SQLite needs nothing: BEGIN IMMEDIATE already serialises writers.
-    query = (
-        select(CallbackView)
-        .where(CallbackView.loan_id == loan_id)
-        .order_by(col(CallbackView.callback_id))
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    return list((await uow.session.execute(query)).scalars())
+async def on_escalation(*, uow: UnitOfWork, event: Event[EscalationEvent]) -> None:
+    """Keep the dashboard's copy of an escalation."""
+    await escalations.track_escalation(uow=uow, event=event.data, at=event.envelope.time or utcnow())
 
 
-async def on_lifecycle(*, uow: UnitOfWork, event: CallbackRef) -> None:
-    """Mirror the scheduler's callback state; a closing event may complete the loan's verification."""
-    await lock_loan(uow=uow, loan_id=event.loan_id)
-    view = await find_view(uow=uow, callback_id=event.callback_id)
-    now = utcnow()
-    if view is None and isinstance(event, CallbackScheduled):
-        await start_new_round_if_done(uow=uow, loan_id=event.loan_id, stage=event.stage)
-    if view is None:
-        view = CallbackView(
-            callback_id=event.callback_id,
-            loan_id=event.loan_id,
-            stage=event.stage,
-            branch_id=event.branch_id,
-            party_id=event.party_id,
-            role=event.role,
-            state=event.state,
-            attempt=event.attempt,
-        )
-    elif view.state in CLOSED_STATES:
-        return  # closed here first (an attempt) or already closed: later lifecycle news changes nothing
-    view.state = event.state
-    view.attempt = max(view.attempt, event.attempt)
-    view.updated_at = now
-    if isinstance(event, CallbackScheduled):
-        view.verification_items = json.dumps(event.verification_items)
-        # A questionnaire-route callback is never phoned, so it has no call time to be overdue against.
-        view.due_at = None if event.channel == "questionnaire" else event.due_at
-        view.deadline = event.deadline
-    elif isinstance(event, CallbackDue | CallbackRescheduled):
-        view.due_at = event.due_at
-    elif isinstance(event, CallbackExpired | CallbackCancelled):
-        view.final_disposition = event.state if isinstance(event, CallbackCancelled) else f"expired:{event.reason}"
-        view.closed_at = now
-    uow.session.add(view)
-    if view.closed_at is not None:
-        await uow.session.flush()
-        await complete_if_closed(uow=uow, loan_id=view.loan_id, stage=view.stage, now=now)
-
-
-async def start_new_round_if_done(*, uow: UnitOfWork, loan_id: str, stage: str) -> None:
-    """A new callback for a stage already reported: that report stands, and a new round begins."""
-    done = await uow.session.get(LoanVerification, (loan_id, stage))
-    if done is None:
-        return
-    await uow.session.delete(done)
-    await uow.session.execute(
-        sa.update(CallbackView)
-        .where(col(CallbackView.loan_id) == loan_id, col(CallbackView.stage) == stage)
-        .values(superseded=True)
-    )
-    await uow.session.flush()
-
-
-def verification_status(final: list[str]) -> str:
-    """refused if any refused; unreachable if any expired unanswered or wrong number; cancelled; else verified."""
-    if "refused" in final:
-        return "refused"
-    if any(f.startswith("expired") or f == "wrong_number" for f in final):
-        return "unreachable"
-    if "cancelled" in final:
-        return "cancelled"
-    return "verified"
-
-
-def party_result(view: CallbackView) -> PartyResult:
-    """One party's line of loan.verification.completed: a real disposition, or the state and why."""
-    final = view.final_disposition or view.state
-    state, _, reason = final.partition(":")
-    return PartyResult(
-        party_id=view.party_id,
-        role=view.role,  # type: ignore[arg-type]
-        callback_id=view.callback_id,
-        disposition=final if final in DISPOSITIONS else None,  # type: ignore[arg-type]
-        state=state,  # type: ignore[arg-type]
-        reason=reason or None,
-    )
-
-
-async def complete_if_closed(*, uow: UnitOfWork, loan_id: str, stage: str, now: datetime) -> None:
-    """Emit loan.verification.completed once every callback of the loan's stage is closed."""
-    views = list(
-        (
-            await uow.session.execute(
-                select(CallbackView).where(
-                    CallbackView.loan_id == loan_id,
-                    CallbackView.stage == stage,
-                    col(CallbackView.superseded).is_(False),
-                )
-            )
-        ).scalars()
-    )
-    if not views or any(v.state not in CLOSED_STATES for v in views):
-        return
-    if await uow.session.get(LoanVerification, (loan_id, stage)) is not None:
-        return
-    ordered = sorted(views, key=lambda v: (v.role, v.party_id))
-    parties = [party_result(v) for v in ordered]
-    status = verification_status([v.final_disposition or v.state for v in ordered])
-    uow.session.add(
-        LoanVerification(
-            loan_id=loan_id,
-            stage=stage,
-            status=status,
-            completed_at=now,
-            parties=json.dumps([p.model_dump() for p in parties]),
-        )
-    )
-    uow.emit(
-        LoanVerificationCompleted(
-            loan_id=loan_id,
-            stage=stage,
-            branch_id=views[0].branch_id,
-            status=status,  # type: ignore[arg-type]
-            parties=parties,
-            completed_at=now,
-        ),
-        key=loan_id,
-    )
-
-
-async def refusals_for_loan(*, uow: UnitOfWork, loan_id: str) -> int:
-    count = await uow.session.scalar(
-        sa.select(sa.func.count())
-        .select_from(Attempt)
-        .where(col(Attempt.loan_id) == loan_id, col(Attempt.disposition) == "refused")
-    )
-    return int(count or 0)
-
-
-ESCALATION_STATE = {EscalationRaised: "open", EscalationAcknowledged: "acknowledged", EscalationResolved: "resolved"}
-STATE_RANK = {"open": 0, "acknowledged": 1, "resolved": 2}
-
-
-async def on_escalation(*, uow: UnitOfWork, event: EscalationEvent, at: datetime) -> EscalationView:
-    """Keep the dashboard's copy of an escalation: raised (again at level 2), acknowledged, resolved."""
-    state = ESCALATION_STATE[type(event)]
-    view = await uow.session.get(EscalationView, event.escalation_id)
-    if view is None:
-        view = EscalationView(
-            escalation_id=event.escalation_id,
-            loan_id=event.loan_id,
-            callback_id=event.callback_id,
-            level=event.level,
-            rule=event.rule,
-            assignee=event.assignee,
-            state=state,
-            raised_at=at,
-        )
-    # A state never goes back (a level-2 raise after an acknowledgement keeps it acknowledged).
-    if STATE_RANK[state] >= STATE_RANK[view.state]:
-        view.state = state
-    if event.level >= view.level:
-        view.level, view.assignee = event.level, event.assignee
-    view.updated_at = utcnow()
-    uow.session.add(view)
-    return view
-
-
-def handlers() -> dict[str, Handler]:
-    async def lifecycle(uow: UnitOfWork, event: Event) -> None:
-        assert isinstance(event.data, CallbackRef)
-        await on_lifecycle(uow=uow, event=event.data)
-
-    async def escalation(uow: UnitOfWork, event: Event) -> None:
-        assert isinstance(event.data, EscalationEvent)
-        await on_escalation(uow=uow, event=event.data, at=event.envelope.time or utcnow())
-
-    names = ("callback.scheduled", "callback.due", "callback.rescheduled", "callback.cancelled", "callback.expired")
-    escalations = ("escalation.raised", "escalation.acknowledged", "escalation.resolved")
-    table: dict[str, Handler] = dict.fromkeys(names, lifecycle)
-    table.update(dict.fromkeys(escalations, escalation))
-    return table
+# callback.notice.requested is not here: it carries contact details that outcomes has no use for.
+HANDLERS: EventHandlers = {
+    CallbackScheduled: on_lifecycle,
+    CallbackDue: on_lifecycle,
+    CallbackRescheduled: on_lifecycle,
+    CallbackCancelled: on_lifecycle,
+    CallbackExpired: on_lifecycle,
+    EscalationRaised: on_escalation,
+    EscalationAcknowledged: on_escalation,
+    EscalationResolved: on_escalation,
+}

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, Query, Request
 from pydantic import AwareDatetime, BaseModel, Field
 from sqlmodel import col, select
 
-from services.scheduler.handlers import close, find, flags_of, publish, ref
+from services.scheduler.callbacks import close, find, flags_of, publish, ref
 from services.scheduler.models import Callback, CallbackEvent, CancelRequest
 from shared.db import Database, utcnow
 from shared.events import CLOSED_STATES, CallbackCancelled, CallbackState, Role, Stage

@@ -9,9 +9,10 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.scheduler import api
-from services.scheduler.handlers import handlers
+from services.scheduler.handlers import HANDLERS
 from services.scheduler.timers import TimerLoop
 from shared.events import CALLBACK_OUTCOME, LOAN_STAGE
+from shared.kafka import bind
 from shared.policy import load_policy
 from shared.runtime import Runtime
 from shared.settings import Settings, load_settings
@@ -28,9 +29,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with Runtime.running(app, service=SERVICE, settings=settings) as runtime:
-            await runtime.start(
-                migrations=MIGRATIONS, topics=[LOAN_STAGE, CALLBACK_OUTCOME], handlers=handlers(policy, runtime.cipher)
-            )
+            handlers = bind(HANDLERS, policy=policy, cipher=runtime.cipher)
+            await runtime.start(migrations=MIGRATIONS, topics=[LOAN_STAGE, CALLBACK_OUTCOME], handlers=handlers)
             timers = TimerLoop(
                 db=runtime.db, cipher=runtime.cipher, poll_seconds=settings.huifang_timer_poll_seconds, policy=policy
             )

@@ -11,13 +11,12 @@ import structlog
 from sqlmodel import col, select
 
 from services.scheduler import planner
-from services.scheduler.handlers import add_timer, expire, publish, reach, ref
+from services.scheduler.callbacks import add_timer, expire, publish, reach, ref
 from services.scheduler.models import Callback, Timer
 from shared.claims import claim
 from shared.crypto import Cipher
-from shared.db import Database, UnitOfWork, utcnow
+from shared.db import Database, UnitOfWork, is_transient, utcnow
 from shared.events import CLOSED_STATES, CallbackDue, CallbackNoticeRequested, message_language
-from shared.kafka import is_transient
 from shared.metrics import TIMER_LATENESS, TIMERS_FIRED
 from shared.policy import Policy
 

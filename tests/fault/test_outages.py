@@ -14,7 +14,7 @@ import httpx
 import pytest
 from pytest_httpserver import HTTPServer
 
-from shared.devstack import KafkaBroker, Postgres, free_port
+from cli.devstack import KafkaBroker, Postgres, free_port
 from tests.conftest import TEST_HOME
 from tests.support import Huifang, loan_event, wait_for
 

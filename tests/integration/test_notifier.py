@@ -24,9 +24,9 @@ from aiosmtpd.controller import Controller
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
+from cli.devstack import free_port
 from services.notifier.channels.webhook import verify
 from shared.db import Database
-from shared.devstack import free_port
 from shared.kafka import create_topics
 from tests.support import WEBHOOK_SECRET, Huifang, wait_for
 

@@ -15,7 +15,7 @@ from shared.crypto import Cipher, generate_key
 from shared.db import Database
 from shared.events import CallbackDue, CallbackScheduled
 from shared.kafka import create_topics
-from shared.outbox import OutboxMessage, OutboxRelay
+from shared.outbox import OutboxMessage, OutboxRelay, enqueue
 from shared.settings import Settings
 from tests.support import service_database
 
@@ -46,7 +46,8 @@ async def test_personal_events_wait_encrypted_and_leave_no_copy(database: Databa
     )
     await create_topics(settings)
     async with database.uow() as uow:
-        uow.emit(
+        enqueue(
+            uow,
             CallbackScheduled(
                 loan_id=loan,
                 **REF,
@@ -58,7 +59,8 @@ async def test_personal_events_wait_encrypted_and_leave_no_copy(database: Databa
             ),
             key=loan,
         )
-        uow.emit(
+        enqueue(
+            uow,
             CallbackDue(
                 loan_id=loan,
                 **REF,

@@ -9,8 +9,8 @@ from datetime import timedelta
 import pytest
 
 from services.outcomes.attempts import AttemptIn, AttemptRejected, record_attempt
-from services.outcomes.handlers import on_lifecycle
 from services.outcomes.models import CallbackView
+from services.outcomes.verification import track_callback
 from shared.crypto import Cipher, generate_key
 from shared.db import Database, utcnow
 from shared.events import CallbackScheduled
@@ -38,8 +38,8 @@ def scheduled(
 
 async def test_questionnaire_callbacks_have_no_call_time_to_be_overdue(database: Database) -> None:
     async with database.uow() as uow:
-        await on_lifecycle(uow=uow, event=scheduled("CB-Q", channel="questionnaire"))
-        await on_lifecycle(uow=uow, event=scheduled("CB-P"))
+        await track_callback(uow=uow, event=scheduled("CB-Q", channel="questionnaire"))
+        await track_callback(uow=uow, event=scheduled("CB-P"))
         await uow.commit()
     async with database.uow() as uow:
         questionnaire = await uow.session.get(CallbackView, "CB-Q")
@@ -50,7 +50,7 @@ async def test_questionnaire_callbacks_have_no_call_time_to_be_overdue(database:
 
 async def test_no_attempt_is_accepted_once_the_deadline_has_passed(database: Database) -> None:
     async with database.uow() as uow:
-        await on_lifecycle(uow=uow, event=scheduled("CB-LATE", deadline_in=timedelta(seconds=-1)))
+        await track_callback(uow=uow, event=scheduled("CB-LATE", deadline_in=timedelta(seconds=-1)))
         await uow.commit()
     body = AttemptIn(disposition="completed", agent_id="A-1")
     async with database.uow() as uow:

@@ -20,9 +20,9 @@ import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
 
+from cli.devstack import free_port
 from shared.crypto import generate_key
 from shared.db import Database
-from shared.devstack import free_port
 from shared.events import Envelope, encode
 from shared.kafka import create_topics
 from shared.outbox import OutboxMessage

@@ -13,7 +13,6 @@ from pydantic import BaseModel, ValidationError
 
 from shared.events import (
     EVENT_TYPES,
-    TOPIC_OF_TYPE,
     CallbackRefused,
     InvalidEvent,
     LoanStageChanged,
@@ -115,12 +114,14 @@ def test_event_types_are_those_of_the_contract() -> None:
 
 
 @pytest.mark.parametrize("event_type", sorted(CONTRACT_TOPIC_OF_TYPE))
-def test_every_type_maps_to_its_contract_topic(event_type: str) -> None:
-    assert TOPIC_OF_TYPE[event_type] == CONTRACT_TOPIC_OF_TYPE[event_type]
+def test_every_model_declares_its_contract_topic(event_type: str) -> None:
+    assert EVENT_TYPES[event_type].topic == CONTRACT_TOPIC_OF_TYPE[event_type]
 
 
-def test_no_type_maps_outside_the_contract() -> None:
-    assert TOPIC_OF_TYPE == CONTRACT_TOPIC_OF_TYPE
+def test_only_the_contract_personal_events_are_marked_personal() -> None:
+    """CONTRACT.md 2.3: the outbox encrypts exactly these two at rest."""
+    personal = {name for name, model in EVENT_TYPES.items() if model.personal}
+    assert personal == {"callback.due", "callback.notice.requested"}
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,9 @@ import sqlalchemy as sa
 from aiokafka.errors import KafkaConnectionError
 from pydantic import BaseModel, ValidationError
 
+from shared.db import is_transient
 from shared.events import InvalidEvent
-from shared.kafka import is_transient, safe_reason
+from shared.kafka import safe_reason
 
 
 class _PgError(Exception):
@@ -49,3 +50,43 @@ def test_safe_reason_never_carries_input_values_or_sql_parameters() -> None:
     assert "phone" in reason and "+8613800138000" not in reason and "张伟" not in reason
     assert safe_reason(_dbapi("23505")) == "DBAPIError"
     assert safe_reason(InvalidEvent("not valid JSON: x")) == "not valid JSON: x"
+
+
+# --- handler tables ------------------------------------------------------------------------------
+
+
+async def test_bind_gives_each_handler_the_dependencies_it_names() -> None:
+    from shared.events import Event, LoanStageChanged
+    from shared.kafka import bind
+
+    seen: dict[str, object] = {}
+
+    async def on_stage(*, uow: object, event: Event[LoanStageChanged], policy: str) -> None:
+        seen.update(uow=uow, event=event, policy=policy)
+
+    bound = bind({LoanStageChanged: on_stage}, policy="the policy", cipher="unused")
+    await bound[LoanStageChanged](uow="uow", event="event")  # type: ignore[arg-type]
+    assert seen == {"uow": "uow", "event": "event", "policy": "the policy"}
+
+
+def test_bind_refuses_a_handler_whose_dependency_nobody_supplies() -> None:
+    from shared.events import CallbackRefused, Event
+    from shared.kafka import bind
+
+    async def on_refused(*, uow: object, event: Event[CallbackRefused], out: object) -> None:
+        raise AssertionError("never called")
+
+    with pytest.raises(TypeError, match=r"on_refused for callback.refused needs out"):
+        bind({CallbackRefused: on_refused}, policy="p")
+
+
+@pytest.mark.parametrize("service", ["scheduler", "outcomes", "notifier"])
+def test_every_service_table_is_keyed_by_event_class_and_binds(service: str) -> None:
+    import importlib
+
+    from shared.events import EVENT_MODELS
+    from shared.kafka import bind
+
+    table = importlib.import_module(f"services.{service}.handlers").HANDLERS
+    assert table and set(table) <= set(EVENT_MODELS)
+    assert set(bind(table, policy=object(), cipher=object(), out=object())) == set(table)

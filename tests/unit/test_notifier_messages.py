@@ -9,8 +9,8 @@ import pytest
 
 from services.notifier.channels.email import build_message, classify_smtp
 from services.notifier.delivery import Retry
-from services.notifier.handlers import questionnaire_url
 from services.notifier.messages import compose, render
+from services.notifier.notifications import questionnaire_url
 from services.notifier.outbound import Outbound, Route, officer_routes, party_route
 from shared.crypto import Cipher, generate_key
 from shared.policy import Escalation, Policy

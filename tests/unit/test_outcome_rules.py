@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from services.outcomes.attempts import AttemptIn
-from services.outcomes.handlers import party_result, verification_status
 from services.outcomes.models import CallbackView
+from services.outcomes.verification import party_result, verification_status
 
 # --- verification_status -----------------------------------------------------------------------
 

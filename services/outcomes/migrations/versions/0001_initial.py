@@ -7,14 +7,16 @@ import sqlalchemy as sa
 from alembic import op
 
 from shared.db import UTCDateTime
-from shared.outbox import create_common_tables
+from shared.kafka import create_processed_event_table
+from shared.outbox import create_outbox_table
 
 revision = "0001"
 down_revision = None
 
 
 def upgrade() -> None:
-    create_common_tables(op)
+    create_outbox_table(op)
+    create_processed_event_table(op)
     op.create_table(
         "callback_view",
         sa.Column("callback_id", sa.String(64), primary_key=True),

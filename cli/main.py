@@ -94,7 +94,7 @@ def run(services: Annotated[list[str] | None, typer.Argument(help="scheduler, ou
 
 @contextlib.contextmanager
 def _broker(settings: Settings) -> Iterator[str]:
-    from shared.devstack import KafkaBroker
+    from cli.devstack import KafkaBroker
 
     _, _, port = settings.kafka_bootstrap_servers.split(",")[0].rpartition(":")
     broker = KafkaBroker(
@@ -296,7 +296,7 @@ def demo(
     seconds: Annotated[float, typer.Option(help="how long agents keep answering")] = 60.0,
 ) -> None:
     """Publish a realistic stream of loan events and play agents answering them."""
-    from shared.demo import run_demo
+    from cli.demo import run_demo
 
     settings = _settings()
     asyncio.run(run_demo(settings, loans=loans, agents=agents, api_key=api_key, seconds=seconds))

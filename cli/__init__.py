@@ -1,0 +1,1 @@
+"""The `huifang` command and the local development stack: tooling around the services, not their runtime."""

@@ -1,0 +1,174 @@
+"""Each loan's verification: the scheduler's callbacks mirrored, and the loan closed when its last callback closes."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import col, select
+
+from services.outcomes.models import Attempt, CallbackView, LoanVerification
+from shared.db import UnitOfWork, utcnow
+from shared.events import (
+    CLOSED_STATES,
+    DISPOSITIONS,
+    CallbackCancelled,
+    CallbackDue,
+    CallbackExpired,
+    CallbackRef,
+    CallbackRescheduled,
+    CallbackScheduled,
+    LoanVerificationCompleted,
+    PartyResult,
+)
+from shared.outbox import enqueue
+
+
+async def find_view(*, uow: UnitOfWork, callback_id: str) -> CallbackView | None:
+    return await uow.session.get(CallbackView, callback_id)
+
+
+async def lock_loan(*, uow: UnitOfWork, loan_id: str) -> list[CallbackView]:
+    """Lock (PostgreSQL) and reload the loan's callbacks, so two closings of one loan run one after the other."""
+    # Without it, two callbacks closing at once would each see the other still open, and nobody
+    # would complete the loan. Locking in callback_id order keeps concurrent lockers from deadlocking.
+    # SQLite needs nothing: BEGIN IMMEDIATE already serialises writers.
+    query = (
+        select(CallbackView)
+        .where(CallbackView.loan_id == loan_id)
+        .order_by(col(CallbackView.callback_id))
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return list((await uow.session.execute(query)).scalars())
+
+
+async def track_callback(*, uow: UnitOfWork, event: CallbackRef) -> None:
+    """Mirror the scheduler's callback state; a closing event may complete the loan's verification."""
+    await lock_loan(uow=uow, loan_id=event.loan_id)
+    view = await find_view(uow=uow, callback_id=event.callback_id)
+    now = utcnow()
+    if view is None and isinstance(event, CallbackScheduled):
+        await start_new_round_if_done(uow=uow, loan_id=event.loan_id, stage=event.stage)
+    if view is None:
+        view = CallbackView(
+            callback_id=event.callback_id,
+            loan_id=event.loan_id,
+            stage=event.stage,
+            branch_id=event.branch_id,
+            party_id=event.party_id,
+            role=event.role,
+            state=event.state,
+            attempt=event.attempt,
+        )
+    elif view.state in CLOSED_STATES:
+        return  # closed here first (an attempt) or already closed: later lifecycle news changes nothing
+    view.state = event.state
+    view.attempt = max(view.attempt, event.attempt)
+    view.updated_at = now
+    if isinstance(event, CallbackScheduled):
+        view.verification_items = json.dumps(event.verification_items)
+        # A questionnaire-route callback is never phoned, so it has no call time to be overdue against.
+        view.due_at = None if event.channel == "questionnaire" else event.due_at
+        view.deadline = event.deadline
+    elif isinstance(event, CallbackDue | CallbackRescheduled):
+        view.due_at = event.due_at
+    elif isinstance(event, CallbackExpired | CallbackCancelled):
+        view.final_disposition = event.state if isinstance(event, CallbackCancelled) else f"expired:{event.reason}"
+        view.closed_at = now
+    uow.session.add(view)
+    if view.closed_at is not None:
+        await uow.session.flush()
+        await complete_if_closed(uow=uow, loan_id=view.loan_id, stage=view.stage, now=now)
+
+
+async def start_new_round_if_done(*, uow: UnitOfWork, loan_id: str, stage: str) -> None:
+    """A new callback for a stage already reported: that report stands, and a new round begins."""
+    done = await uow.session.get(LoanVerification, (loan_id, stage))
+    if done is None:
+        return
+    await uow.session.delete(done)
+    await uow.session.execute(
+        sa.update(CallbackView)
+        .where(col(CallbackView.loan_id) == loan_id, col(CallbackView.stage) == stage)
+        .values(superseded=True)
+    )
+    await uow.session.flush()
+
+
+def verification_status(final: list[str]) -> str:
+    """refused if any refused; unreachable if any expired unanswered or wrong number; cancelled; else verified."""
+    if "refused" in final:
+        return "refused"
+    if any(f.startswith("expired") or f == "wrong_number" for f in final):
+        return "unreachable"
+    if "cancelled" in final:
+        return "cancelled"
+    return "verified"
+
+
+def party_result(view: CallbackView) -> PartyResult:
+    """One party's line of loan.verification.completed: a real disposition, or the state and why."""
+    final = view.final_disposition or view.state
+    state, _, reason = final.partition(":")
+    return PartyResult(
+        party_id=view.party_id,
+        role=view.role,  # type: ignore[arg-type]
+        callback_id=view.callback_id,
+        disposition=final if final in DISPOSITIONS else None,  # type: ignore[arg-type]
+        state=state,  # type: ignore[arg-type]
+        reason=reason or None,
+    )
+
+
+async def complete_if_closed(*, uow: UnitOfWork, loan_id: str, stage: str, now: datetime) -> None:
+    """Emit loan.verification.completed once every callback of the loan's stage is closed."""
+    views = list(
+        (
+            await uow.session.execute(
+                select(CallbackView).where(
+                    CallbackView.loan_id == loan_id,
+                    CallbackView.stage == stage,
+                    col(CallbackView.superseded).is_(False),
+                )
+            )
+        ).scalars()
+    )
+    if not views or any(v.state not in CLOSED_STATES for v in views):
+        return
+    if await uow.session.get(LoanVerification, (loan_id, stage)) is not None:
+        return
+    ordered = sorted(views, key=lambda v: (v.role, v.party_id))
+    parties = [party_result(v) for v in ordered]
+    status = verification_status([v.final_disposition or v.state for v in ordered])
+    uow.session.add(
+        LoanVerification(
+            loan_id=loan_id,
+            stage=stage,
+            status=status,
+            completed_at=now,
+            parties=json.dumps([p.model_dump() for p in parties]),
+        )
+    )
+    enqueue(
+        uow,
+        LoanVerificationCompleted(
+            loan_id=loan_id,
+            stage=stage,
+            branch_id=views[0].branch_id,
+            status=status,  # type: ignore[arg-type]
+            parties=parties,
+            completed_at=now,
+        ),
+        key=loan_id,
+    )
+
+
+async def refusals_for_loan(*, uow: UnitOfWork, loan_id: str) -> int:
+    count = await uow.session.scalar(
+        sa.select(sa.func.count())
+        .select_from(Attempt)
+        .where(col(Attempt.loan_id) == loan_id, col(Attempt.disposition) == "refused")
+    )
+    return int(count or 0)

@@ -1,0 +1,335 @@
+"""The callback rules: open callbacks for a loan's stage, cancel them, and close, retry, move or expire them."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from datetime import date, datetime, timedelta
+
+import sqlalchemy as sa
+from sqlmodel import col, select
+
+from services.scheduler import planner
+from services.scheduler.models import Callback, CallbackEvent, LoanStage, PersonCall, Timer
+from shared.crypto import Cipher
+from shared.db import UnitOfWork, utcnow
+from shared.events import (
+    CLOSED_STATES,
+    CallbackCancelled,
+    CallbackExpired,
+    CallbackOutcomeRecorded,
+    CallbackRef,
+    CallbackRescheduled,
+    CallbackScheduled,
+    LoanStageChanged,
+    Window,
+)
+from shared.outbox import enqueue
+from shared.policy import Policy
+
+CANCEL_REASON = {"rejected": "loan_rejected", "withdrawn": "loan_withdrawn"}
+OPEN_STATES = ("scheduled", "due")
+# What a timeline line may show: ids, states, times and reasons; never names, phones or emails.
+TIMELINE_FIELDS = {
+    "state", "attempt", "due_at", "deadline", "notice_at", "reason", "channel", "flags",
+    "disposition", "reason_code", "agent_id", "attempt_id",
+}  # fmt: skip
+
+
+def ref(cb: Callback) -> dict[str, object]:
+    """The fields every callback event carries."""
+    return {
+        "loan_id": cb.loan_id,
+        "callback_id": cb.callback_id,
+        "party_id": cb.party_id,
+        "role": cb.role,
+        "stage": cb.stage,
+        "branch_id": cb.branch_id,
+        "attempt": cb.attempt,
+        "state": cb.state,
+    }
+
+
+def reach(cb: Callback) -> planner.Reach:
+    """Where and when the callback's party may be phoned."""
+    window = Window(start=cb.window_start, end=cb.window_end) if cb.window_start and cb.window_end else None
+    return planner.Reach(timezone=cb.timezone, window=window)
+
+
+def flags_of(cb: Callback) -> list[str]:
+    return [f for f in cb.flags.split(",") if f]
+
+
+def add_flag(cb: Callback, flag: str) -> None:
+    if flag not in flags_of(cb):
+        cb.flags = ",".join([*flags_of(cb), flag])
+
+
+def note(uow: UnitOfWork, *, callback_id: str, data: CallbackRef, at: datetime | None = None) -> None:
+    """Add a line to the callback's timeline."""
+    detail = data.model_dump(mode="json", include=TIMELINE_FIELDS)
+    uow.session.add(
+        CallbackEvent(callback_id=callback_id, type=data.event_type, at=at or utcnow(), detail=json.dumps(detail))
+    )
+
+
+def publish(uow: UnitOfWork, cb: Callback, data: CallbackRef) -> None:
+    """Emit a lifecycle event through the outbox and note it on the callback's timeline."""
+    enqueue(uow, data, key=cb.loan_id)
+    note(uow, callback_id=cb.callback_id, data=data)
+
+
+async def open_callbacks(*, uow: UnitOfWork, loan_id: str) -> list[Callback]:
+    """The loan's open callbacks, their rows locked (in id order) until the transaction ends."""
+    query = (
+        select(Callback)
+        .where(Callback.loan_id == loan_id, col(Callback.state).not_in(CLOSED_STATES))
+        .order_by(col(Callback.callback_id))
+    )
+    if uow.dialect == "postgresql":
+        query = query.with_for_update()
+    return list((await uow.session.execute(query)).scalars())
+
+
+async def cancel_timers(*, uow: UnitOfWork, callback_id: str, kinds: tuple[str, ...] | None = None) -> None:
+    query = sa.update(Timer).where(col(Timer.callback_id) == callback_id, col(Timer.fired_at).is_(None))
+    if kinds:
+        query = query.where(col(Timer.kind).in_(kinds))
+    await uow.session.execute(query.values(fired_at=utcnow(), cancelled=True))
+
+
+def add_timer(uow: UnitOfWork, callback_id: str, kind: str, fire_at: datetime) -> None:
+    uow.session.add(Timer(callback_id=callback_id, kind=kind, fire_at=fire_at))
+
+
+async def busy_days(
+    *, uow: UnitOfWork, policy: Policy, party_id: str, phone_index: str, timezone: str,
+    exclude: str | None, start: datetime, end: datetime,
+) -> frozenset[date]:  # fmt: skip
+    """The person's local days between start and end that already hold their daily cap of calls.
+
+    A person is matched by party id or by phone: calls made (from outcomes) and calls booked
+    (open callbacks of theirs due that day) both count.
+    """
+    first, last = (planner.local_day(at=t, timezone=timezone) for t in (start, end))
+    person = sa.or_(col(PersonCall.party_id) == party_id, col(PersonCall.phone_index) == phone_index)
+    made = await uow.session.execute(
+        select(col(PersonCall.local_day)).where(person, col(PersonCall.local_day).between(first, last))
+    )
+    booked = await uow.session.execute(
+        select(Callback.due_at).where(
+            sa.or_(col(Callback.party_id) == party_id, col(Callback.phone_index) == phone_index),
+            col(Callback.state).in_(OPEN_STATES),
+            col(Callback.contact_consent),
+            col(Callback.callback_id) != (exclude or ""),
+            col(Callback.due_at).between(start - timedelta(days=1), end + timedelta(days=1)),
+        )
+    )
+    days = Counter(made.scalars())
+    days.update(planner.local_day(at=due, timezone=timezone) for due in booked.scalars())
+    return frozenset(d for d, n in days.items() if n >= policy.attempts.max_calls_per_person_per_day)
+
+
+async def schedule_callbacks(
+    *, uow: UnitOfWork, event: LoanStageChanged, policy: Policy, cipher: Cipher, now: datetime
+) -> list[Callback]:
+    """Open one callback per party whose role the policy calls at this stage."""
+    roles = policy.stages.get(event.stage, [])
+    existing = {cb.party_id for cb in await open_callbacks(uow=uow, loan_id=event.loan_id) if cb.stage == event.stage}
+    created = []
+    for party in event.parties:
+        if party.role not in roles or party.party_id in existing:
+            continue
+        phone_index = cipher.blind_index(party.phone)
+        busy = frozenset[date]()
+        if party.contact_consent:
+            horizon = planner.business_day_end(
+                policy=policy, reach=planner.Reach.of(party), now=now, days=policy.attempts.deadline_business_days
+            )
+            busy = await busy_days(
+                uow=uow, policy=policy, party_id=party.party_id, phone_index=phone_index,
+                timezone=party.timezone, exclude=None, start=now, end=horizon,
+            )  # fmt: skip
+        plan = planner.plan_first_call(policy=policy, party=party, now=now, busy_days=busy)
+        window = party.preferred_window
+        cb = Callback(
+            callback_id=str(uuid.uuid4()),
+            loan_id=event.loan_id,
+            stage=event.stage,
+            branch_id=event.branch_id,
+            party_id=party.party_id,
+            role=party.role,
+            state="scheduled",
+            contact_enc=cipher.encrypt_json({"name": party.name, "phone": party.phone, "email": party.email}),
+            phone_index=phone_index,
+            timezone=party.timezone,
+            language=party.language,
+            contact_consent=party.contact_consent,
+            due_at=plan.due_at,
+            deadline=plan.deadline,
+            notice_at=plan.notice_at,
+            flags="",
+            window_start=window.start if window else None,
+            window_end=window.end if window else None,
+        )
+        if party.contact_consent:
+            add_timer(uow, cb.callback_id, "notice", plan.notice_at)
+            add_timer(uow, cb.callback_id, "due", plan.due_at)
+        else:
+            # Never phoned: the notifier sends the questionnaire on callback.scheduled at once.
+            cb.due_at = cb.notice_at = now
+            add_flag(cb, "no_consent")
+        add_timer(uow, cb.callback_id, "deadline", plan.deadline)
+        uow.session.add(cb)
+        await uow.session.flush()  # the next party of this loan may be the same person (shared phone)
+        publish(
+            uow,
+            cb,
+            CallbackScheduled(
+                **ref(cb),  # type: ignore[arg-type]
+                due_at=cb.due_at,
+                deadline=cb.deadline,
+                notice_at=cb.notice_at,
+                verification_items=planner.VERIFICATION_ITEMS,
+                channel="phone" if party.contact_consent else "questionnaire",
+                flags=flags_of(cb),
+            ),
+        )
+        created.append(cb)
+    return created
+
+
+async def cancel_loan(*, uow: UnitOfWork, loan_id: str, reason: str, now: datetime) -> list[Callback]:
+    """Cancel every open callback of a loan."""
+    cancelled = await open_callbacks(uow=uow, loan_id=loan_id)
+    for cb in cancelled:
+        await close(uow=uow, cb=cb, state="cancelled", now=now)
+        publish(uow, cb, CallbackCancelled(**ref(cb), reason=reason))  # type: ignore[arg-type]
+    return cancelled
+
+
+async def close(*, uow: UnitOfWork, cb: Callback, state: str, now: datetime) -> None:
+    cb.state = state
+    cb.closed_at = now
+    cb.updated_at = now
+    uow.session.add(cb)
+    await cancel_timers(uow=uow, callback_id=cb.callback_id)
+
+
+async def expire(*, uow: UnitOfWork, cb: Callback, reason: str, now: datetime) -> None:
+    """Close a callback as expired: its deadline passed or its attempts ran out."""
+    await close(uow=uow, cb=cb, state="expired", now=now)
+    publish(uow, cb, CallbackExpired(**ref(cb), reason=reason))  # type: ignore[arg-type]
+
+
+async def loan_moved(*, uow: UnitOfWork, event: LoanStageChanged, policy: Policy, cipher: Cipher) -> None:
+    """A loan moved: open callbacks for a calling stage, cancel them for rejected/withdrawn."""
+    now = utcnow()
+    repeat = await note_stage(uow=uow, loan_id=event.loan_id, stage=event.stage, now=now)
+    if event.stage in CANCEL_REASON:
+        await cancel_loan(uow=uow, loan_id=event.loan_id, reason=CANCEL_REASON[event.stage], now=now)
+    elif event.stage in policy.stages and not repeat:
+        # Upstream re-sending the stage the loan is already in must not call people again;
+        # a loan that left the stage and came back is verified again.
+        await schedule_callbacks(uow=uow, event=event, policy=policy, cipher=cipher, now=now)
+
+
+async def note_stage(*, uow: UnitOfWork, loan_id: str, stage: str, now: datetime) -> bool:
+    """Record the loan's stage; True when it was already in that stage."""
+    current = await uow.session.get(LoanStage, loan_id, with_for_update=uow.dialect == "postgresql")
+    if current is None:
+        uow.session.add(LoanStage(loan_id=loan_id, stage=stage, changed_at=now))
+        await uow.session.flush()
+        return False
+    repeat = current.stage == stage
+    current.stage, current.changed_at = stage, now
+    uow.session.add(current)
+    return repeat
+
+
+async def record_call(*, uow: UnitOfWork, cb: Callback, event: CallbackOutcomeRecorded) -> None:
+    """Count a phone call towards the person's daily cap (once per attempt)."""
+    known = await uow.session.scalar(select(PersonCall.id).where(PersonCall.attempt_id == event.attempt_id))
+    if known is None:
+        uow.session.add(
+            PersonCall(
+                attempt_id=event.attempt_id,
+                callback_id=cb.callback_id,
+                party_id=cb.party_id,
+                phone_index=cb.phone_index,
+                local_day=planner.local_day(at=event.recorded_at, timezone=cb.timezone),
+                called_at=event.recorded_at,
+            )
+        )
+        await uow.session.flush()
+
+
+async def apply_outcome(*, uow: UnitOfWork, event: CallbackOutcomeRecorded, policy: Policy) -> None:
+    """An attempt was recorded: close, retry later, move to the party's time, or expire."""
+    cb = await find(uow=uow, callback_id=event.callback_id, lock=True)
+    if cb is None:
+        return
+    note(uow, callback_id=cb.callback_id, data=event, at=event.recorded_at)
+    if cb.contact_consent:
+        await record_call(uow=uow, cb=cb, event=event)
+    if cb.state in CLOSED_STATES:
+        return
+    now = utcnow()
+    if event.disposition in ("completed", "refused", "wrong_number"):
+        if event.disposition == "wrong_number":
+            add_flag(cb, "wrong_number")
+        await close(uow=uow, cb=cb, state=event.disposition, now=now)
+    elif not cb.contact_consent:
+        return  # the questionnaire route has no phone calls to retry or move
+    elif event.disposition == "reschedule_requested":
+        requested = event.reschedule_to or event.recorded_at + policy.attempts.min_gap
+        moved = planner.plan_reschedule(
+            policy=policy, reach=reach(cb), requested=requested, now=now, deadline=cb.deadline
+        )
+        if moved is not None:
+            await reschedule(uow=uow, cb=cb, due_at=moved, reason="party_requested", now=now)
+    else:
+        await retry(uow=uow, cb=cb, event=event, policy=policy, now=now)
+
+
+async def retry(
+    *, uow: UnitOfWork, cb: Callback, event: CallbackOutcomeRecorded, policy: Policy, now: datetime
+) -> None:
+    """After no_answer/busy: try again later, or expire when the attempts (or the days) ran out."""
+    cb.calls_made += 1
+    if cb.calls_made >= policy.attempts.max_calls:
+        await expire(uow=uow, cb=cb, reason="attempts_exhausted", now=now)
+        return
+    busy = await busy_days(
+        uow=uow, policy=policy, party_id=cb.party_id, phone_index=cb.phone_index, timezone=cb.timezone,
+        exclude=cb.callback_id, start=now, end=cb.deadline,
+    )  # fmt: skip
+    retry_at = planner.plan_retry(
+        policy=policy, reach=reach(cb), last_call_at=event.recorded_at, now=now, deadline=cb.deadline, busy_days=busy
+    )
+    if retry_at is None:
+        # No decent slot is left before the deadline: no attempt remains.
+        await expire(uow=uow, cb=cb, reason="attempts_exhausted", now=now)
+        return
+    cb.attempt += 1
+    await reschedule(uow=uow, cb=cb, due_at=retry_at, reason=event.disposition, now=now)
+
+
+async def reschedule(*, uow: UnitOfWork, cb: Callback, due_at: datetime, reason: str, now: datetime) -> None:
+    cb.state = "scheduled"
+    cb.due_at = due_at
+    cb.updated_at = now
+    uow.session.add(cb)
+    await cancel_timers(uow=uow, callback_id=cb.callback_id, kinds=("due", "notice"))
+    add_timer(uow, cb.callback_id, "due", due_at)
+    publish(uow, cb, CallbackRescheduled(**ref(cb), due_at=due_at, reason=reason))  # type: ignore[arg-type]
+
+
+async def find(*, uow: UnitOfWork, callback_id: str, lock: bool = False) -> Callback | None:
+    """A callback by id; `lock` holds its row so that a replica's timer and an outcome do not interleave."""
+    query = select(Callback).where(Callback.callback_id == callback_id)
+    if lock and uow.dialect == "postgresql":
+        query = query.with_for_update()
+    result = await uow.session.execute(query)
+    return result.scalar_one_or_none()
