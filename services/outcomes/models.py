@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from shared.db import UTCDateTime, utcnow
+from shared.events import CallbackState, Disposition, ReasonCode, Role, Stage
 
 
 class CallbackView(SQLModel, table=True):
@@ -18,11 +19,11 @@ class CallbackView(SQLModel, table=True):
 
     callback_id: str = Field(primary_key=True, max_length=64)
     loan_id: str = Field(index=True, max_length=128)
-    stage: str = Field(max_length=32)
+    stage: Stage = Field(sa_type=sa.String(32))
     branch_id: str = Field(max_length=128)
     party_id: str = Field(max_length=128)
-    role: str = Field(max_length=32)
-    state: str = Field(max_length=32)
+    role: Role = Field(sa_type=sa.String(32))
+    state: CallbackState = Field(sa_type=sa.String(32))
     attempt: int = 1
     verification_items: str = Field(default="[]", sa_type=sa.Text)  # JSON list
     due_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -32,7 +33,7 @@ class CallbackView(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
     # Set by the attempt that closed the callback, for the refusal statistics.
-    reason_code: str | None = Field(default=None, max_length=32)
+    reason_code: ReasonCode | None = Field(default=None, sa_type=sa.String(32))
     agent_id: str | None = Field(default=None, max_length=128)
 
 
@@ -42,12 +43,12 @@ class Attempt(SQLModel, table=True):
     attempt_id: str = Field(primary_key=True, max_length=64)
     callback_id: str = Field(index=True, max_length=64)
     loan_id: str = Field(index=True, max_length=128)
-    stage: str = Field(max_length=32)
+    stage: Stage = Field(sa_type=sa.String(32))
     branch_id: str = Field(max_length=128)
-    role: str = Field(max_length=32)
+    role: Role = Field(sa_type=sa.String(32))
     attempt: int
-    disposition: str = Field(max_length=32)
-    reason_code: str | None = Field(default=None, max_length=32)
+    disposition: Disposition = Field(sa_type=sa.String(32))
+    reason_code: ReasonCode | None = Field(default=None, sa_type=sa.String(32))
     agent_id: str = Field(max_length=128)
     started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     duration_s: int | None = None

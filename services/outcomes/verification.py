@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -12,17 +13,22 @@ from services.outcomes.models import Attempt, CallbackView, LoanVerification
 from shared.db import UnitOfWork, utcnow
 from shared.events import (
     CLOSED_STATES,
-    DISPOSITIONS,
     CallbackCancelled,
     CallbackDue,
     CallbackExpired,
     CallbackRef,
     CallbackRescheduled,
     CallbackScheduled,
+    Disposition,
     LoanVerificationCompleted,
     PartyResult,
+    Stage,
+    VerificationStatus,
 )
 from shared.outbox import enqueue
+
+# A final disposition by name, typed; an expiry or a cancellation has none.
+DISPOSITION_OF: dict[str, Disposition] = {d: d for d in typing.get_args(Disposition)}
 
 
 async def find_view(*, uow: UnitOfWork, callback_id: str) -> CallbackView | None:
@@ -83,7 +89,7 @@ async def track_callback(*, uow: UnitOfWork, event: CallbackRef) -> None:
         await complete_if_closed(uow=uow, loan_id=view.loan_id, stage=view.stage, now=now)
 
 
-async def start_new_round_if_done(*, uow: UnitOfWork, loan_id: str, stage: str) -> None:
+async def start_new_round_if_done(*, uow: UnitOfWork, loan_id: str, stage: Stage) -> None:
     """A new callback for a stage already reported: that report stands, and a new round begins."""
     done = await uow.session.get(LoanVerification, (loan_id, stage))
     if done is None:
@@ -97,7 +103,7 @@ async def start_new_round_if_done(*, uow: UnitOfWork, loan_id: str, stage: str) 
     await uow.session.flush()
 
 
-def verification_status(final: list[str]) -> str:
+def verification_status(final: list[str]) -> VerificationStatus:
     """refused if any refused; unreachable if any expired unanswered or wrong number; cancelled; else verified."""
     if "refused" in final:
         return "refused"
@@ -111,18 +117,18 @@ def verification_status(final: list[str]) -> str:
 def party_result(view: CallbackView) -> PartyResult:
     """One party's line of loan.verification.completed: a real disposition, or the state and why."""
     final = view.final_disposition or view.state
-    state, _, reason = final.partition(":")
+    reason = final.partition(":")[2]
     return PartyResult(
         party_id=view.party_id,
-        role=view.role,  # type: ignore[arg-type]
+        role=view.role,
         callback_id=view.callback_id,
-        disposition=final if final in DISPOSITIONS else None,  # type: ignore[arg-type]
-        state=state,  # type: ignore[arg-type]
+        disposition=DISPOSITION_OF.get(final),
+        state=view.state,
         reason=reason or None,
     )
 
 
-async def complete_if_closed(*, uow: UnitOfWork, loan_id: str, stage: str, now: datetime) -> None:
+async def complete_if_closed(*, uow: UnitOfWork, loan_id: str, stage: Stage, now: datetime) -> None:
     """Emit loan.verification.completed once every callback of the loan's stage is closed."""
     views = list(
         (
@@ -157,7 +163,7 @@ async def complete_if_closed(*, uow: UnitOfWork, loan_id: str, stage: str, now: 
             loan_id=loan_id,
             stage=stage,
             branch_id=views[0].branch_id,
-            status=status,  # type: ignore[arg-type]
+            status=status,
             parties=parties,
             completed_at=now,
         ),

@@ -11,24 +11,30 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 
 from services.scheduler import planner
-from services.scheduler.models import Callback, CallbackEvent, LoanStage, PersonCall, Timer
+from services.scheduler.models import Callback, CallbackEvent, LoanStage, PersonCall, Timer, TimerKind
 from shared.crypto import Cipher
 from shared.db import UnitOfWork, utcnow
 from shared.events import (
     CLOSED_STATES,
     CallbackCancelled,
     CallbackExpired,
+    CallbackFields,
     CallbackOutcomeRecorded,
     CallbackRef,
     CallbackRescheduled,
     CallbackScheduled,
+    CallbackState,
+    CancelReason,
+    ExpiryReason,
     LoanStageChanged,
+    RescheduleReason,
+    Stage,
     Window,
 )
 from shared.outbox import enqueue
 from shared.policy import Policy
 
-CANCEL_REASON = {"rejected": "loan_rejected", "withdrawn": "loan_withdrawn"}
+CANCEL_REASON: dict[str, CancelReason] = {"rejected": "loan_rejected", "withdrawn": "loan_withdrawn"}
 OPEN_STATES = ("scheduled", "due")
 # What a timeline line may show: ids, states, times and reasons; never names, phones or emails.
 TIMELINE_FIELDS = {
@@ -37,18 +43,12 @@ TIMELINE_FIELDS = {
 }  # fmt: skip
 
 
-def ref(cb: Callback) -> dict[str, object]:
+def ref(cb: Callback) -> CallbackFields:
     """The fields every callback event carries."""
-    return {
-        "loan_id": cb.loan_id,
-        "callback_id": cb.callback_id,
-        "party_id": cb.party_id,
-        "role": cb.role,
-        "stage": cb.stage,
-        "branch_id": cb.branch_id,
-        "attempt": cb.attempt,
-        "state": cb.state,
-    }
+    return CallbackFields(
+        loan_id=cb.loan_id, callback_id=cb.callback_id, party_id=cb.party_id, role=cb.role, stage=cb.stage,
+        branch_id=cb.branch_id, attempt=cb.attempt, state=cb.state,
+    )  # fmt: skip
 
 
 def reach(cb: Callback) -> planner.Reach:
@@ -92,14 +92,14 @@ async def open_callbacks(*, uow: UnitOfWork, loan_id: str) -> list[Callback]:
     return list((await uow.session.execute(query)).scalars())
 
 
-async def cancel_timers(*, uow: UnitOfWork, callback_id: str, kinds: tuple[str, ...] | None = None) -> None:
+async def cancel_timers(*, uow: UnitOfWork, callback_id: str, kinds: tuple[TimerKind, ...] | None = None) -> None:
     query = sa.update(Timer).where(col(Timer.callback_id) == callback_id, col(Timer.fired_at).is_(None))
     if kinds:
         query = query.where(col(Timer.kind).in_(kinds))
     await uow.session.execute(query.values(fired_at=utcnow(), cancelled=True))
 
 
-def add_timer(uow: UnitOfWork, callback_id: str, kind: str, fire_at: datetime) -> None:
+def add_timer(uow: UnitOfWork, callback_id: str, kind: TimerKind, fire_at: datetime) -> None:
     uow.session.add(Timer(callback_id=callback_id, kind=kind, fire_at=fire_at))
 
 
@@ -187,7 +187,7 @@ async def schedule_callbacks(
             uow,
             cb,
             CallbackScheduled(
-                **ref(cb),  # type: ignore[arg-type]
+                **ref(cb),
                 due_at=cb.due_at,
                 deadline=cb.deadline,
                 notice_at=cb.notice_at,
@@ -200,16 +200,16 @@ async def schedule_callbacks(
     return created
 
 
-async def cancel_loan(*, uow: UnitOfWork, loan_id: str, reason: str, now: datetime) -> list[Callback]:
+async def cancel_loan(*, uow: UnitOfWork, loan_id: str, reason: CancelReason, now: datetime) -> list[Callback]:
     """Cancel every open callback of a loan."""
     cancelled = await open_callbacks(uow=uow, loan_id=loan_id)
     for cb in cancelled:
         await close(uow=uow, cb=cb, state="cancelled", now=now)
-        publish(uow, cb, CallbackCancelled(**ref(cb), reason=reason))  # type: ignore[arg-type]
+        publish(uow, cb, CallbackCancelled(**ref(cb), reason=reason))
     return cancelled
 
 
-async def close(*, uow: UnitOfWork, cb: Callback, state: str, now: datetime) -> None:
+async def close(*, uow: UnitOfWork, cb: Callback, state: CallbackState, now: datetime) -> None:
     cb.state = state
     cb.closed_at = now
     cb.updated_at = now
@@ -217,10 +217,10 @@ async def close(*, uow: UnitOfWork, cb: Callback, state: str, now: datetime) -> 
     await cancel_timers(uow=uow, callback_id=cb.callback_id)
 
 
-async def expire(*, uow: UnitOfWork, cb: Callback, reason: str, now: datetime) -> None:
+async def expire(*, uow: UnitOfWork, cb: Callback, reason: ExpiryReason, now: datetime) -> None:
     """Close a callback as expired: its deadline passed or its attempts ran out."""
     await close(uow=uow, cb=cb, state="expired", now=now)
-    publish(uow, cb, CallbackExpired(**ref(cb), reason=reason))  # type: ignore[arg-type]
+    publish(uow, cb, CallbackExpired(**ref(cb), reason=reason))
 
 
 async def loan_moved(*, uow: UnitOfWork, event: LoanStageChanged, policy: Policy, cipher: Cipher) -> None:
@@ -235,7 +235,7 @@ async def loan_moved(*, uow: UnitOfWork, event: LoanStageChanged, policy: Policy
         await schedule_callbacks(uow=uow, event=event, policy=policy, cipher=cipher, now=now)
 
 
-async def note_stage(*, uow: UnitOfWork, loan_id: str, stage: str, now: datetime) -> bool:
+async def note_stage(*, uow: UnitOfWork, loan_id: str, stage: Stage, now: datetime) -> bool:
     """Record the loan's stage; True when it was already in that stage."""
     current = await uow.session.get(LoanStage, loan_id, with_for_update=uow.dialect == "postgresql")
     if current is None:
@@ -313,17 +313,20 @@ async def retry(
         await expire(uow=uow, cb=cb, reason="attempts_exhausted", now=now)
         return
     cb.attempt += 1
-    await reschedule(uow=uow, cb=cb, due_at=retry_at, reason=event.disposition, now=now)
+    reason: RescheduleReason = "busy" if event.disposition == "busy" else "no_answer"
+    await reschedule(uow=uow, cb=cb, due_at=retry_at, reason=reason, now=now)
 
 
-async def reschedule(*, uow: UnitOfWork, cb: Callback, due_at: datetime, reason: str, now: datetime) -> None:
+async def reschedule(
+    *, uow: UnitOfWork, cb: Callback, due_at: datetime, reason: RescheduleReason, now: datetime
+) -> None:
     cb.state = "scheduled"
     cb.due_at = due_at
     cb.updated_at = now
     uow.session.add(cb)
     await cancel_timers(uow=uow, callback_id=cb.callback_id, kinds=("due", "notice"))
     add_timer(uow, cb.callback_id, "due", due_at)
-    publish(uow, cb, CallbackRescheduled(**ref(cb), due_at=due_at, reason=reason))  # type: ignore[arg-type]
+    publish(uow, cb, CallbackRescheduled(**ref(cb), due_at=due_at, reason=reason))
 
 
 async def find(*, uow: UnitOfWork, callback_id: str, lock: bool = False) -> Callback | None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import Literal
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from shared.db import BigIntPK, UTCDateTime, utcnow
+from shared.events import CallbackState, Role, Stage
+
+TimerKind = Literal["notice", "due", "deadline"]
 
 
 class Callback(SQLModel, table=True):
@@ -16,11 +20,11 @@ class Callback(SQLModel, table=True):
     seq: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
     callback_id: str = Field(unique=True, max_length=64)
     loan_id: str = Field(index=True, max_length=128)
-    stage: str = Field(max_length=32)
+    stage: Stage = Field(sa_type=sa.String(32))
     branch_id: str = Field(max_length=128)
     party_id: str = Field(max_length=128, index=True)
-    role: str = Field(max_length=32)
-    state: str = Field(max_length=32, index=True)
+    role: Role = Field(sa_type=sa.String(32))
+    state: CallbackState = Field(sa_type=sa.String(32), index=True)
     attempt: int = 1
     calls_made: int = 0
     contact_enc: str = Field(sa_type=sa.Text)  # name, phone, email: encrypted
@@ -45,7 +49,7 @@ class Timer(SQLModel, table=True):
 
     id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
     callback_id: str = Field(max_length=64, index=True)
-    kind: str = Field(max_length=16)  # notice | due | deadline
+    kind: TimerKind = Field(sa_type=sa.String(16))
     fire_at: datetime = Field(sa_type=UTCDateTime)
     fired_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     cancelled: bool = False
@@ -94,5 +98,5 @@ class LoanStage(SQLModel, table=True):
     __tablename__ = "loan_stage"
 
     loan_id: str = Field(primary_key=True, max_length=128)
-    stage: str = Field(max_length=32)
+    stage: Stage = Field(sa_type=sa.String(32))
     changed_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
