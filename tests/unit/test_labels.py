@@ -1,20 +1,23 @@
-"""One label table for every name a person reads: complete, and shared by notifier and dashboard."""
+"""One label table for every name a person reads: complete, shared by notifier and dashboard, used by notices."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 import pytest
 
-from services.notifier.messages import render
+from services.notifier.messages import compose, render
 from services.outcomes.dashboard.board import Board
 from services.outcomes.stats import Counts, Group, Period, RefusalStats
 from services.scheduler import planner
+from services.scheduler.models import Callback
+from services.scheduler.timers import TimerLoop
 from shared import labels
-from shared.events import CallbackExpired, CallbackRef, CallbackRefused, LoanStageChanged
+from shared.crypto import Cipher, generate_key
+from shared.events import CallbackExpired, CallbackNoticeRequested, CallbackRef, CallbackRefused, LoanStageChanged
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
 
@@ -109,3 +112,32 @@ def test_officer_reads_role_and_expiry_reason_from_the_table(language: str, reas
     message = render(kind="expired", channel="email", language=language, context={**context, "url": "u"})
     assert labels.ROLES[role][language] in message.subject
     assert labels.EXPIRY_REASONS[reason][language] in message.body
+
+
+def callback(language: str) -> tuple[Callback, Cipher]:
+    cipher = Cipher([generate_key()])
+    contact = {"name": "Anna Lee" if language == "en" else "张伟", "phone": "+8613800138000"}
+    due = datetime(2026, 11, 30, 2, 30, tzinfo=UTC)
+    cb = Callback(
+        callback_id="cb-1", loan_id="L-1", stage="final_check", branch_id="BR-1", party_id="P-1", role="borrower",
+        state="scheduled", contact_enc=cipher.encrypt_json(contact), phone_index="x", timezone="Asia/Shanghai",
+        language=language, due_at=due, deadline=due + timedelta(days=5), notice_at=due - timedelta(hours=24),
+    )  # fmt: skip
+    return cb, cipher
+
+
+@pytest.mark.parametrize(("language", "written"), [("zh-CN", "zh-CN"), ("en-US", "en")])
+def test_notice_event_carries_data_and_the_notifier_writes_the_sms(language: str, written: str) -> None:
+    cb, cipher = callback(language)
+    notice = TimerLoop(db=cast(Any, None), cipher=cipher, poll_seconds=1)._notice(cb)
+    payload = notice.model_dump(mode="json")
+    assert "message" not in payload and "message" not in CallbackNoticeRequested.model_fields
+    # CONTRACT.md 2.3: purpose and topics in the party's language, from the label table.
+    assert payload["purpose"] == labels.PURPOSES["final_check"][written]
+    assert payload["topics"] == [labels.VERIFICATION_ITEM_NAMES[i][written] for i in labels.VERIFICATION_ITEMS]
+
+    party = {"party_id": "P-1", "name": payload["name"], "phone": payload["phone"], "language": language}
+    sms = compose(kind="notice", channel="sms", recipient="party:P-1", payload=payload, contacts={"parties": [party]})
+    assert sms is not None and sms.address == "+8613800138000"
+    assert payload["purpose"] in sms.message.body and "2026-11-30 10:30" in sms.message.body  # local time
+    assert sms.message.body.count("\n") == 0  # one SMS line
