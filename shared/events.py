@@ -197,7 +197,6 @@ class CallbackNoticeRequested(CallbackRef):
     name: str
     phone: str
     email: str | None = None
-    message: str
 
 
 class CallbackDue(CallbackRef):

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from shared import labels
 from shared.events import message_language
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -43,9 +44,8 @@ def render(*, kind: str, channel: str, language: str, context: dict[str, Any]) -
     """Render one message in the recipient's language (zh-CN when we do not have theirs)."""
     lang = language if language in LANGUAGES else message_language(language)
     template = _env.get_template(f"{lang}/{kind}.j2")
-    # Role and reason names live beside the templates, in the same language.
-    labels = _env.get_template(f"{lang}/_labels.j2").module
-    ctx = template.new_context({**context, "roles": labels.roles, "reasons": labels.reasons})  # type: ignore[attr-defined]
+    # Names of roles, reasons and the rest come from the one label table, in the template's language.
+    ctx = template.new_context({**context, **labels.names(lang)})
 
     def block(name: str) -> str:
         return "".join(template.blocks[name](ctx)).strip()

@@ -12,6 +12,7 @@ from sqlmodel import col, select
 
 from services.scheduler import planner
 from services.scheduler.models import Callback, CallbackEvent, LoanStage, PersonCall, Timer, TimerKind
+from shared import labels
 from shared.crypto import Cipher
 from shared.db import UnitOfWork, utcnow
 from shared.events import (
@@ -191,7 +192,7 @@ async def schedule_callbacks(
                 due_at=cb.due_at,
                 deadline=cb.deadline,
                 notice_at=cb.notice_at,
-                verification_items=planner.VERIFICATION_ITEMS,
+                verification_items=list(labels.VERIFICATION_ITEMS),
                 channel="phone" if party.contact_consent else "questionnaire",
                 flags=flags_of(cb),
             ),

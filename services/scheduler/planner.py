@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import holidays
 
-from shared.events import Party, Window, message_language
+from shared.events import Party, Window
 from shared.policy import Policy, minutes_of_day
 
 DAY_MINUTES = 24 * 60
@@ -262,18 +262,3 @@ def local_day(*, at: datetime, timezone: str) -> date:
     """The party's local date of an instant (per-person daily caps count by it)."""
     return at.astimezone(_zone(timezone)).date()
 
-
-def purpose_text(language: str, stage: str) -> tuple[str, list[str]]:
-    """Why the party is called and what will be asked, in their language."""
-    if message_language(language) == "en":
-        return (
-            "Verification call for your mortgage application before approval",
-            ["identity", "loan amount and purpose", "your role in the loan", "consent to proceed"],
-        )
-    return (
-        "您的房贷申请审批前的核实回访",
-        ["身份核实", "贷款金额与用途", "您在贷款中的角色", "是否同意继续办理"],
-    )
-
-
-VERIFICATION_ITEMS = ["identity", "loan_amount", "loan_purpose", "role_consent"]

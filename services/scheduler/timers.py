@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 import structlog
@@ -13,10 +12,11 @@ from sqlmodel import col, select
 from services.scheduler import planner
 from services.scheduler.callbacks import add_timer, expire, publish, reach, ref
 from services.scheduler.models import Callback, Timer
+from shared import labels
 from shared.claims import claim
 from shared.crypto import Cipher
 from shared.db import Database, UnitOfWork, is_transient, utcnow
-from shared.events import CLOSED_STATES, CallbackDue, CallbackNoticeRequested, message_language
+from shared.events import CLOSED_STATES, CallbackDue, CallbackNoticeRequested
 from shared.metrics import TIMER_LATENESS, TIMERS_FIRED
 from shared.policy import Policy
 
@@ -140,44 +140,31 @@ class TimerLoop:
         return True
 
     def _notice(self, cb: Callback) -> CallbackNoticeRequested:
+        # Data only: the notifier's notice template writes the text the party reads.
         contact = self.cipher.decrypt_json(cb.contact_enc)
-        purpose, topics = planner.purpose_text(cb.language, cb.stage)
-        local = cb.due_at.astimezone(ZoneInfo(cb.timezone)).strftime("%Y-%m-%d %H:%M")
-        if message_language(cb.language) == "en":
-            message = (
-                f"Dear {contact['name']}, your bank will call you around {local} ({cb.timezone}) "
-                f"for: {purpose}. We will ask about: {', '.join(topics)}. We never ask for passwords."
-            )
-        else:
-            message = (
-                f"{contact['name']}您好，银行将于{local}左右致电您，目的：{purpose}。"
-                f"将核实：{'、'.join(topics)}。我们不会索要密码或验证码。"
-            )
         return CallbackNoticeRequested(
             **ref(cb),
             channel="sms",
             due_at=cb.due_at,
-            purpose=purpose,
-            topics=topics,  # type: ignore[arg-type]
+            purpose=labels.purpose(stage=cb.stage, language=cb.language),
+            topics=labels.topics(items=labels.VERIFICATION_ITEMS, language=cb.language),
             language=cb.language,
             name=contact["name"],
             phone=contact["phone"],
             email=contact.get("email"),
-            message=message,
         )
 
     def _due(self, cb: Callback) -> CallbackDue:
         contact = self.cipher.decrypt_json(cb.contact_enc)
-        purpose, _ = planner.purpose_text(cb.language, cb.stage)
         return CallbackDue(
             **ref(cb),
             due_at=cb.due_at,
             deadline=cb.deadline,
-            name=contact["name"],  # type: ignore[arg-type]
+            name=contact["name"],
             phone=contact["phone"],
             email=contact.get("email"),
             timezone=cb.timezone,
             language=cb.language,
-            purpose=purpose,
-            verification_items=planner.VERIFICATION_ITEMS,
+            purpose=labels.purpose(stage=cb.stage, language=cb.language),
+            verification_items=list(labels.VERIFICATION_ITEMS),
         )

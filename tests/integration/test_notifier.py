@@ -247,7 +247,7 @@ async def test_notice_by_sms_in_party_language_once_per_event(rig: Rig) -> None:
         "language": "en",
         "name": "Wei Zhang",
         "phone": phone,
-        "message": "ignored: the notifier renders its own template",
+        "message": "from an older scheduler: read tolerantly and ignored, notice.j2 writes the text",
     }
     event_id = await rig.system.publish_event("callback.notice.requested", notice, key=loan_id)
     await rig.system.publish_event("callback.notice.requested", notice, key=loan_id, event_id=event_id)

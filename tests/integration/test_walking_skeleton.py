@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from services.notifier.channels.webhook import verify
+from shared import labels
 from tests.support import WEBHOOK_SECRET, Huifang, loan_event, wait_for
 
 
@@ -82,6 +85,25 @@ async def test_loan_event_becomes_refusal_notification_and_escalation(huifang: H
     async with huifang.client("outcomes") as client:
         result = await client.get(f"/v1/loans/{loan}/verification")
     assert result.status_code == 200 and result.json()[0]["status"] == "refused"
+
+
+async def test_notice_event_carries_data_and_the_party_reads_the_notifier_sms(huifang: Huifang) -> None:
+    loan = new_loan()
+    event = loan_event(loan, roles=("borrower",))
+    phone = event["parties"][0]["phone"]
+    await huifang.publish_event("loan.stage.changed", event, key=loan)
+
+    [notice] = await huifang.tap.wait_events("callback.notice.requested", loan)
+    data = notice["data"]
+    assert "message" not in data  # events carry data; notice.j2 writes the text
+    assert data["purpose"] == labels.PURPOSES["final_check"]["zh-CN"]
+    assert data["topics"] == [labels.VERIFICATION_ITEM_NAMES[item]["zh-CN"] for item in labels.VERIFICATION_ITEMS]
+    local = datetime.fromisoformat(data["due_at"]).astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m-%d %H:%M")
+    [sms] = await wait_for(
+        lambda: [m for m in huifang.sms_sent(phone) if data["purpose"] in str(m.get("text"))],
+        what="the notice SMS naming the purpose",
+    )
+    assert local in sms["text"] and sms["text"].startswith("张伟您好")
 
 
 async def test_no_answer_retries_then_expires_unreachable(huifang: Huifang) -> None:

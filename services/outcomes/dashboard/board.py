@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -12,6 +13,7 @@ from sqlmodel import col, select
 from services.outcomes.models import CallbackView, EscalationView
 from services.outcomes.stats import TIME_UNITS, Period, RefusalStats, local_label, period, refusal_stats
 from shared.db import UnitOfWork
+from shared.labels import REASONS, Label, Language
 
 # window name -> (length, time bucket of the trend chart)
 WINDOWS: dict[str, tuple[timedelta, str]] = {
@@ -20,16 +22,8 @@ WINDOWS: dict[str, tuple[timedelta, str]] = {
     "24h": (timedelta(hours=24), "hour"),
     "30d": (timedelta(days=30), "day"),
 }
-REASON_LABELS = {
-    "distrust": "distrust 不信任",
-    "privacy_concern": "privacy 隐私顾虑",
-    "time_conflict": "time conflict 时间冲突",
-    "communication_barrier": "communication 沟通障碍",
-    "process_misunderstanding": "process 流程误解",
-    "emotional_distress": "distress 情绪困扰",
-    "suspected_fraud": "suspected fraud 疑似欺诈",
-    "other": "other 其他",
-}
+# Ops staff read the dashboard in both languages: each name in English, then Chinese.
+DASHBOARD_LANGUAGES: tuple[Language, ...] = ("en", "zh-CN")
 OPEN_ESCALATIONS = ("open", "acknowledged")
 
 
@@ -65,7 +59,7 @@ class Board:
                 "refused": [by_bucket[b].refused if b in by_bucket else 0 for b in labels],
             },
             "reasons": {
-                "labels": [REASON_LABELS.get(g.key or "", g.key or "?") for g in self.stats.groups],
+                "labels": [bilingual(REASONS, g.key) for g in self.stats.groups],
                 "refused": [g.refused for g in self.stats.groups],
             },
             "branches": {
@@ -77,6 +71,12 @@ class Board:
                 "rate": [_pct(g.refusal_rate) for g in answered],
             },
         }
+
+
+def bilingual(table: Mapping[Any, Label], code: str | None) -> str:
+    """A code's name from the label table, as the dashboard shows it; an unknown code shows as itself."""
+    label = table.get(code or "")
+    return " / ".join(label[lang] for lang in DASHBOARD_LANGUAGES) if label else (code or "?")
 
 
 def _pct(value: float | None) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, quote
@@ -13,8 +14,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from services.outcomes.dashboard import session
-from services.outcomes.dashboard.board import REASON_LABELS, WINDOWS, load_board
+from services.outcomes.dashboard.board import WINDOWS, bilingual, load_board
 from shared.db import utcnow
+from shared.labels import ROLES
 from shared.web import ROLE_RANK
 
 HERE = Path(__file__).parent
@@ -39,6 +41,7 @@ def _local(moment: datetime | None) -> str:
 
 
 templates.env.filters["local"] = _local
+templates.env.filters["role"] = partial(bilingual, ROLES)
 
 
 def _page(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
@@ -125,7 +128,6 @@ async def dashboard(
         "who": who,
         "now": now,
         "tz": REPORTING_TZ,
-        "reasons": REASON_LABELS,
         "refresh_s": refresh,
     }
     return _page(request, "dashboard.html", context)
