@@ -30,6 +30,11 @@ class Principal:
         self.key_id = key_id  # a short fingerprint of the key, safe to log
 
 
+def key_id(key: str) -> str:
+    """A short fingerprint of an API key, safe to log and to scope its Idempotency-Keys by."""
+    return uuid.uuid5(uuid.NAMESPACE_OID, key).hex[:8]
+
+
 _bearer = HTTPBearer(auto_error=False)
 
 
@@ -45,7 +50,7 @@ def require_role(role: str) -> Callable[..., Principal]:
             raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
         if ROLE_RANK[granted] < ROLE_RANK[role]:
             raise HTTPException(403, f"role {granted!r} may not do this; needs {role!r}")
-        return Principal(granted, uuid.uuid5(uuid.NAMESPACE_OID, creds.credentials).hex[:8])
+        return Principal(granted, key_id(creds.credentials))
 
     return check
 

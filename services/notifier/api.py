@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-import sqlalchemy as sa
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
 from services.notifier.escalation import escalation_event
-from services.notifier.models import Escalation, EscalationRequest, Notification
+from services.notifier.models import Escalation, Notification
+from shared import idempotency
 from shared.crypto import Cipher
-from shared.db import Database, utcnow
+from shared.db import Database, UnitOfWork, utcnow
 from shared.events import EscalationAcknowledged, EscalationResolved
+from shared.idempotency import IdempotencyKey
 from shared.outbox import enqueue
 from shared.web import Principal, SupervisorAuth, problem
 
@@ -69,9 +70,6 @@ class EscalationOut(BaseModel):
 class EscalationPage(BaseModel):
     items: list[EscalationOut]
     next_cursor: str | None
-
-
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
 
 
 class NoteIn(BaseModel):
@@ -164,64 +162,65 @@ async def list_escalations(
 @router.post("/escalations/{escalation_id}/ack", response_model=EscalationOut, tags=["escalations"])
 async def ack_escalation(
     request: Request, escalation_id: str, body: NoteIn, who: SupervisorAuth, idempotency_key: IdempotencyKey = None
-) -> EscalationOut:
+) -> Any:
     """A supervisor takes ownership of an open escalation (this stops its level-2 timer)."""
-    return await _change(request, escalation_id, body, who, idempotency_key, action="ack")
+    return await _once(request, escalation_id, body, who, idempotency_key, action="ack")
 
 
 @router.post("/escalations/{escalation_id}/resolve", response_model=EscalationOut, tags=["escalations"])
 async def resolve_escalation(
     request: Request, escalation_id: str, body: NoteIn, who: SupervisorAuth, idempotency_key: IdempotencyKey = None
-) -> EscalationOut:
+) -> Any:
     """A supervisor closes an escalation for good, acknowledged or not."""
-    return await _change(request, escalation_id, body, who, idempotency_key, action="resolve")
+    return await _once(request, escalation_id, body, who, idempotency_key, action="resolve")
+
+
+async def _once(
+    request: Request, escalation_id: str, body: NoteIn, who: Principal, key: str | None, *, action: str
+) -> JSONResponse:
+    """Run `_change` once per Idempotency-Key."""
+
+    async def change(uow: UnitOfWork) -> EscalationOut:
+        return await _change(uow, _cipher(request), escalation_id, body, who, action=action)
+
+    keyed = idempotency.keyed(
+        key, who=who, operation=f"notifier.{action}", params={"escalation_id": escalation_id}, body=body
+    )
+    return await idempotency.once(db=_db(request), keyed=keyed, status_code=200, run=change)
 
 
 async def _change(
-    request: Request, escalation_id: str, body: NoteIn, who: Principal, key: str | None, *, action: str
+    uow: UnitOfWork, cipher: Cipher, escalation_id: str, body: NoteIn, who: Principal, *, action: str
 ) -> EscalationOut:
-    cipher = _cipher(request)
-    digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-    async with _db(request).uow() as uow:
-        esc = await _find_for_update(uow.session, escalation_id)
-        if key:
-            earlier = await uow.session.get(EscalationRequest, key)
-            if earlier is not None:
-                if (earlier.escalation_id, earlier.action, earlier.request_hash) != (escalation_id, action, digest):
-                    raise problem(422, "Idempotency-Key was already used with a different request")
-                return _escalation_out(esc, cipher)  # the first request did it; no second effect
-            uow.session.add(EscalationRequest(key=key, escalation_id=escalation_id, action=action, request_hash=digest))
-        note = cipher.encrypt(body.note) if body.note else None
-        if action == "ack":
-            if esc.state != "open":
-                raise problem(409, f"escalation {escalation_id} is {esc.state}, not open")
-            esc.state, esc.acked_by, esc.acked_at, esc.ack_due_at, esc.ack_note = (
-                "acknowledged",
-                _by(who),
-                utcnow(),
-                None,
-                note,
-            )
-            event: EscalationAcknowledged | EscalationResolved = escalation_event(
-                EscalationAcknowledged, esc, by=esc.acked_by
-            )
-        else:
-            if esc.state == "resolved":
-                raise problem(409, f"escalation {escalation_id} is already resolved")
-            esc.state, esc.resolved_by, esc.resolved_at, esc.ack_due_at, esc.resolve_note = (
-                "resolved",
-                _by(who),
-                utcnow(),
-                None,
-                note,
-            )
-            event = escalation_event(EscalationResolved, esc, by=esc.resolved_by)
-        uow.session.add(esc)
-        enqueue(uow, event, key=esc.loan_id)
-        try:
-            await uow.commit()
-        except sa.exc.IntegrityError:
-            raise problem(409, "a request with this Idempotency-Key is in flight; retry to get its result") from None
+    """Acknowledge or resolve the escalation in the unit of work; returns it as the API shows it."""
+    esc = await _find_for_update(uow.session, escalation_id)
+    note = cipher.encrypt(body.note) if body.note else None
+    if action == "ack":
+        if esc.state != "open":
+            raise problem(409, f"escalation {escalation_id} is {esc.state}, not open")
+        esc.state, esc.acked_by, esc.acked_at, esc.ack_due_at, esc.ack_note = (
+            "acknowledged",
+            _by(who),
+            utcnow(),
+            None,
+            note,
+        )
+        event: EscalationAcknowledged | EscalationResolved = escalation_event(
+            EscalationAcknowledged, esc, by=esc.acked_by
+        )
+    else:
+        if esc.state == "resolved":
+            raise problem(409, f"escalation {escalation_id} is already resolved")
+        esc.state, esc.resolved_by, esc.resolved_at, esc.ack_due_at, esc.resolve_note = (
+            "resolved",
+            _by(who),
+            utcnow(),
+            None,
+            note,
+        )
+        event = escalation_event(EscalationResolved, esc, by=esc.resolved_by)
+    uow.session.add(esc)
+    enqueue(uow, event, key=esc.loan_id)
     return _escalation_out(esc, cipher)
 
 

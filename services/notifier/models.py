@@ -69,15 +69,3 @@ class Escalation(SQLModel, table=True):
     # The durable level-2 timer: set while level 1 is open and unacknowledged, cleared when it fires.
     ack_due_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     escalated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-
-
-class EscalationRequest(SQLModel, table=True):
-    """An Idempotency-Key used on POST /v1/escalations/{id}/ack|resolve and the request it came with."""
-
-    __tablename__ = "escalation_request"
-
-    key: str = Field(primary_key=True, max_length=255)
-    escalation_id: str = Field(max_length=64)
-    action: str = Field(max_length=16)
-    request_hash: str = Field(max_length=64)
-    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Query, Request
 from pydantic import AwareDatetime, BaseModel
 from sqlmodel import col, select
 
-from services.outcomes import idempotency
 from services.outcomes.attempts import AttemptIn, AttemptOut, AttemptRejected, attempt_out, record_attempt
 from services.outcomes.models import Attempt, CallbackView, LoanVerification
 from services.outcomes.stats import GroupBy, RefusalStats, StatsRequestError, refusal_stats
 from services.outcomes.verification import party_result, verification_status
-from shared.db import utcnow
+from shared import idempotency
+from shared.db import UnitOfWork, utcnow
 from shared.events import CLOSED_STATES
+from shared.idempotency import IdempotencyKey
 from shared.runtime import Runtime
 from shared.web import AgentAuth, SupervisorAuth, problem
 
@@ -32,44 +31,22 @@ def _runtime(request: Request) -> Runtime:
 
 @router.post("/callbacks/{callback_id}/attempts", status_code=201, response_model=AttemptOut)
 async def post_attempt(
-    request: Request,
-    callback_id: str,
-    body: AttemptIn,
-    who: AgentAuth,
-    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+    request: Request, callback_id: str, body: AttemptIn, who: AgentAuth, idempotency_key: IdempotencyKey = None
 ) -> Any:
     """Record the outcome of one call."""
     runtime = _runtime(request)
-    if idempotency_key is None:
-        return await _record(runtime=runtime, callback_id=callback_id, body=body, claim=None)
-    digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-    try:
-        claimed = await idempotency.claim(db=runtime.db, key=f"attempt:{callback_id}:{idempotency_key}", digest=digest)
-    except idempotency.KeyConflict as exc:
-        raise problem(exc.status, exc.detail) from None
-    if isinstance(claimed, idempotency.Replay):
-        return JSONResponse(claimed.body, status_code=claimed.status_code)
-    try:
-        return await _record(runtime=runtime, callback_id=callback_id, body=body, claim=claimed)
-    except BaseException:
-        await idempotency.release(db=runtime.db, claim=claimed)
-        raise
 
-
-async def _record(
-    *, runtime: Runtime, callback_id: str, body: AttemptIn, claim: idempotency.Claim | None
-) -> AttemptOut:
-    """One transaction: the attempt, its events and (with a key) its stored result."""
-    async with runtime.db.uow() as uow:
+    async def record(uow: UnitOfWork) -> AttemptOut:
         try:
             row = await record_attempt(uow=uow, callback_id=callback_id, body=body, cipher=runtime.cipher)
-            out = attempt_out(row)
-            if claim is not None:
-                await idempotency.finish(uow=uow, claim=claim, status_code=201, response=out.model_dump_json())
-        except AttemptRejected as exc:  # a KeyConflict too
+        except AttemptRejected as exc:
             raise problem(exc.status, exc.detail) from None
-        await uow.commit()
-    return out
+        return attempt_out(row)
+
+    keyed = idempotency.keyed(
+        idempotency_key, who=who, operation="outcomes.attempt", params={"callback_id": callback_id}, body=body
+    )
+    return await idempotency.once(db=runtime.db, keyed=keyed, status_code=201, run=record)
 
 
 @router.get("/callbacks/{callback_id}/attempts", response_model=list[AttemptOut])

@@ -1,5 +1,4 @@
-"""Outcomes tables: its own view of callbacks and escalations, every attempt, each loan's verification,
-idempotency keys."""
+"""Outcomes tables: its own view of callbacks and escalations, every attempt, each loan's verification."""
 
 from __future__ import annotations
 
@@ -66,18 +65,6 @@ class LoanVerification(SQLModel, table=True):
     status: str = Field(max_length=32)
     parties: str = Field(sa_type=sa.Text)  # JSON list of PartyResult
     completed_at: datetime = Field(sa_type=UTCDateTime)
-
-
-class IdempotencyRecord(SQLModel, table=True):
-    __tablename__ = "idempotency_key"
-
-    key: str = Field(primary_key=True, max_length=255)
-    request_hash: str = Field(max_length=64)
-    status_code: int
-    response: str = Field(sa_type=sa.Text)
-    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
-    # "in_flight" while the first request with the key runs, "done" once its result is stored.
-    state: str = Field(default="done", max_length=16)
 
 
 class EscalationView(SQLModel, table=True):

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import datetime
 from typing import Annotated, Any
 
-import sqlalchemy as sa
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import AwareDatetime, BaseModel, Field
 from sqlmodel import col, select
 
 from services.scheduler.callbacks import close, find, flags_of, publish, ref
-from services.scheduler.models import Callback, CallbackEvent, CancelRequest
-from shared.db import Database, utcnow
+from services.scheduler.models import Callback, CallbackEvent
+from shared import idempotency
+from shared.db import Database, UnitOfWork, utcnow
 from shared.events import CLOSED_STATES, CallbackCancelled, CallbackState, Role, Stage
+from shared.idempotency import IdempotencyKey
 from shared.web import AgentAuth, SupervisorAuth, problem
 
 router = APIRouter(prefix="/v1", tags=["callbacks"])
@@ -131,36 +131,26 @@ async def get_callback(request: Request, callback_id: str, _: AgentAuth) -> Call
 
 @router.post("/callbacks/{callback_id}/cancel", response_model=CallbackOut)
 async def cancel_callback(
-    request: Request,
-    callback_id: str,
-    body: CancelIn,
-    who: SupervisorAuth,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
-) -> CallbackOut:
+    request: Request, callback_id: str, body: CancelIn, who: SupervisorAuth, idempotency_key: IdempotencyKey = None
+) -> Any:
     """A supervisor stops a callback; dialers and agents learn it from `callback.cancelled`."""
-    digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-    async with _db(request).uow() as uow:
+
+    async def cancel(uow: UnitOfWork) -> CallbackOut:
         cb = await find(uow=uow, callback_id=callback_id, lock=True)
         if cb is None:
             raise problem(404, f"callback {callback_id} not found")
-        if idempotency_key:
-            earlier = await uow.session.get(CancelRequest, idempotency_key)
-            if earlier is not None:
-                if (earlier.callback_id, earlier.request_hash) != (callback_id, digest):
-                    raise problem(422, "Idempotency-Key was already used with a different request")
-                return _out(cb)  # the first request cancelled it; the callback stays as it left it
-            uow.session.add(CancelRequest(key=idempotency_key, callback_id=callback_id, request_hash=digest))
         if cb.state in CLOSED_STATES:
             raise problem(409, f"callback {callback_id} is already {cb.state}")
         await close(uow=uow, cb=cb, state="cancelled", now=utcnow())
         # The reason is free text a supervisor typed: kept encrypted here, never put on a topic.
         cb.cancel_note_enc = request.app.state.runtime.cipher.encrypt(body.reason)
         publish(uow, cb, CallbackCancelled(**ref(cb), reason="operator"))  # type: ignore[arg-type]
-        try:
-            await uow.commit()
-        except sa.exc.IntegrityError:
-            raise problem(409, "a request with this Idempotency-Key is in flight; retry to get its result") from None
-    return _out(cb)
+        return _out(cb)
+
+    keyed = idempotency.keyed(
+        idempotency_key, who=who, operation="scheduler.cancel", params={"callback_id": callback_id}, body=body
+    )
+    return await idempotency.once(db=_db(request), keyed=keyed, status_code=200, run=cancel)
 
 
 @router.get("/policy")

@@ -81,17 +81,6 @@ class PersonCall(SQLModel, table=True):
     called_at: datetime = Field(sa_type=UTCDateTime)
 
 
-class CancelRequest(SQLModel, table=True):
-    """An Idempotency-Key used on POST /v1/callbacks/{id}/cancel and the body it came with."""
-
-    __tablename__ = "cancel_request"
-
-    key: str = Field(primary_key=True, max_length=255)
-    callback_id: str = Field(max_length=64)
-    request_hash: str = Field(max_length=64)
-    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
-
-
 class LoanStage(SQLModel, table=True):
     """The stage each loan is in, as upstream last told us."""
 

@@ -1,4 +1,4 @@
-"""The HTTP API as agents and supervisors meet it: auth, validation, idempotency, health."""
+"""The HTTP API as agents and supervisors meet it: auth, validation, health (idempotency: test_idempotency.py)."""
 
 from __future__ import annotations
 
@@ -82,23 +82,6 @@ async def test_attempt_validation_and_states(huifang: Huifang) -> None:
     assert done.status_code == 201
     assert again.status_code == 409
     assert [a["disposition"] for a in listed.json()] == ["completed"]
-
-
-async def test_idempotency_key_returns_the_first_result(huifang: Huifang) -> None:
-    loan, [callback_id] = await due_callbacks(huifang)
-    body = {"disposition": "refused", "reason_code": "time_conflict", "agent_id": "A-9"}
-    headers = {"Idempotency-Key": uuid.uuid4().hex}
-    async with huifang.client("outcomes") as client:
-        first = await client.post(f"/v1/callbacks/{callback_id}/attempts", json=body, headers=headers)
-        second = await client.post(f"/v1/callbacks/{callback_id}/attempts", json=body, headers=headers)
-        changed = await client.post(
-            f"/v1/callbacks/{callback_id}/attempts", json={**body, "reason_code": "distrust"}, headers=headers
-        )
-    assert first.status_code == second.status_code == 201
-    assert first.json() == second.json()
-    assert changed.status_code == 422
-    await huifang.tap.wait_events("loan.verification.completed", loan)
-    assert len(huifang.tap.events("callback.refused", loan)) == 1
 
 
 async def test_health_readiness_metrics_and_docs(huifang: Huifang) -> None:

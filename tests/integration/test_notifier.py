@@ -417,24 +417,6 @@ async def test_restart_between_refusal_and_deadline_still_escalates_on_time(rig:
     assert ACK_TIMEOUT <= raised_at(level2) - raised_at(level1) < ACK_TIMEOUT + timedelta(seconds=3)
 
 
-async def test_ack_with_idempotency_key_has_one_effect(rig: Rig) -> None:
-    loan = new_loan()
-    await rig.system.publish_event("callback.refused", refusal(loan, "distrust"), key=loan)
-    [raised] = await rig.system.tap.wait_events("escalation.raised", loan)
-    esc_id = raised["data"]["escalation_id"]
-    headers = {"Idempotency-Key": uuid.uuid4().hex}
-    async with rig.system.client("notifier", "supervisor") as client:
-        first = await client.post(f"/v1/escalations/{esc_id}/ack", json={"note": "mine"}, headers=headers)
-        retry = await client.post(f"/v1/escalations/{esc_id}/ack", json={"note": "mine"}, headers=headers)
-        other = await client.post(f"/v1/escalations/{esc_id}/ack", json={"note": "changed"}, headers=headers)
-        plain = await client.post(f"/v1/escalations/{esc_id}/ack", json={"note": "mine"})
-    assert first.status_code == retry.status_code == 200 and first.json() == retry.json()
-    assert other.status_code == 422
-    assert plain.status_code == 409  # without the key a second ack is a conflict, as before
-    await rig.system.tap.wait_events("escalation.acknowledged", loan)
-    assert len(rig.system.tap.events("escalation.acknowledged", loan)) == 1
-
-
 async def test_nth_refusal_escalates_even_when_its_reason_already_did(rig: Rig) -> None:
     loan = new_loan()
     await rig.system.publish_event("callback.refused", refusal(loan, "privacy_concern", refusals=1), key=loan)

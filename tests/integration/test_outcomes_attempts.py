@@ -1,33 +1,16 @@
-"""Outcomes' agent API beyond the basics: idempotency in flight, notes at rest, verification, escalations."""
+"""Outcomes' agent API beyond the basics: concurrent keyed duplicates, notes at rest, verification, escalations."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlmodel import select
 
-from services.outcomes.attempts import AttemptIn
-from services.outcomes.models import Attempt, EscalationView, IdempotencyRecord
-from shared.db import utcnow
-from tests.outcomes_support import due_callbacks, new_id, outcomes_db, seed
+from services.outcomes.models import Attempt, EscalationView
+from tests.outcomes_support import due_callbacks, new_id, outcomes_db
 from tests.support import Huifang
-
-
-def in_flight(callback_id: str, key: str, body: dict[str, Any], *, age: timedelta = timedelta()) -> IdempotencyRecord:
-    """The claim a first request with this key holds while it runs."""
-    digest = hashlib.sha256(AttemptIn.model_validate(body).model_dump_json().encode()).hexdigest()
-    return IdempotencyRecord(
-        key=f"attempt:{callback_id}:{key}",
-        request_hash=digest,
-        status_code=0,
-        response="",
-        state="in_flight",
-        created_at=utcnow() - age,
-    )
 
 
 async def attempts_of(huifang: Huifang, callback_id: str) -> list[dict[str, Any]]:
@@ -36,36 +19,6 @@ async def attempts_of(huifang: Huifang, callback_id: str) -> list[dict[str, Any]
     assert response.status_code == 200
     result: list[dict[str, Any]] = response.json()
     return result
-
-
-async def test_a_duplicate_while_the_first_is_in_flight_gets_409(huifang: Huifang) -> None:
-    _, callbacks = await due_callbacks(huifang)
-    callback_id, key = callbacks["borrower"], new_id("K")
-    body = {"disposition": "completed", "agent_id": "A-1"}
-    await seed(huifang, [in_flight(callback_id, key, body)])
-    async with huifang.client("outcomes") as client:
-        duplicate = await client.post(
-            f"/v1/callbacks/{callback_id}/attempts", json=body, headers={"Idempotency-Key": key}
-        )
-        other_body = await client.post(
-            f"/v1/callbacks/{callback_id}/attempts", json={**body, "agent_id": "A-2"}, headers={"Idempotency-Key": key}
-        )
-    assert duplicate.status_code == 409 and "in flight" in duplicate.json()["detail"]
-    assert other_body.status_code == 422 and "different body" in other_body.json()["detail"]
-    assert await attempts_of(huifang, callback_id) == []
-
-
-async def test_an_abandoned_claim_is_taken_over_and_then_replayed(huifang: Huifang) -> None:
-    _, callbacks = await due_callbacks(huifang)
-    callback_id, key = callbacks["borrower"], new_id("K")
-    body = {"disposition": "no_answer", "agent_id": "A-1"}
-    await seed(huifang, [in_flight(callback_id, key, body, age=timedelta(minutes=3))])
-    async with huifang.client("outcomes") as client:
-        first = await client.post(f"/v1/callbacks/{callback_id}/attempts", json=body, headers={"Idempotency-Key": key})
-        again = await client.post(f"/v1/callbacks/{callback_id}/attempts", json=body, headers={"Idempotency-Key": key})
-    assert first.status_code == again.status_code == 201
-    assert first.json() == again.json()
-    assert len(await attempts_of(huifang, callback_id)) == 1
 
 
 async def test_concurrent_duplicates_have_exactly_one_effect(huifang: Huifang) -> None:
