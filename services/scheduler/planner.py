@@ -172,20 +172,34 @@ def business_day_end(*, policy: Policy, reach: Reach, now: datetime, days: int) 
     return local_instant(day=day, minute=minutes_of_day(policy.calling_hours.end), zone=zone)
 
 
-def notice_time(*, policy: Policy, reach: Reach, at: datetime) -> datetime:
-    """`at`, or the end of the quiet hours when `at` falls inside them (the notice waits for morning)."""
+def _quiet_period(*, policy: Policy, reach: Reach, at: datetime) -> tuple[datetime, datetime] | None:
+    """The quiet period [began, ends) that holds `at`, or None when `at` is outside quiet hours."""
     quiet_start, quiet_end = minutes_of_day(policy.notice.quiet_start), minutes_of_day(policy.notice.quiet_end)
     if quiet_start == quiet_end:
-        return at
+        return None
     zone = _zone(reach.timezone)
     day, minute = _local_minute(at, zone)
     if quiet_start < quiet_end:
-        quiet = quiet_start <= minute < quiet_end
-        wake_day = day
-    else:  # wraps midnight, e.g. 21:00-08:00
-        quiet = minute >= quiet_start or minute < quiet_end
-        wake_day = day + timedelta(days=1) if minute >= quiet_start else day
-    return local_instant(day=wake_day, minute=quiet_end, zone=zone) if quiet else at
+        if not quiet_start <= minute < quiet_end:
+            return None
+        began_day, end_day = day, day
+    elif minute >= quiet_start:  # wraps midnight, e.g. 21:00-08:00
+        began_day, end_day = day, day + timedelta(days=1)
+    elif minute < quiet_end:
+        began_day, end_day = day - timedelta(days=1), day
+    else:
+        return None
+    began = local_instant(day=began_day, minute=quiet_start, zone=zone)
+    return began, local_instant(day=end_day, minute=quiet_end, zone=zone)
+
+
+def notice_time(*, policy: Policy, reach: Reach, at: datetime) -> datetime:
+    """`at`, or the end of the quiet hours when `at` falls inside them (the notice waits for morning)."""
+    # A loop, as daylight saving can skip the wall time quiet hours end at (03:00 is then quiet again), or
+    # repeat the hour they end in (the end computed is then the first pass, already behind `at`).
+    while (quiet := _quiet_period(policy=policy, reach=reach, at=at)) is not None:
+        at = max(quiet[1], at + timedelta(minutes=1))
+    return at
 
 
 def plan_first_call(*, policy: Policy, party: Party, now: datetime, busy_days: frozenset[date] = frozenset()) -> Plan:

@@ -133,6 +133,14 @@ def test_busy_days_of_the_person_are_skipped() -> None:
     assert (plan.notice_at, plan.due_at) == (at(2026, 3, 9, 10), at(2026, 3, 11, 9, 0))
 
 
+def test_notice_waits_for_quiet_hours_ending_in_a_daylight_saving_gap() -> None:
+    # Sydney skips 02:00-03:00 on 4 October 2026; quiet hours end at 02:00 and begin again at 03:00.
+    night = policy(notice={"quiet_start": "03:00", "quiet_end": "02:00"})
+    sydney = ZoneInfo("Australia/Sydney")
+    wake = planner.notice_time(policy=night, reach=Reach("Australia/Sydney"), at=at(2026, 10, 3, 21, zone=sydney))
+    assert wake == at(2026, 10, 5, 2, 0, zone=sydney)
+
+
 def test_retry_is_min_gap_later_and_in_another_part_of_the_day() -> None:
     reach = Reach("Asia/Shanghai")
     deadline = at(2026, 3, 16, 20)
