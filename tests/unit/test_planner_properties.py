@@ -1,7 +1,12 @@
-"""Properties of slot planning over random policies, parties, zones (DST ones too) and moments."""
+"""Properties of slot planning over random policies, parties, zones (DST ones too) and moments.
+
+`make test` runs a fixed, derandomized set of examples; `make test-props` runs many random ones
+(HUIFANG_HYPOTHESIS_PROFILE=props).
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 
@@ -12,6 +17,10 @@ from services.scheduler import planner
 from services.scheduler.planner import Reach
 from shared.events import Party, Window
 from shared.policy import Policy, minutes_of_day
+
+settings.register_profile("ci", max_examples=200, derandomize=True, deadline=None, database=None)
+settings.register_profile("props", max_examples=5000, deadline=None, database=None)
+PROFILE = settings.get_profile(os.environ.get("HUIFANG_HYPOTHESIS_PROFILE", "ci"))
 
 ZONES = ["Asia/Shanghai", "America/New_York", "Europe/London", "Australia/Sydney", "Asia/Kolkata"]
 DAY = 24 * 60
@@ -100,7 +109,7 @@ def quiet(policy: Policy, party: Party, moment: datetime) -> bool:
     return planner.notice_time(policy=policy, reach=Reach.of(party), at=moment) != moment
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@PROFILE
 @given(policy=policies(), party=parties(), now=moments)
 @first_call_examples
 def test_first_call_is_in_calling_hours_on_a_business_day_before_the_deadline(
@@ -116,7 +125,7 @@ def test_first_call_is_in_calling_hours_on_a_business_day_before_the_deadline(
     assert plan.due_at < plan.deadline or any_slot is None
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@PROFILE
 @given(policy=policies(), party=parties(), now=moments)
 @first_call_examples
 def test_notice_is_outside_quiet_hours_and_the_lead_is_reported_truthfully(
@@ -133,7 +142,7 @@ def test_notice_is_outside_quiet_hours_and_the_lead_is_reported_truthfully(
         assert planner.notice_time(policy=policy, reach=Reach.of(party), at=now) > plan.due_at
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@PROFILE
 @given(policy=policies(), party=parties(), now=moments)
 @first_call_examples
 def test_lead_is_honoured_whenever_a_slot_allows_it(policy: Policy, party: Party, now: datetime) -> None:
@@ -152,7 +161,7 @@ def test_lead_is_honoured_whenever_a_slot_allows_it(policy: Policy, party: Party
         assert plan.lead_honoured and plan.due_at == possible
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@PROFILE
 @given(policy=policies(), party=parties(), now=moments, gap_calls=st.integers(0, 600))
 def test_retry_is_late_enough_decent_and_before_the_deadline(
     policy: Policy, party: Party, now: datetime, gap_calls: int
@@ -168,7 +177,7 @@ def test_retry_is_late_enough_decent_and_before_the_deadline(
         assert allowed(policy, party, retry)
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@PROFILE
 @given(policy=policies(), party=parties(), now=moments, ahead=st.integers(0, 30 * 24 * 60))
 def test_reschedule_lands_in_calling_hours_before_the_deadline(
     policy: Policy, party: Party, now: datetime, ahead: int
@@ -182,7 +191,7 @@ def test_reschedule_lands_in_calling_hours_before_the_deadline(
     assert allowed(policy, party, moved)
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@PROFILE
 @given(policy=policies(), party=parties(), now=moments, busy=st.sets(st.integers(0, 6), max_size=4))
 def test_busy_days_are_never_used_when_a_free_day_exists(
     policy: Policy, party: Party, now: datetime, busy: set[int]
