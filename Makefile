@@ -9,7 +9,7 @@ DEV_ENV := HUIFANG_API_KEYS=$${HUIFANG_API_KEYS:-agent:dev-agent,supervisor:dev-
 	HUIFANG_WEBHOOK_SECRET=$${HUIFANG_WEBHOOK_SECRET:-dev-webhook-secret} \
 	HUIFANG_SMS_WEBHOOK_URL=$${HUIFANG_SMS_WEBHOOK_URL:-http://127.0.0.1:8009/sms}
 
-.PHONY: setup run demo test test-fault test-load test-unit lint kafka-jars clean bench-timers bench-pipeline
+.PHONY: setup run demo test test-fault test-load test-unit test-props lint kafka-jars clean bench-timers bench-pipeline
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test-fault: setup
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider -q tests/unit
+
+# The planner's property tests on many random examples; `make test` runs them on a fixed set only.
+test-props: $(STAMP)
+	HUIFANG_HYPOTHESIS_PROFILE=props $(BIN)/python -m pytest -p no:cacheprovider -q tests/unit/test_planner_properties.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check shared services cli tests bench

@@ -172,46 +172,96 @@ def business_day_end(*, policy: Policy, reach: Reach, now: datetime, days: int) 
     return local_instant(day=day, minute=minutes_of_day(policy.calling_hours.end), zone=zone)
 
 
-def notice_time(*, policy: Policy, reach: Reach, at: datetime) -> datetime:
-    """`at`, or the end of the quiet hours when `at` falls inside them (the notice waits for morning)."""
+def _quiet_period(*, policy: Policy, reach: Reach, at: datetime) -> tuple[datetime, datetime] | None:
+    """The quiet period [began, ends) that holds `at`, or None when `at` is outside quiet hours."""
     quiet_start, quiet_end = minutes_of_day(policy.notice.quiet_start), minutes_of_day(policy.notice.quiet_end)
     if quiet_start == quiet_end:
-        return at
+        return None
     zone = _zone(reach.timezone)
     day, minute = _local_minute(at, zone)
     if quiet_start < quiet_end:
-        quiet = quiet_start <= minute < quiet_end
-        wake_day = day
-    else:  # wraps midnight, e.g. 21:00-08:00
-        quiet = minute >= quiet_start or minute < quiet_end
-        wake_day = day + timedelta(days=1) if minute >= quiet_start else day
-    return local_instant(day=wake_day, minute=quiet_end, zone=zone) if quiet else at
+        if not quiet_start <= minute < quiet_end:
+            return None
+        began_day, end_day = day, day
+    elif minute >= quiet_start:  # wraps midnight, e.g. 21:00-08:00
+        began_day, end_day = day, day + timedelta(days=1)
+    elif minute < quiet_end:
+        began_day, end_day = day - timedelta(days=1), day
+    else:
+        return None
+    began = local_instant(day=began_day, minute=quiet_start, zone=zone)
+    return began, local_instant(day=end_day, minute=quiet_end, zone=zone)
+
+
+def notice_time(*, policy: Policy, reach: Reach, at: datetime) -> datetime:
+    """`at`, or the end of the quiet hours when `at` falls inside them (the notice waits for morning)."""
+    # A loop, as daylight saving can skip the wall time quiet hours end at (03:00 is then quiet again), or
+    # repeat the hour they end in (the end computed is then the first pass, already behind `at`).
+    while (quiet := _quiet_period(policy=policy, reach=reach, at=at)) is not None:
+        at = max(quiet[1], at + timedelta(minutes=1))
+    return at
+
+
+def _latest_notice(*, policy: Policy, reach: Reach, earliest: datetime, by: datetime) -> datetime:
+    """The latest moment in [earliest, by] outside quiet hours; `earliest` must be outside them."""
+    quiet = _quiet_period(policy=policy, reach=reach, at=by)
+    if quiet is None:
+        return by
+    # Clock times have minute precision: the minute before quiet hours begin is the last one outside them.
+    # Sending earlier keeps the whole lead; sending at the end of quiet hours would shorten it.
+    before = max(earliest, min(by, quiet[0] - timedelta(minutes=1)))
+    # A daylight-saving jump can move the quiet start; `earliest` is always a safe answer.
+    return before if _quiet_period(policy=policy, reach=reach, at=before) is None else earliest
+
+
+def _free_slot(
+    *, policy: Policy, reach: Reach, after: datetime, deadline: datetime, busy_days: frozenset[date]
+) -> datetime | None:
+    """The earliest slot at or after `after` before the deadline, on a day the person is not fully booked if any."""
+    found = earliest_slot(policy=policy, reach=reach, after=after, before=deadline, busy_days=busy_days)
+    # The per-person daily cap gives way before the deadline does.
+    return found or earliest_slot(policy=policy, reach=reach, after=after, before=deadline)
+
+
+def _at_once(
+    *, policy: Policy, reach: Reach, now: datetime, deadline: datetime, busy_days: frozenset[date]
+) -> tuple[datetime, datetime]:
+    """(notice, due) when the lead cannot be honoured within the first-call limit: notify at once, call soonest."""
+    wake = notice_time(policy=policy, reach=reach, at=now)
+    due = _free_slot(policy=policy, reach=reach, after=wake, deadline=deadline, busy_days=busy_days)
+    if due is not None:
+        return wake, due
+    # Quiet hours cover every calling minute left before the deadline, so no notice outside them can precede
+    # a call. The call must still happen, inside calling hours: the contract's "at once" wins over quiet hours.
+    due = _free_slot(policy=policy, reach=reach, after=now, deadline=deadline, busy_days=busy_days)
+    if due is not None:
+        return now, due
+    # No calling minute at all before the deadline (a daylight-saving jump ate it): still never a due time
+    # outside calling hours; the first one after the deadline, whose timer fires first.
+    later = earliest_slot(policy=policy, reach=reach, after=now, before=now + timedelta(days=HORIZON_DAYS))
+    if later is None:
+        raise ValueError("calling hours leave no slot within the planning horizon")
+    return now, later
 
 
 def plan_first_call(*, policy: Policy, party: Party, now: datetime, busy_days: frozenset[date] = frozenset()) -> Plan:
     """When to notify and when to first call a party (CONTRACT.md section 4), and when the callback expires."""
     reach = Reach.of(party)
+    lead = policy.notice.lead
     deadline = business_day_end(policy=policy, reach=reach, now=now, days=policy.attempts.deadline_business_days)
     limit = min(
         deadline,
         business_day_end(policy=policy, reach=reach, now=now, days=policy.attempts.first_call_within_business_days),
     )
-    due = earliest_slot(policy=policy, reach=reach, after=now + policy.notice.lead, before=limit, busy_days=busy_days)
+    # The first moment a notice may go out; a call a full lead after it honours the lead.
+    wake = notice_time(policy=policy, reach=reach, at=now)
+    due = earliest_slot(policy=policy, reach=reach, after=wake + lead, before=limit, busy_days=busy_days)
     if due is not None:
-        notice = notice_time(policy=policy, reach=reach, at=due - policy.notice.lead)
-        if notice <= due:
-            return Plan(notice_at=notice, due_at=due, deadline=deadline, lead_honoured=True)
-    # The lead cannot be honoured within the limit: the notice goes at once (outside quiet hours),
-    # and the call takes the earliest allowed slot after it.
-    notice = notice_time(policy=policy, reach=reach, at=now)
-    due = (
-        earliest_slot(policy=policy, reach=reach, after=notice, before=limit, busy_days=busy_days)
-        or earliest_slot(policy=policy, reach=reach, after=notice, before=deadline, busy_days=busy_days)
-        # Every business day has calling hours, so without the per-person cap a slot always exists.
-        or earliest_slot(policy=policy, reach=reach, after=notice, before=deadline)
-        or notice
-    )
-    return Plan(notice_at=notice, due_at=due, deadline=deadline, lead_honoured=False)
+        notice = _latest_notice(policy=policy, reach=reach, earliest=wake, by=due - lead)
+    else:
+        notice, due = _at_once(policy=policy, reach=reach, now=now, deadline=deadline, busy_days=busy_days)
+    # Measured, not assumed: a call pushed past the limit by busy days may still get the whole lead.
+    return Plan(notice_at=notice, due_at=due, deadline=deadline, lead_honoured=due - notice >= lead)
 
 
 def plan_retry(

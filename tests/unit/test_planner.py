@@ -88,12 +88,48 @@ def test_party_time_zone_is_used() -> None:
     assert plan.due_at.astimezone(SH).hour == 22  # 22:00 in Shanghai, yet 10:00 for the party
 
 
-def test_notice_in_quiet_hours_waits_for_morning() -> None:
+def test_notice_that_would_fall_in_quiet_hours_goes_before_them_keeping_the_lead() -> None:
     short_lead = policy(notice={"lead": "PT12H"})
     plan = planner.plan_first_call(policy=short_lead, party=party(), now=at(2026, 3, 9, 20, 30))
-    # Due Tuesday 09:00; 12 h before is Monday 21:00, in quiet hours: the notice goes at 08:00.
+    # Due Tuesday 09:00; 12 h before is Monday 21:00, in quiet hours: the notice goes in the minute before.
     assert plan.due_at == at(2026, 3, 10, 9, 0)
-    assert plan.notice_at == at(2026, 3, 10, 8, 0)
+    assert plan.notice_at == at(2026, 3, 9, 20, 59)
+    assert plan.lead_honoured
+
+
+def test_notice_held_by_quiet_hours_moves_the_call_to_keep_the_lead() -> None:
+    short_lead = policy(notice={"lead": "PT12H"}, attempts={"first_call_within_business_days": 2})
+    plan = planner.plan_first_call(policy=short_lead, party=party(), now=at(2026, 3, 9, 22, 0))
+    # No notice before Tuesday 08:00, so no call before 20:00 (past calling hours): Wednesday 09:00,
+    # noticed in the minute before Tuesday's quiet hours.
+    assert plan.due_at == at(2026, 3, 11, 9, 0)
+    assert plan.notice_at == at(2026, 3, 10, 20, 59)
+    assert plan.lead_honoured
+
+
+def test_lead_shortened_by_quiet_hours_is_reported() -> None:
+    short_lead = policy(notice={"lead": "PT12H"})
+    plan = planner.plan_first_call(policy=short_lead, party=party(), now=at(2026, 3, 9, 22, 0))
+    # Within the limit (Tuesday 20:00) no call is 12 h after 08:00: notice at 08:00, call at 09:00.
+    assert (plan.notice_at, plan.due_at) == (at(2026, 3, 10, 8, 0), at(2026, 3, 10, 9, 0))
+    assert not plan.lead_honoured
+
+
+def test_quiet_hours_over_every_calling_minute_still_call_in_calling_hours() -> None:
+    all_quiet = policy(notice={"quiet_start": "21:00", "quiet_end": "20:45"}, attempts={"deadline_business_days": 1})
+    plan = planner.plan_first_call(policy=all_quiet, party=party(), now=at(2026, 3, 9, 21, 30))
+    # Quiet until Tuesday 20:45, past the deadline (Tuesday 20:00): the notice goes at once, the call at 09:00.
+    assert (plan.notice_at, plan.due_at) == (at(2026, 3, 9, 21, 30), at(2026, 3, 10, 9, 0))
+    assert plan.deadline == at(2026, 3, 10, 20, 0)
+    assert not plan.lead_honoured
+
+
+def test_quiet_hours_over_every_calling_minute_notice_before_them_when_possible() -> None:
+    all_quiet = policy(notice={"quiet_start": "08:00", "quiet_end": "21:00"})
+    plan = planner.plan_first_call(policy=all_quiet, party=party(), now=at(2026, 3, 9, 7, 0))
+    # Due Tuesday 09:00; 24 h before is in Monday's quiet hours: the notice goes in the minute before them.
+    assert (plan.notice_at, plan.due_at) == (at(2026, 3, 9, 7, 59), at(2026, 3, 10, 9, 0))
+    assert plan.lead_honoured
 
 
 def test_lead_that_cannot_be_honoured_sends_the_notice_at_once_and_calls_at_the_earliest_slot() -> None:
@@ -131,6 +167,15 @@ def test_busy_days_of_the_person_are_skipped() -> None:
     plan = planner.plan_first_call(policy=DEFAULT, party=party(), now=at(2026, 3, 9, 10), busy_days=busy)
     # No free day within the first-call limit: the notice goes at once, the call on the first free day.
     assert (plan.notice_at, plan.due_at) == (at(2026, 3, 9, 10), at(2026, 3, 11, 9, 0))
+    assert plan.lead_honoured  # not promised within the limit, yet 47 h of notice is given
+
+
+def test_notice_waits_for_quiet_hours_ending_in_a_daylight_saving_gap() -> None:
+    # Sydney skips 02:00-03:00 on 4 October 2026; quiet hours end at 02:00 and begin again at 03:00.
+    night = policy(notice={"quiet_start": "03:00", "quiet_end": "02:00"})
+    sydney = ZoneInfo("Australia/Sydney")
+    wake = planner.notice_time(policy=night, reach=Reach("Australia/Sydney"), at=at(2026, 10, 3, 21, zone=sydney))
+    assert wake == at(2026, 10, 5, 2, 0, zone=sydney)
 
 
 def test_retry_is_min_gap_later_and_in_another_part_of_the_day() -> None:
