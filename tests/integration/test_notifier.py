@@ -6,6 +6,7 @@ short retry base and a six-second acknowledgement deadline (tests/policy-notifie
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import json
@@ -18,6 +19,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
@@ -25,9 +27,12 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from cli.devstack import free_port
-from services.notifier.channels.webhook import verify
+from cli.main import _sink
+from services.notifier.channels.sms import send_sms
+from services.notifier.channels.webhook import deliver, verify
 from shared.db import Database
 from shared.kafka import create_topics
+from shared.settings import Settings
 from tests.support import WEBHOOK_SECRET, Huifang, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -443,3 +448,50 @@ async def test_deadline_expiry_tells_the_officer_but_sends_the_party_nothing(rig
     [hook] = rig.receiver.webhooks(loan_id)
     assert hook.body["type"] == "callback.expired" and hook.body["reason"] == "deadline"
     assert rig.receiver.sms(phone) == []
+
+
+async def _listening(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
+async def test_dev_receiver_prints_webhooks_but_never_an_sms_body(capfd: pytest.CaptureFixture[str]) -> None:
+    """`huifang dev`'s receiver, fed by the notifier's own channels: an SMS holds the party's name."""
+    port = free_port()
+    settings = Settings(
+        huifang_notify_webhook_url=f"http://127.0.0.1:{port}/hooks",
+        huifang_webhook_secret=WEBHOOK_SECRET,  # type: ignore[arg-type]
+    )
+    receiver = asyncio.create_task(_sink(settings))  # what `huifang dev` runs on 8009
+    try:
+        await wait_for(lambda: _listening(port), 10, "the development receiver")
+        name, phone = "张伟", new_phone()
+        async with httpx.AsyncClient(timeout=10) as client:
+            sms = await send_sms(
+                client=client, url=f"http://127.0.0.1:{port}/sms", secret=WEBHOOK_SECRET,
+                notification_id=str(uuid.uuid4()), to=phone, text=f"{name}您好，银行将致电核实您的贷款信息。",
+            )  # fmt: skip
+            hook = await deliver(
+                client, f"http://127.0.0.1:{port}/hooks", WEBHOOK_SECRET, str(uuid.uuid4()),
+                {"type": "callback.refused", "loan_id": "L-dev-receiver"},
+            )  # fmt: skip
+            forged = await deliver(
+                client, f"http://127.0.0.1:{port}/hooks", "not-the-secret", str(uuid.uuid4()),
+                {"type": "callback.refused", "loan_id": "L-forged"},
+            )  # fmt: skip
+    finally:
+        receiver.cancel()
+        await asyncio.gather(receiver, return_exceptions=True)
+
+    assert sms.ok and hook.ok and forged.ok  # acknowledged, so the notifier does not retry
+    printed = capfd.readouterr().err
+    [sms_line] = [line for line in printed.splitlines() if line.startswith("[/sms ")]
+    assert "not shown" in sms_line
+    assert name not in printed and phone not in printed and "您好" not in printed
+    assert '[/hooks signature ok] {"type":"callback.refused","loan_id":"L-dev-receiver"}' in printed
+    assert '[/hooks BAD SIGNATURE] {"type":"callback.refused","loan_id":"L-forged"}' in printed

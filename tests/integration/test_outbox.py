@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -10,14 +11,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client import REGISTRY
 
 from shared.crypto import Cipher, generate_key
-from shared.db import Database
-from shared.events import CallbackDue, CallbackScheduled
-from shared.kafka import create_topics
+from shared.db import Database, UnitOfWork
+from shared.events import CallbackDue, CallbackScheduled, Event
+from shared.kafka import ConsumerRunner, create_topics
 from shared.outbox import OutboxMessage, OutboxRelay, enqueue
 from shared.settings import Settings
-from tests.support import service_database
+from tests.support import service_database, wait_for
 
 CIPHER = Cipher([generate_key()])
 NOW = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
@@ -92,19 +94,96 @@ async def test_personal_events_wait_encrypted_and_leave_no_copy(database: Databa
     async with database.uow() as uow:
         assert await uow.session.scalar(sa.select(sa.func.count()).select_from(OutboxMessage)) == 0
 
-    consumer = AIOKafkaConsumer(
-        settings.topic("callback.lifecycle.v1"),
-        bootstrap_servers=kafka_bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        received: list[dict[str, object]] = []
-        while len(received) < 2:
-            for records in (await consumer.getmany(timeout_ms=1000)).values():
-                received += [json.loads(r.value) for r in records]
-    finally:
-        await consumer.stop()
+    received = await _read(kafka_bootstrap, settings.topic("callback.lifecycle.v1"), count=2)
     assert [e["type"] for e in received] == ["callback.scheduled", "callback.due"]
     assert received[1]["data"]["phone"] == "+8613800138000"  # decrypted for the dialer, as the contract allows
+
+
+class Crash(Exception):
+    """The process dies after the broker acknowledged, before the sent rows are deleted."""
+
+
+async def test_a_crash_between_publish_and_delete_sends_again_with_the_same_id(
+    database: Database, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loan = f"L-{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        kafka_bootstrap_servers=kafka_bootstrap, huifang_topic_prefix=database.topic_prefix, huifang_topic_partitions=1
+    )
+    await create_topics(settings)
+    scheduled = CallbackScheduled(
+        loan_id=loan, **REF, state="scheduled", due_at=NOW, notice_at=NOW, deadline=NOW + timedelta(days=5),
+        verification_items=["identity"],
+    )  # fmt: skip
+    async with database.uow() as uow:
+        event_id = enqueue(uow, scheduled, key=loan)
+        await uow.commit()
+
+    mark_sent = OutboxRelay._mark_sent
+    crashes = [Crash()]
+
+    async def crash_once(self: OutboxRelay, uow: UnitOfWork, ids: list[int]) -> None:
+        if crashes:
+            raise crashes.pop()
+        await mark_sent(self, uow, ids)
+
+    monkeypatch.setattr(OutboxRelay, "_mark_sent", crash_once)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        relay = OutboxRelay(db=database, producer=producer, service="scheduler")
+        with pytest.raises(Crash):
+            await relay.publish_once()
+        assert await relay.publish_once() == 1  # the next pass (or replica) sends the row again
+        async with database.uow() as uow:
+            assert await uow.session.scalar(sa.select(sa.func.count()).select_from(OutboxMessage)) == 0
+
+        topic = settings.topic("callback.lifecycle.v1")
+        received = await _read(kafka_bootstrap, topic, count=2)
+        assert [(e["id"], e["type"]) for e in received] == [(event_id, "callback.scheduled")] * 2  # at least once
+
+        # A consumer's dedupe row absorbs the second copy: one effect.
+        effects: list[str] = []
+
+        async def handler(*, uow: UnitOfWork, event: Event[CallbackScheduled]) -> None:
+            effects.append(event.id)
+
+        runner = ConsumerRunner(
+            service="relay-test", settings=settings, db=database, producer=producer,
+            topics=["callback.lifecycle.v1"], handlers={CallbackScheduled: handler},
+        )  # fmt: skip
+        labels = {"service": "relay-test", "topic": topic, "type": "callback.scheduled", "result": "duplicate"}
+        task = asyncio.create_task(runner.run())
+        try:
+            await wait_for(
+                lambda: REGISTRY.get_sample_value("huifang_events_consumed_total", labels) or len(effects) > 1
+                or task.done(),
+                what="the consumer to read the second copy",
+            )  # fmt: skip
+        finally:
+            runner.request_stop()
+            await task
+        assert effects == [event_id]
+        assert REGISTRY.get_sample_value("huifang_events_consumed_total", labels) == 1
+    finally:
+        await producer.stop()
+
+
+async def _read(bootstrap: str, topic: str, *, count: int) -> list[dict[str, object]]:
+    """The first `count` events on a topic, read from the start without a consumer group."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    received: list[dict[str, object]] = []
+
+    async def enough() -> bool:
+        for records in (await consumer.getmany(timeout_ms=200)).values():
+            received.extend(json.loads(r.value) for r in records)
+        return len(received) >= count
+
+    try:
+        await wait_for(enough, what=f"{count} events on {topic}")
+    finally:
+        await consumer.stop()
+    return received

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -11,13 +12,15 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import col
 
+from services.scheduler.callbacks import apply_outcome, schedule_callbacks
 from services.scheduler.models import Callback, Timer
 from services.scheduler.timers import TimerLoop
 from shared.crypto import Cipher, generate_key
-from shared.db import Database, utcnow
+from shared.db import ENCRYPTED_PREFIX, Database, utcnow
+from shared.events import CallbackOutcomeRecorded, LoanStageChanged
 from shared.outbox import OutboxMessage
-from shared.policy import Policy
-from tests.support import service_database
+from shared.policy import Policy, load_policy
+from tests.support import ROOT, loan_event, service_database
 
 CIPHER = Cipher([generate_key()])
 
@@ -96,3 +99,51 @@ async def test_a_late_due_timer_waits_for_calling_hours(database: Database) -> N
     assert moved.state == "scheduled" and sent == []  # nobody is rung at night
     assert start <= local.strftime("%H:%M") < end and moved.due_at > utcnow()
     assert [(t.kind, t.fire_at) for t in pending] == [("due", moved.due_at)]
+
+
+async def _outbox_types(database: Database) -> list[str]:
+    async with database.uow() as uow:
+        payloads = (await uow.session.execute(sa.select(OutboxMessage.payload))).scalars().all()
+    plain = [CIPHER.decrypt(p.removeprefix(ENCRYPTED_PREFIX)) if p.startswith(ENCRYPTED_PREFIX) else p
+             for p in payloads]  # fmt: skip
+    return [json.loads(p)["type"] for p in plain]
+
+
+@pytest.mark.parametrize(("disposition", "state"), [("no_answer", "scheduled"), ("completed", "completed")])
+async def test_a_call_before_the_notice_cancels_the_notice_timer(
+    database: Database, monkeypatch: pytest.MonkeyPatch, disposition: str, state: str
+) -> None:
+    policy = load_policy(ROOT / "tests" / "policy-test.toml")
+    loan = f"L-{uuid.uuid4().hex[:8]}"
+    event = LoanStageChanged.model_validate(loan_event(loan, roles=("borrower",)))
+    async with database.uow() as uow:
+        [cb] = await schedule_callbacks(uow=uow, event=event, policy=policy, cipher=CIPHER, now=utcnow())
+        await uow.commit()
+    notice_at = cb.notice_at
+    # The agent rings (early, or from another list) before the timer loop sent the advance notice.
+    async with database.uow() as uow:
+        [notice] = (await uow.session.execute(sa.select(Timer).where(Timer.kind == "notice"))).scalars().all()
+        assert notice.fired_at is None
+        outcome = CallbackOutcomeRecorded.model_validate(
+            {
+                "loan_id": loan, "callback_id": cb.callback_id, "party_id": cb.party_id, "role": cb.role,
+                "stage": cb.stage, "branch_id": cb.branch_id, "attempt": cb.attempt, "state": cb.state,
+                "attempt_id": str(uuid.uuid4()), "disposition": disposition, "agent_id": "A-7",
+                "recorded_at": utcnow(),
+            }
+        )  # fmt: skip
+        await apply_outcome(uow=uow, event=outcome, policy=policy)
+        await uow.commit()
+
+    # The timer loop then wakes at the time the notice was planned for.
+    monkeypatch.setattr("services.scheduler.timers.utcnow", lambda: notice_at)
+    await TimerLoop(db=database, cipher=CIPHER, poll_seconds=0.1, policy=policy).fire_due()
+
+    async with database.uow() as uow:
+        moved = (await uow.session.execute(sa.select(Callback))).scalar_one()
+        timer = (await uow.session.execute(sa.select(Timer).where(Timer.id == notice.id))).scalar_one()
+    sent = await _outbox_types(database)
+    assert "callback.scheduled" in sent  # the outbox is read, not empty by accident
+    assert "callback.notice.requested" not in sent  # the party hears nothing of a call already made
+    assert moved.state == state
+    assert timer.cancelled and timer.fired_at is not None
