@@ -15,7 +15,6 @@ from shared.db import Database, UnitOfWork
 from shared.policy import Policy
 
 T = TypeVar("T")
-Row = TypeVar("Row")
 
 # CONTRACT.md 2.2 and 3: an id is 1-64 characters of A-Z a-z 0-9 . _ : -; anything else is 422.
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
@@ -57,7 +56,7 @@ class Page(BaseModel, Generic[T]):
 
 async def paginate(
     uow: UnitOfWork,
-    query: sa.Select[tuple[Row]],
+    query: sa.Select[Any],
     *,
     seq: Any,
     limit: int,

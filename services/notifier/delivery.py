@@ -17,6 +17,7 @@ from sqlmodel import col, select
 from services.notifier.channels.email import build_message, send_email
 from services.notifier.channels.sms import send_sms
 from services.notifier.channels.webhook import DeliveryResult, deliver
+from services.notifier.contacts import open_contacts
 from services.notifier.messages import compose
 from services.notifier.models import LoanContact, Notification
 from services.notifier.outbound import seal
@@ -141,7 +142,7 @@ class DeliveryLoop:
             rows = await uow.session.execute(
                 select(LoanContact).where(col(LoanContact.loan_id).in_({c.loan_id for c in waiting}))
             )
-            contacts = {r.loan_id: self.cipher.decrypt_json(r.contacts_enc) for r in rows.scalars()}
+            contacts = {r.loan_id: open_contacts(self.cipher, r.contacts_enc) for r in rows.scalars()}
             for item in waiting:
                 composed = compose(
                     kind=item.kind,

@@ -13,7 +13,14 @@ from services.notifier.models import Escalation, LoanContact
 from services.notifier.outbound import NAMESPACE, queue_notification
 from shared.claims import claim
 from shared.db import Database, UnitOfWork, utcnow
-from shared.events import CallbackRefused, EscalationEvent, EscalationRaised
+from shared.errors import Rejected
+from shared.events import (
+    CallbackRefused,
+    EscalationAcknowledged,
+    EscalationEvent,
+    EscalationRaised,
+    EscalationResolved,
+)
 from shared.metrics import TIMER_LATENESS, TIMERS_FIRED
 from shared.outbox import enqueue
 from shared.policy import Policy
@@ -54,6 +61,39 @@ def escalation_event(model: type[E], esc: Escalation, *, by: str | None = None) 
         callback_id=esc.callback_id,
         by=by,
     )
+
+
+async def acknowledge(*, uow: UnitOfWork, escalation_id: str, by: str, note: str | None) -> Escalation:
+    """Someone takes ownership of an open escalation: its level-2 timer stops."""
+    esc = await _locked(uow=uow, escalation_id=escalation_id)
+    if esc.state != "open":
+        raise Rejected(409, f"escalation {escalation_id} is {esc.state}, not open")
+    esc.state, esc.acked_by, esc.acked_at, esc.ack_due_at, esc.ack_note = "acknowledged", by, utcnow(), None, note
+    uow.session.add(esc)
+    enqueue(uow, escalation_event(EscalationAcknowledged, esc, by=by), key=esc.loan_id)
+    return esc
+
+
+async def resolve(*, uow: UnitOfWork, escalation_id: str, by: str, note: str | None) -> Escalation:
+    """Someone closes an escalation for good, acknowledged or not."""
+    esc = await _locked(uow=uow, escalation_id=escalation_id)
+    if esc.state == "resolved":
+        raise Rejected(409, f"escalation {escalation_id} is already resolved")
+    esc.state, esc.resolved_by, esc.resolved_at, esc.ack_due_at, esc.resolve_note = "resolved", by, utcnow(), None, note
+    uow.session.add(esc)
+    enqueue(uow, escalation_event(EscalationResolved, esc, by=by), key=esc.loan_id)
+    return esc
+
+
+async def _locked(*, uow: UnitOfWork, escalation_id: str) -> Escalation:
+    # Row lock on PostgreSQL so two supervisors cannot both acknowledge; SQLite serialises writers anyway.
+    result = await uow.session.execute(
+        select(Escalation).where(col(Escalation.escalation_id) == escalation_id).with_for_update()
+    )
+    esc = result.scalar_one_or_none()
+    if esc is None:
+        raise Rejected(404, f"escalation {escalation_id} not found")
+    return esc
 
 
 async def announce(

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from services.notifier.contacts import Contacts, Person
 from shared import labels
 from shared.events import message_language
 
@@ -53,22 +54,22 @@ def render(*, kind: str, channel: str, language: str, context: dict[str, Any]) -
     return Message(subject=block("subject"), body=block("sms" if channel == "sms" else "email"))
 
 
-def find_party(contacts: dict[str, Any], party_id: str | None) -> dict[str, Any] | None:
+def find_party(contacts: Contacts, party_id: str | None) -> Person | None:
     """The party of the loan's contacts with this id."""
     return next((p for p in contacts.get("parties", []) if p.get("party_id") == party_id), None)
 
 
-def person_of(contacts: dict[str, Any], recipient: str) -> dict[str, Any] | None:
+def person_of(contacts: Contacts, recipient: str) -> Person | None:
     """The person a recipient key (`officer:ID` or `party:ID`) names, from the loan's contacts."""
     who, _, ident = recipient.partition(":")
     if who == "officer":
-        officer: dict[str, Any] | None = contacts.get("officer")
+        officer = contacts.get("officer")
         return officer if officer and officer.get("id") == ident else None
     return find_party(contacts, ident) if who == "party" else None
 
 
 def compose(
-    *, kind: str, channel: str, recipient: str, payload: dict[str, Any], contacts: dict[str, Any]
+    *, kind: str, channel: str, recipient: str, payload: dict[str, Any], contacts: Contacts
 ) -> Composed | None:
     """Address and text for one email or SMS; None while the recipient or their address is unknown."""
     person = person_of(contacts, recipient)
@@ -77,7 +78,7 @@ def compose(
     address = person.get("email") if channel == "email" else person.get("phone")
     if not address:
         return None
-    party = find_party(contacts, payload.get("party_id")) or {}
+    party: Person = find_party(contacts, payload.get("party_id")) or {}
     timezone = person.get("timezone") or DEFAULT_TIMEZONE
     context = {**payload, "name": person.get("name") or "", "party_name": party.get("name") or "", "timezone": timezone}
     if "due_at" in payload:

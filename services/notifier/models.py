@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from shared.db import BigIntPK, UTCDateTime, utcnow
+
+Channel = Literal["webhook", "email", "sms"]
+NotificationStatus = Literal["pending", "sent", "failed"]
+EscalationState = Literal["open", "acknowledged", "resolved"]
 
 
 class LoanContact(SQLModel, table=True):
@@ -33,9 +38,9 @@ class Notification(SQLModel, table=True):
     loan_id: str = Field(index=True, max_length=128)
     kind: str = Field(max_length=32)  # see messages.KINDS
     recipient: str = Field(max_length=255)  # a role or an id, never an address
-    channel: str = Field(max_length=16)  # webhook | email | sms
+    channel: Channel = Field(sa_type=sa.String(16))
     payload: str = Field(sa_type=sa.Text)  # JSON, ids only
-    status: str = Field(default="pending", max_length=16)
+    status: NotificationStatus = Field(default="pending", sa_type=sa.String(16))
     attempts: int = 0
     next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -58,7 +63,7 @@ class Escalation(SQLModel, table=True):
     level: int = 1
     rule: str = Field(max_length=64)
     assignee: str = Field(max_length=128)
-    state: str = Field(default="open", max_length=16, index=True)
+    state: EscalationState = Field(default="open", sa_type=sa.String(16), index=True)
     raised_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     acked_by: str | None = Field(default=None, max_length=128)
     ack_note: str | None = Field(default=None, sa_type=sa.Text)  # encrypted

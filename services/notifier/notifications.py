@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
+from services.notifier.contacts import Contacts, Person
 from services.notifier.escalation import raise_level1
 from services.notifier.messages import find_party
 from services.notifier.outbound import Outbound, load_contacts, notify, officer_id, officer_routes, party_route
@@ -57,14 +58,10 @@ async def notice(*, uow: UnitOfWork, event: CallbackNoticeRequested, event_id: s
     """The advance notice to the party, addressed from the notice itself."""
     kept = await load_contacts(uow=uow, cipher=out.cipher, loan_id=event.loan_id)
     timezone = (find_party(kept or {}, event.party_id) or {}).get("timezone")
-    party = {
-        "party_id": event.party_id,
-        "name": event.name,
-        "phone": event.phone,
-        "email": event.email,
-        "language": event.language,
-        "timezone": timezone,
-    }
+    party = Person(
+        party_id=event.party_id, name=event.name, phone=event.phone, email=event.email, language=event.language,
+        timezone=timezone,
+    )  # fmt: skip
     payload = {
         "type": "callback.notice.requested",
         **callback_base(event),
@@ -72,7 +69,7 @@ async def notice(*, uow: UnitOfWork, event: CallbackNoticeRequested, event_id: s
         "purpose": event.purpose,
         "topics": list(event.topics),
     }
-    contacts = {"parties": [party]}
+    contacts = Contacts(parties=[party])
     await notify(
         uow=uow,
         out=out,

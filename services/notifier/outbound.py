@@ -9,8 +9,9 @@ from typing import Any
 
 from sqlmodel import select
 
+from services.notifier.contacts import Contacts, Person, open_contacts, seal_contacts
 from services.notifier.messages import Composed, compose, find_party
-from services.notifier.models import LoanContact, Notification
+from services.notifier.models import Channel, LoanContact, Notification
 from shared.crypto import Cipher
 from shared.db import UnitOfWork, utcnow
 from shared.events import LoanStageChanged
@@ -44,7 +45,7 @@ async def queue_notification(
     loan_id: str,
     kind: str,
     recipient: str,
-    channel: str,
+    channel: Channel,
     payload: dict[str, Any],
     sealed: tuple[str, str] | None = None,
 ) -> Notification | None:
@@ -76,25 +77,25 @@ async def queue_notification(
     return note
 
 
-async def load_contacts(*, uow: UnitOfWork, cipher: Cipher, loan_id: str) -> dict[str, Any] | None:
+async def load_contacts(*, uow: UnitOfWork, cipher: Cipher, loan_id: str) -> Contacts | None:
     """The loan's officer and parties as last seen on loan.stage.v1, or None if not seen yet."""
     row = await uow.session.get(LoanContact, loan_id)
-    return cipher.decrypt_json(row.contacts_enc) if row else None
+    return open_contacts(cipher, row.contacts_enc) if row else None
 
 
 @dataclass(frozen=True)
 class Route:
     recipient: str  # `officer:ID`, `party:ID` or a role: never an address
-    channel: str
+    channel: Channel
 
 
-def officer_id(contacts: dict[str, Any] | None) -> str | None:
+def officer_id(contacts: Contacts | None) -> str | None:
     """The loan officer's id, when the loan's contacts are known."""
-    officer: dict[str, Any] = (contacts or {}).get("officer") or {}
+    officer: Person = (contacts or {}).get("officer") or {}
     return officer.get("id")
 
 
-def officer_routes(*, out: Outbound, contacts: dict[str, Any] | None) -> list[Route]:
+def officer_routes(*, out: Outbound, contacts: Contacts | None) -> list[Route]:
     """The officer hears by webhook always (ids only), and by email when we have their address."""
     ident = officer_id(contacts)
     # Without a known officer the webhook receiver routes by loan_id; never drop the notice.
@@ -103,9 +104,9 @@ def officer_routes(*, out: Outbound, contacts: dict[str, Any] | None) -> list[Ro
     return [Route(recipient, "webhook")] + ([Route(recipient, "email")] if out.email_enabled and has_email else [])
 
 
-def party_route(*, out: Outbound, contacts: dict[str, Any] | None, party_id: str, prefer_email: bool) -> Route:
+def party_route(*, out: Outbound, contacts: Contacts | None, party_id: str, prefer_email: bool) -> Route:
     """A party hears by email when preferred and possible, else by SMS (every party has a phone)."""
-    party = find_party(contacts or {}, party_id) or {}
+    party: Person = find_party(contacts or {}, party_id) or {}
     email = prefer_email and out.email_enabled and bool(party.get("email"))
     return Route(f"party:{party_id}", "email" if email else "sms")
 
@@ -117,7 +118,7 @@ async def notify(
     source_event_id: str,
     kind: str,
     payload: dict[str, Any],
-    contacts: dict[str, Any] | None,
+    contacts: Contacts | None,
     routes: list[Route],
 ) -> None:
     """Queue one notification per route; an email or SMS is addressed and written now if the contact is known."""
@@ -142,11 +143,18 @@ async def notify(
 
 async def keep_contacts(*, uow: UnitOfWork, event: LoanStageChanged, cipher: Cipher) -> LoanContact:
     """Keep the latest officer and party contacts of a loan, encrypted."""
-    fields = {"party_id", "role", "name", "phone", "email", "language", "timezone"}
-    contacts = {
-        "officer": event.officer.model_dump(mode="json"),
-        "parties": [p.model_dump(mode="json", include=fields) for p in event.parties],
-    }
+    contacts = Contacts(
+        officer=Person(
+            id=event.officer.id, name=event.officer.name, phone=event.officer.phone, email=event.officer.email
+        ),
+        parties=[
+            Person(
+                party_id=p.party_id, role=p.role, name=p.name, phone=p.phone, email=p.email, language=p.language,
+                timezone=p.timezone,
+            )
+            for p in event.parties
+        ],
+    )  # fmt: skip
     row = await uow.session.get(LoanContact, event.loan_id)
     if row is None:
         row = LoanContact(
@@ -154,7 +162,7 @@ async def keep_contacts(*, uow: UnitOfWork, event: LoanStageChanged, cipher: Cip
         )
     row.branch_id = event.branch_id
     row.officer_id = event.officer.id
-    row.contacts_enc = cipher.encrypt_json(contacts)
+    row.contacts_enc = seal_contacts(cipher, contacts)
     row.updated_at = utcnow()
     uow.session.add(row)
     # Flush so a second event for the loan in the same batch finds this row.

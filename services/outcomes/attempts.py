@@ -13,6 +13,7 @@ from services.outcomes.models import Attempt, CallbackView
 from services.outcomes.verification import complete_if_closed, lock_loan, refusals_for_loan
 from shared.crypto import Cipher
 from shared.db import UnitOfWork, utcnow
+from shared.errors import Rejected
 from shared.events import (
     CLOSED_STATES,
     CallbackFields,
@@ -69,13 +70,6 @@ class AttemptOut(BaseModel):
     recorded_at: datetime
 
 
-class AttemptRejected(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
-
 def attempt_out(row: Attempt) -> AttemptOut:
     """The attempt as the API shows it: everything but the encrypted notes."""
     return AttemptOut(
@@ -88,17 +82,17 @@ async def record_attempt(*, uow: UnitOfWork, callback_id: str, body: AttemptIn, 
     """Store the attempt, close the callback on a final disposition, and emit what follows."""
     view = await uow.session.get(CallbackView, callback_id)
     if view is None:
-        raise AttemptRejected(404, f"callback {callback_id} not found")
+        raise Rejected(404, f"callback {callback_id} not found")
     await lock_loan(uow=uow, loan_id=view.loan_id)  # reloads the view too: another request may have closed it
     if view.state in CLOSED_STATES:
-        raise AttemptRejected(409, f"callback {callback_id} is already closed ({view.state})")
+        raise Rejected(409, f"callback {callback_id} is already closed ({view.state})")
     if view.deadline is not None and utcnow() >= view.deadline:
         # The scheduler expires it at the deadline; accepting a result now would let the two disagree.
-        raise AttemptRejected(409, f"callback {callback_id} passed its deadline and is expiring")
+        raise Rejected(409, f"callback {callback_id} passed its deadline and is expiring")
     items = set(json.loads(view.verification_items))
     unknown = sorted(set(body.verification) - items)
     if unknown:
-        raise AttemptRejected(422, f"unknown verification items {unknown}; expected some of {sorted(items)}")
+        raise Rejected(422, f"unknown verification items {unknown}; expected some of {sorted(items)}")
     now = utcnow()
     row = Attempt(
         attempt_id=str(uuid.uuid4()),

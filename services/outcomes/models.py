@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from shared.db import UTCDateTime, utcnow
-from shared.events import CallbackState, Disposition, ReasonCode, Role, Stage
+from shared.events import CallbackState, Disposition, ReasonCode, Role, Stage, VerificationStatus
 
 
 class CallbackView(SQLModel, table=True):
@@ -61,8 +61,8 @@ class LoanVerification(SQLModel, table=True):
     __tablename__ = "loan_verification"
 
     loan_id: str = Field(primary_key=True, max_length=128)
-    stage: str = Field(primary_key=True, max_length=32)
-    status: str = Field(max_length=32)
+    stage: Stage = Field(primary_key=True, sa_type=sa.String(32))
+    status: VerificationStatus = Field(sa_type=sa.String(32))
     parties: str = Field(sa_type=sa.Text)  # JSON list of PartyResult
     completed_at: datetime = Field(sa_type=UTCDateTime)
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import typing
 from datetime import datetime
+from typing import Literal
 
 import sqlalchemy as sa
+from pydantic import BaseModel
 from sqlmodel import col, select
 
 from services.outcomes.models import Attempt, CallbackView, LoanVerification
 from shared.db import UnitOfWork, utcnow
+from shared.errors import Rejected
 from shared.events import (
     CLOSED_STATES,
     CallbackCancelled,
@@ -19,9 +22,11 @@ from shared.events import (
     CallbackRef,
     CallbackRescheduled,
     CallbackScheduled,
+    CallbackState,
     Disposition,
     LoanVerificationCompleted,
     PartyResult,
+    Role,
     Stage,
     VerificationStatus,
 )
@@ -126,6 +131,67 @@ def party_result(view: CallbackView) -> PartyResult:
         state=view.state,
         reason=reason or None,
     )
+
+
+class PartyStatus(BaseModel):
+    party_id: str
+    role: Role
+    callback_id: str
+    disposition: Disposition | None  # the final disposition; None while open, or when it expired or was cancelled
+    state: CallbackState
+    reason: str | None = None  # why it expired
+
+
+class StageVerification(BaseModel):
+    loan_id: str
+    stage: Stage
+    status: VerificationStatus | Literal["pending"]  # pending while a callback is open
+    parties: list[PartyStatus]
+    completed_at: datetime | None
+
+
+async def loan_stages(*, uow: UnitOfWork, loan_id: str) -> list[StageVerification]:
+    """The loan's verification per stage: the completed result, or pending with each party's state."""
+    views = list(
+        (
+            await uow.session.execute(
+                select(CallbackView)
+                .where(CallbackView.loan_id == loan_id, col(CallbackView.superseded).is_(False))
+                .order_by(col(CallbackView.role), col(CallbackView.party_id))
+            )
+        ).scalars()
+    )
+    done = {
+        v.stage: v
+        for v in (
+            await uow.session.execute(select(LoanVerification).where(LoanVerification.loan_id == loan_id))
+        ).scalars()
+    }
+    if not views and not done:
+        raise Rejected(404, f"no callbacks known for loan {loan_id}")
+    return [
+        _stage(loan_id=loan_id, stage=stage, views=[v for v in views if v.stage == stage], done=done.get(stage))
+        for stage in sorted({v.stage for v in views} | set(done))
+    ]
+
+
+def _stage(
+    *, loan_id: str, stage: Stage, views: list[CallbackView], done: LoanVerification | None
+) -> StageVerification:
+    parties = [
+        PartyStatus(**party_result(v).model_dump())
+        if v.state in CLOSED_STATES
+        else PartyStatus(party_id=v.party_id, role=v.role, callback_id=v.callback_id, disposition=None, state=v.state)
+        for v in views
+    ]
+    if done is not None:
+        status: VerificationStatus | Literal["pending"] = done.status
+        return StageVerification(
+            loan_id=loan_id, stage=stage, status=status, parties=parties, completed_at=done.completed_at
+        )
+    finals = [p.disposition for p in parties]
+    status = "pending" if None in finals else verification_status([f or "" for f in finals])
+    return StageVerification(loan_id=loan_id, stage=stage, status=status, parties=parties, completed_at=None)
 
 
 async def complete_if_closed(*, uow: UnitOfWork, loan_id: str, stage: Stage, now: datetime) -> None:

@@ -15,6 +15,7 @@ from services.scheduler.models import Callback, CallbackEvent, LoanStage, Person
 from shared import labels
 from shared.crypto import Cipher
 from shared.db import UnitOfWork, utcnow
+from shared.errors import Rejected
 from shared.events import (
     CLOSED_STATES,
     CallbackCancelled,
@@ -208,6 +209,20 @@ async def cancel_loan(*, uow: UnitOfWork, loan_id: str, reason: CancelReason, no
         await close(uow=uow, cb=cb, state="cancelled", now=now)
         publish(uow, cb, CallbackCancelled(**ref(cb), reason=reason))
     return cancelled
+
+
+async def cancel_by_operator(*, uow: UnitOfWork, callback_id: str, reason: str, cipher: Cipher) -> Callback:
+    """A supervisor stops a callback; dialers and agents learn it from `callback.cancelled`."""
+    cb = await find(uow=uow, callback_id=callback_id, lock=True)
+    if cb is None:
+        raise Rejected(404, f"callback {callback_id} not found")
+    if cb.state in CLOSED_STATES:
+        raise Rejected(409, f"callback {callback_id} is already {cb.state}")
+    await close(uow=uow, cb=cb, state="cancelled", now=utcnow())
+    # The reason is free text a supervisor typed: kept encrypted here, never put on a topic.
+    cb.cancel_note_enc = cipher.encrypt(reason)
+    publish(uow, cb, CallbackCancelled(**ref(cb), reason="operator"))
+    return cb
 
 
 async def close(*, uow: UnitOfWork, cb: Callback, state: CallbackState, now: datetime) -> None:

@@ -55,9 +55,9 @@ class TimerLoop:
             nxt = datetime.fromisoformat(str(nxt)).replace(tzinfo=utcnow().tzinfo)
         return max(0.0, min(self.poll_seconds, (nxt - utcnow()).total_seconds()))
 
-    async def fire_due(self) -> int:
-        """Fire every timer whose time has come; returns how many."""
-        now = utcnow()
+    async def fire_due(self, now: datetime | None = None) -> int:
+        """Fire every timer whose time has come (by `now`, the clock unless a test sets it); returns how many."""
+        now = now or utcnow()
         table = Timer.__table__  # type: ignore[attr-defined]
         callbacks = Callback.__table__  # type: ignore[attr-defined]
         async with self.db.uow() as uow:

@@ -100,3 +100,72 @@ async def test_policy_in_force_is_shown(huifang: Huifang) -> None:
     assert policy["notice"]["lead"] == "PT1S"
     assert policy["stages"]["final_check"] == ["borrower", "co_borrower", "guarantor"]
     assert KEYS["agent"] not in str(policy)
+
+
+LONG_ID = "X" * 65
+
+
+@pytest.mark.parametrize(
+    ("service", "path"),
+    [
+        ("scheduler", "/v1/callbacks"),
+        ("notifier", "/v1/notifications"),
+        ("notifier", "/v1/escalations"),
+    ],
+)
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"cursor": "03722435961991048070835705784"},  # schemathesis found this one answering 500
+        {"cursor": "-1"},
+        {"cursor": "abc"},
+        {"limit": "0"},
+        {"limit": "501"},
+        {"loan_id": LONG_ID},
+        {"loan_id": "L 1"},
+    ],
+)
+async def test_bad_paging_or_ids_are_422_never_500(
+    huifang: Huifang, service: str, path: str, query: dict[str, str]
+) -> None:
+    async with huifang.client(service, "supervisor") as client:
+        answer = await client.get(path, params=query)
+    assert answer.status_code == 422, answer.text
+    assert {tuple(e["loc"]) for e in answer.json()["detail"]} == {("query", next(iter(query)))}
+
+
+@pytest.mark.parametrize(
+    ("service", "method", "path"),
+    [
+        ("scheduler", "GET", f"/v1/callbacks/{LONG_ID}"),
+        ("scheduler", "POST", f"/v1/callbacks/{LONG_ID}/cancel"),
+        ("outcomes", "POST", f"/v1/callbacks/{LONG_ID}/attempts"),
+        ("outcomes", "GET", f"/v1/callbacks/{LONG_ID}/attempts"),
+        ("outcomes", "GET", f"/v1/loans/{LONG_ID}/verification"),
+        ("notifier", "POST", f"/v1/escalations/{LONG_ID}/ack"),
+        ("notifier", "POST", f"/v1/escalations/{LONG_ID}/resolve"),
+    ],
+)
+async def test_an_overlong_path_id_is_422(huifang: Huifang, service: str, method: str, path: str) -> None:
+    async with huifang.client(service, "admin") as client:
+        answer = await client.request(method, path, json={})
+    assert answer.status_code == 422, answer.text
+    assert any(e["loc"][0] == "path" for e in answer.json()["detail"])
+
+
+async def test_paging_walks_every_callback_of_a_loan_once(huifang: Huifang) -> None:
+    loan, ids = await due_callbacks(huifang, roles=("borrower", "co_borrower", "guarantor"))
+    seen: list[str] = []
+    cursor: str | None = None
+    async with huifang.client("scheduler") as client:
+        while True:
+            page = (
+                await client.get(
+                    "/v1/callbacks", params={"loan_id": loan, "limit": 2, **({"cursor": cursor} if cursor else {})}
+                )
+            ).json()
+            seen += [c["callback_id"] for c in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+    assert sorted(seen) == sorted(ids) and len(seen) == 3

@@ -15,7 +15,7 @@ from shared import idempotency
 from shared.crypto import Cipher, generate_key
 from shared.db import Database, UnitOfWork
 from shared.idempotency import STALE_AFTER, IdempotencyRecord, KeyConflict, Keyed
-from shared.outbox import ProcessedEvent
+from shared.kafka import ProcessedEvent
 from shared.web import Principal
 from tests.support import service_database
 

@@ -119,19 +119,20 @@ async def test_a_crash_between_publish_and_delete_sends_again_with_the_same_id(
         event_id = enqueue(uow, scheduled, key=loan)
         await uow.commit()
 
-    mark_sent = OutboxRelay._mark_sent
-    crashes = [Crash()]
-
-    async def crash_once(self: OutboxRelay, uow: UnitOfWork, ids: list[int]) -> None:
-        if crashes:
-            raise crashes.pop()
-        await mark_sent(self, uow, ids)
-
-    monkeypatch.setattr(OutboxRelay, "_mark_sent", crash_once)
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     try:
         relay = OutboxRelay(db=database, producer=producer, service="scheduler")
+        mark_sent = relay._mark_sent
+        crashes = [Crash()]
+
+        async def crash_once(uow: UnitOfWork, ids: list[int]) -> None:
+            if crashes:
+                raise crashes.pop()
+            await mark_sent(uow, ids)
+
+        # This relay only: the services of other tests run their relays in this process too.
+        monkeypatch.setattr(relay, "_mark_sent", crash_once)
         with pytest.raises(Crash):
             await relay.publish_once()
         assert await relay.publish_once() == 1  # the next pass (or replica) sends the row again

@@ -8,11 +8,12 @@ from datetime import timedelta
 
 import pytest
 
-from services.outcomes.attempts import AttemptIn, AttemptRejected, record_attempt
+from services.outcomes.attempts import AttemptIn, record_attempt
 from services.outcomes.models import CallbackView
 from services.outcomes.verification import track_callback
 from shared.crypto import Cipher, generate_key
 from shared.db import Database, utcnow
+from shared.errors import Rejected
 from shared.events import CallbackScheduled
 from tests.support import service_database
 
@@ -54,7 +55,7 @@ async def test_no_attempt_is_accepted_once_the_deadline_has_passed(database: Dat
         await uow.commit()
     body = AttemptIn(disposition="completed", agent_id="A-1")
     async with database.uow() as uow:
-        with pytest.raises(AttemptRejected) as rejected:
+        with pytest.raises(Rejected) as rejected:
             await record_attempt(uow=uow, callback_id="CB-LATE", body=body, cipher=CIPHER)
     assert rejected.value.status == 409 and "deadline" in rejected.value.detail
     async with database.uow() as uow:

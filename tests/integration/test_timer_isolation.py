@@ -111,7 +111,7 @@ async def _outbox_types(database: Database) -> list[str]:
 
 @pytest.mark.parametrize(("disposition", "state"), [("no_answer", "scheduled"), ("completed", "completed")])
 async def test_a_call_before_the_notice_cancels_the_notice_timer(
-    database: Database, monkeypatch: pytest.MonkeyPatch, disposition: str, state: str
+    database: Database, disposition: str, state: str
 ) -> None:
     policy = load_policy(ROOT / "tests" / "policy-test.toml")
     loan = f"L-{uuid.uuid4().hex[:8]}"
@@ -136,8 +136,7 @@ async def test_a_call_before_the_notice_cancels_the_notice_timer(
         await uow.commit()
 
     # The timer loop then wakes at the time the notice was planned for.
-    monkeypatch.setattr("services.scheduler.timers.utcnow", lambda: notice_at)
-    await TimerLoop(db=database, cipher=CIPHER, poll_seconds=0.1, policy=policy).fire_due()
+    await TimerLoop(db=database, cipher=CIPHER, poll_seconds=0.1, policy=policy).fire_due(now=notice_at)
 
     async with database.uow() as uow:
         moved = (await uow.session.execute(sa.select(Callback))).scalar_one()
