@@ -34,9 +34,12 @@ pytestmark = pytest.mark.load
 ROOT = Path(__file__).resolve().parents[2]
 LOANS = 1000  # three parties each: 3000 callbacks, 6000 timers (notice and due)
 ROLES = ("borrower", "co_borrower", "guarantor")
+# The lead leaves room for a loaded machine: a notice that fires after its call is due is dropped
+# by design, and this test is about each callback being dispatched once, not about lateness
+# (bench/timer_lateness.py measures that).
 POLICY = """
 [notice]
-lead = "PT10S"
+lead = "PT45S"
 quiet_start = "00:00"
 quiet_end = "00:00"
 
