@@ -64,7 +64,6 @@ def _clock(value: str) -> str:
 ClockTime = Annotated[str, AfterValidator(_clock)]
 Disposition = Literal["completed", "refused", "no_answer", "busy", "wrong_number", "reschedule_requested"]
 CallbackState = Literal["scheduled", "due", "completed", "refused", "wrong_number", "expired", "cancelled"]
-DISPOSITIONS: frozenset[str] = frozenset(Disposition.__args__)  # type: ignore[attr-defined]
 CancelReason = Literal["loan_withdrawn", "loan_rejected", "operator"]
 ExpiryReason = Literal["deadline", "attempts_exhausted"]
 RescheduleReason = Literal["no_answer", "party_requested", "busy"]

@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlmodel import Field, SQLModel
 
-from shared.db import Database, UnitOfWork, UTCDateTime, utcnow
+from shared.db import ENCRYPTED_PREFIX, Database, UnitOfWork, UTCDateTime, utcnow
 from shared.web import Principal
 
 KEY_MAX_LENGTH = 255
@@ -173,7 +173,7 @@ async def claim(*, db: Database, keyed: Keyed) -> Claim | Replay:
         elif earlier.request_hash != keyed.digest:
             raise KeyConflict(422, OTHER_REQUEST)
         elif earlier.state == "done":
-            return Replay(earlier.status_code, json.loads(earlier.response))
+            return Replay(earlier.status_code, json.loads(_open(db, earlier.response)))
         elif earlier.created_at > now - STALE_AFTER:
             raise KeyConflict(409, IN_FLIGHT)
         else:
@@ -190,11 +190,25 @@ async def claim(*, db: Database, keyed: Keyed) -> Claim | Replay:
 
 async def _finish(*, uow: UnitOfWork, claim: Claim, status_code: int, response: str) -> None:
     """Store the response in the request's transaction; fail if the claim was taken over meanwhile."""
+    sealed = _seal(uow.db, response)
     done = await uow.session.execute(
-        sa.update(_table()).where(_ours(claim)).values(state="done", status_code=status_code, response=response)
+        sa.update(_table()).where(_ours(claim)).values(state="done", status_code=status_code, response=sealed)
     )
     if done.rowcount != 1:  # type: ignore[attr-defined]
         raise KeyConflict(409, IN_FLIGHT)
+
+
+def _seal(db: Database, response: str) -> str:
+    # A stored response may hold what a person typed (an escalation's note): encrypted like all such data.
+    return ENCRYPTED_PREFIX + db.cipher.encrypt(response) if db.cipher else response
+
+
+def _open(db: Database, stored: str) -> str:
+    if not stored.startswith(ENCRYPTED_PREFIX):
+        return stored
+    if db.cipher is None:
+        raise RuntimeError("an encrypted Idempotency-Key response needs the database's cipher")
+    return db.cipher.decrypt(stored.removeprefix(ENCRYPTED_PREFIX))
 
 
 async def release(*, db: Database, claim: Claim) -> None:

@@ -98,7 +98,7 @@ def names(language: str) -> dict[str, dict[str, str]]:
 
 def name(table: Mapping[Any, Label], code: str, language: str) -> str:
     """One code's name; a code without a label is a KeyError, never a silent raw code."""
-    # Keys typed Any: callbacks store role and stage as plain strings.
+    # Keys typed Any: one accessor for every table, each keyed by its own Literal.
     return table[code][message_language(language)]
 
 

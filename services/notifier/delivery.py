@@ -237,7 +237,7 @@ class DeliveryLoop:
 
     def _finish(self, uow: UnitOfWork, note: Notification, now: datetime, *, error: str | None) -> None:
         note.lease_until = None
-        common = dict(
+        sent = NotificationSent(
             notification_id=note.notification_id,
             loan_id=note.loan_id,
             channel=note.channel,
@@ -248,10 +248,10 @@ class DeliveryLoop:
         )
         if error is None:
             note.status, note.sent_at, note.last_error = "sent", now, None
-            enqueue(uow, NotificationSent(**common), key=note.loan_id)  # type: ignore[arg-type]
+            enqueue(uow, sent, key=note.loan_id)
             NOTIFICATIONS.labels(note.channel, "sent").inc()
         else:
             note.status, note.last_error = "failed", error[:500]
-            enqueue(uow, NotificationFailed(**common, error=note.last_error), key=note.loan_id)  # type: ignore[arg-type]
+            enqueue(uow, NotificationFailed(**sent.model_dump(), error=note.last_error), key=note.loan_id)
             NOTIFICATIONS.labels(note.channel, "failed").inc()
             log.warning("notifier.failed", notification_id=note.notification_id, attempts=note.attempts, error=error)

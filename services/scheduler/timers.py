@@ -127,16 +127,17 @@ class TimerLoop:
         return True
 
     def _notice_moved(self, uow: UnitOfWork, *, cb: Callback, now: datetime) -> bool:
-        """A late notice waits out quiet hours, and is dropped once its call is due."""
+        """A notice in quiet hours waits them out; it is dropped once its call is due."""
         if self.policy is None:
             return False
         if now >= cb.due_at:
             return True
         wake = planner.notice_time(policy=self.policy, reach=reach(cb), at=now)
-        if wake <= now:
+        if wake <= now or wake >= cb.due_at:
+            # Quiet hours that last until the call: the planner's "at once" rule, a notice now
+            # rather than a call with none.
             return False
-        if wake < cb.due_at:
-            add_timer(uow, cb.callback_id, "notice", wake)
+        add_timer(uow, cb.callback_id, "notice", wake)
         return True
 
     def _notice(self, cb: Callback) -> CallbackNoticeRequested:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from pydantic import BaseModel
 
 from services.notifier.api import NoteIn
@@ -178,3 +179,24 @@ async def test_the_header_has_one_limit_on_every_service(huifang: Huifang, write
     assert longest.status_code == 404, longest.text  # the key passes; the target does not exist
     assert too_long.status_code == empty.status_code == 422
     assert "Idempotency-Key" in str(too_long.json()["detail"])
+
+
+async def test_a_stored_response_keeps_what_a_person_typed_encrypted(huifang: Huifang) -> None:
+    """The ack's response holds the supervisor's note: the replay store keeps it like every note, encrypted."""
+    _, escalation_id = await open_escalation(huifang)
+    note = f"canary-{uuid.uuid4().hex}"
+    key = uuid.uuid4().hex
+    async with huifang.client("notifier", "supervisor") as client:
+        first = await client.post(
+            f"/v1/escalations/{escalation_id}/ack", json={"note": note}, headers={"Idempotency-Key": key}
+        )
+        again = await client.post(
+            f"/v1/escalations/{escalation_id}/ack", json={"note": note}, headers={"Idempotency-Key": key}
+        )
+    assert first.status_code == again.status_code == 200 and again.json()["ack_note"] == note
+    db = service_db(huifang, "notifier")
+    async with db.uow() as uow:
+        stored = await uow.session.scalar(
+            sa.select(idempotency.IdempotencyRecord.response).where(idempotency.IdempotencyRecord.key == key)  # type: ignore[arg-type]
+        )
+    assert stored and note not in stored

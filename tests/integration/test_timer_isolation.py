@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -146,3 +146,24 @@ async def test_a_call_before_the_notice_cancels_the_notice_timer(
     assert "callback.notice.requested" not in sent  # the party hears nothing of a call already made
     assert moved.state == state
     assert timer.cancelled and timer.fired_at is not None
+
+
+async def test_quiet_hours_that_last_until_the_call_send_the_notice_at_once(database: Database) -> None:
+    """The planner's "at once" notice inside quiet hours is sent, not dropped: never a call without a notice."""
+    policy = Policy.model_validate(
+        {
+            "calling_hours": {"start": "09:00", "end": "20:00", "holidays": ""},
+            "notice": {"lead": "PT1H", "quiet_start": "20:15", "quiet_end": "20:00"},
+            "attempts": {"first_call_within_business_days": 1, "deadline_business_days": 1},
+        }
+    )
+    now = datetime(2026, 12, 1, 20, 30, tzinfo=ZoneInfo("Asia/Shanghai"))
+    event = LoanStageChanged.model_validate(loan_event(f"L-{uuid.uuid4().hex[:8]}", roles=("borrower",)))
+    async with database.uow() as uow:
+        [cb] = await schedule_callbacks(uow=uow, event=event, policy=policy, cipher=CIPHER, now=now)
+        await uow.commit()
+    assert cb.notice_at == now and cb.due_at > now  # the plan: notice now, though quiet, call in the morning
+
+    await TimerLoop(db=database, cipher=CIPHER, poll_seconds=0.1, policy=policy).fire_due(now=now)
+
+    assert "callback.notice.requested" in await _outbox_types(database)

@@ -83,10 +83,16 @@ def test_bind_refuses_a_handler_whose_dependency_nobody_supplies() -> None:
 @pytest.mark.parametrize("service", ["scheduler", "outcomes", "notifier"])
 def test_every_service_table_is_keyed_by_event_class_and_binds(service: str) -> None:
     import importlib
+    import typing
 
     from shared.events import EVENT_MODELS
     from shared.kafka import bind
 
-    table = importlib.import_module(f"services.{service}.handlers").HANDLERS
+    module = importlib.import_module(f"services.{service}.handlers")
+    table = module.HANDLERS
     assert table and set(table) <= set(EVENT_MODELS)
     assert set(bind(table, policy=object(), cipher=object(), out=object())) == set(table)
+    # mypy cannot see through the table's Callable[..., ...]: each handler must take the event it is keyed by.
+    for model, handler in table.items():
+        (accepted,) = typing.get_args(typing.get_type_hints(handler, vars(module))["event"])
+        assert issubclass(model, accepted), f"{handler.__name__} takes Event[{accepted.__name__}], not {model.__name__}"
