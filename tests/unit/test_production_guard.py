@@ -129,3 +129,11 @@ def test_the_makefile_development_settings_are_refused_in_production(tmp_path: P
     for name in ("HUIFANG_API_KEYS", "HUIFANG_WEBHOOK_SECRET", "HUIFANG_NOTIFY_WEBHOOK_URL", "HUIFANG_SMS_WEBHOOK_URL"):
         assert name in run.stderr, run.stderr
     assert "dev-agent" not in run.stderr and "dev-webhook-secret" not in run.stderr
+
+
+def test_the_readme_lists_every_setting_production_requires() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Running in production", 1)[1].split("\n## ", 1)[0]
+    for name in sorted({name for _, name in CASES.values()}):
+        assert f"`{name}`" in section, name
+    assert "KAFKA_SECURITY_PROTOCOL=SASL_SSL" in section and "SCRAM-SHA-512" in section
