@@ -231,7 +231,11 @@ def test_dockerfile(dockerfile: str) -> None:
     copied = " ".join(line for line in instructions if line.startswith("COPY "))
     for source in ("pyproject.toml", "README.md", "shared/", "services/", "policy.toml"):
         assert source in copied, source
-    assert any(line.startswith("RUN pip install --no-cache-dir .") for line in instructions)
+    # Every package comes from the hash-checked lock; the project itself adds none of its own choosing.
+    assert "COPY requirements.lock ./" in instructions
+    assert "RUN pip install --no-cache-dir --require-hashes -r requirements.lock" in instructions
+    local = "RUN pip install --no-cache-dir --no-deps --no-build-isolation ."
+    assert any(line.startswith(local) for line in instructions)
     users = [line.split()[1] for line in instructions if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
     # Configuration baked into the image is held to the contract, or at least to real settings.
@@ -241,6 +245,25 @@ def test_dockerfile(dockerfile: str) -> None:
     assert env.get("HUIFANG_POLICY_FILE", "").endswith("/policy.toml")
     # Published ports must reach the services: they listen on every interface inside the container.
     assert env.get("HUIFANG_HOST") == "0.0.0.0"
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_the_lock_pins_every_dependency_with_hashes() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    lock = (ROOT / "requirements.lock").read_text()
+    pinned = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", lock, flags=re.M))
+    pinned = {name.lower().replace("_", "-"): version for name, version in pinned.items()}
+    wanted = [*project["project"]["dependencies"], *project["build-system"]["requires"]]
+    missing = sorted({_name(r) for r in wanted} - set(pinned))
+    assert not missing, missing
+    # Every pinned package carries at least one hash, which is what --require-hashes checks.
+    blocks = re.split(r"^(?=[A-Za-z0-9_.-]+==)", lock, flags=re.M)[1:]
+    assert blocks and all("--hash=sha256:" in block for block in blocks)
 
 
 def test_dockerignore_keeps_local_state_out() -> None:
