@@ -17,6 +17,11 @@ RUN groupadd --system --gid 10001 huifang \
 
 WORKDIR /app
 
+# Dependencies first, from the lock and only with the hashes it lists (`make lock` writes it),
+# so the image gets exactly the reviewed packages and this layer is cached across code changes.
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock
+
 COPY pyproject.toml README.md ./
 COPY shared/ shared/
 COPY services/ services/
@@ -24,7 +29,7 @@ COPY cli/ cli/
 COPY policy.toml ./
 
 # .local/ is only used without DATABASE_URL (SQLite files); it stays writable for that case.
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && rm -rf build ./*.egg-info \
     && mkdir -p /app/.local \
     && chown huifang:huifang /app/.local

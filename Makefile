@@ -9,7 +9,7 @@ DEV_ENV := HUIFANG_API_KEYS=$${HUIFANG_API_KEYS:-agent:dev-agent,supervisor:dev-
 	HUIFANG_WEBHOOK_SECRET=$${HUIFANG_WEBHOOK_SECRET:-dev-webhook-secret} \
 	HUIFANG_SMS_WEBHOOK_URL=$${HUIFANG_SMS_WEBHOOK_URL:-http://127.0.0.1:8009/sms}
 
-.PHONY: setup run demo test test-fault test-load test-unit test-props lint kafka-jars clean bench-timers bench-pipeline
+.PHONY: setup run demo test test-fault test-load test-unit test-props lint kafka-jars clean bench-timers bench-pipeline lock
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ test-props: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check shared services cli tests bench
 	$(BIN)/mypy shared services cli
+
+# The Docker image installs only what requirements.lock pins, hash-checked; rerun after changing dependencies.
+lock: $(STAMP)
+	$(BIN)/pip install --quiet pip-tools
+	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe --all-build-deps --no-emit-find-links -o requirements.lock pyproject.toml
 
 clean:
 	rm -rf .local/test .local/*.db .local/*.db-* .local/kafka/node

@@ -41,6 +41,22 @@ def _app_factory(service: str) -> Any:
     return create_app
 
 
+def server_config(web: Any, *, service: str, settings: Settings) -> Any:
+    """The uvicorn config of one service: X-Forwarded-* trusted only from HUIFANG_FORWARDED_ALLOW_IPS."""
+    import uvicorn
+
+    return uvicorn.Config(
+        web,
+        host=settings.huifang_host,
+        port=settings.port_of(service),
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.huifang_forwarded_allow_ips,
+    )
+
+
 async def serve(services: list[str], settings: Settings) -> None:
     """Run the services' HTTP servers in one process until SIGINT/SIGTERM, then drain and exit."""
     import uvicorn
@@ -56,15 +72,7 @@ async def serve(services: list[str], settings: Settings) -> None:
         except PolicyError as exc:
             typer.echo(f"huifang: {exc}", err=True)
             raise typer.Exit(2) from None
-        config = uvicorn.Config(
-            web,
-            host=settings.huifang_host,
-            port=settings.port_of(service),
-            log_level="warning",
-            lifespan="on",
-            access_log=False,
-        )
-        server = uvicorn.Server(config)
+        server = uvicorn.Server(server_config(web, service=service, settings=settings))
         server.capture_signals = contextlib.nullcontext  # type: ignore[assignment,method-assign]
         servers.append(server)
     loop = asyncio.get_running_loop()
@@ -299,6 +307,10 @@ def demo(
     from cli.demo import run_demo
 
     settings = _settings()
+    if settings.huifang_env == "production":
+        # The demo makes up valid-looking mobile numbers: never to be loaded into a bank's real system.
+        typer.echo("huifang: demo refuses to run with HUIFANG_ENV=production", err=True)
+        raise typer.Exit(2)
     asyncio.run(run_demo(settings, loans=loans, agents=agents, api_key=api_key, seconds=seconds))
 
 

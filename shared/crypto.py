@@ -67,8 +67,11 @@ def cipher_from_settings(configured: str | None, data_dir: Path, *, allow_genera
     try:
         # Write to a temp file and link it: services starting together all read one complete key.
         tmp = data_dir / f".encryption.key.{os.getpid()}"
-        tmp.write_text(generate_key())
-        tmp.chmod(0o600)
+        tmp.unlink(missing_ok=True)  # left by a crashed process of the same pid
+        # Created new (O_EXCL, never through a planted link) and private from its first byte.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(generate_key())
         os.link(tmp, path)
     except FileExistsError:
         pass

@@ -1,10 +1,10 @@
 """Idempotency-Key (CONTRACT.md section 3): one table, one header and one helper for every service's writes.
 
-Scope: whose key it is, the API key that sent it (`role:fingerprint`), so two clients never replay,
-block or spoil each other's keys. Within a scope a key names one request. The request hash covers
-the operation (e.g. "scheduler.cancel"), the path parameters and the validated body (defaults
-filled in, so `{}` and `{"note": ""}` are one request): the same key sent to another callback,
-another action or with another body is 422, never a second request.
+Scope: whose key it is, the principal of the API key that sent it (or `role:fingerprint` for a key
+without one), so two clients never replay, block or spoil each other's keys. Within a scope a key
+names one request. The request hash covers the operation (e.g. "scheduler.cancel"), the path
+parameters and the validated body (defaults filled in, so `{}` and `{"note": ""}` are one
+request): the same key sent to another callback, another action or with another body is 422, never a second request.
 
 The first request claims the key in its own committed transaction (state "in_flight"), so a
 duplicate arriving meanwhile sees the claim and gets 409. Its result (status and JSON body) is
@@ -109,7 +109,7 @@ def keyed(
         return None
     asked = {"operation": operation, "params": dict(params), "body": body.model_dump(mode="json")}
     digest = hashlib.sha256(json.dumps(asked, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    return Keyed(scope=f"{who.role}:{who.key_id}", key=key, digest=digest)
+    return Keyed(scope=who.scope, key=key, digest=digest)
 
 
 Run = Callable[[UnitOfWork], Awaitable[BaseModel]]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -11,7 +13,22 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_POLICY = ROOT / "policy.toml"
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "placeholder", "dev", "development"}
+# Values shipped in this repository (Makefile, README, docker-compose, tests): never secrets in production.
+SHIPPED_SECRETS = frozenset(
+    {
+        "dev-agent",
+        "dev-supervisor",
+        "dev-admin",
+        "dev-webhook-secret",
+        "agent-key-1",
+        "supervisor-key-1",
+        "admin-key-1",
+        "whsec-test-1",
+    }
+)
 ROLES = ("agent", "supervisor", "admin")
+MIN_SECRET_LENGTH = 32
+PRINCIPAL_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class Settings(BaseSettings):
@@ -31,11 +48,19 @@ class Settings(BaseSettings):
     huifang_policy_file: Path = DEFAULT_POLICY
     huifang_env: Literal["development", "test", "production"] = "development"
     huifang_encryption_key: SecretStr | None = None
+    huifang_index_key: SecretStr | None = None
+    huifang_link_secret: SecretStr | None = None
+    huifang_public_url: str = "http://127.0.0.1:8002"
     huifang_notify_webhook_url: str | None = None
     huifang_webhook_secret: SecretStr | None = None
     huifang_smtp_host: str | None = None
     huifang_smtp_port: int = Field(default=25, ge=1, le=65535)
     huifang_smtp_from: str = "huifang@localhost"
+    huifang_smtp_username: str | None = None
+    huifang_smtp_password: SecretStr | None = None
+    # starttls and tls refuse to send when the server cannot encrypt: no silent downgrade.
+    huifang_smtp_tls: Literal["starttls", "tls", "none"] = "starttls"
+    huifang_forwarded_allow_ips: str = "127.0.0.1"
     huifang_sms_webhook_url: str | None = None
     huifang_scheduler_port: int = Field(default=8001, ge=1, le=65535)
     huifang_outcomes_port: int = Field(default=8002, ge=1, le=65535)
@@ -55,6 +80,8 @@ class Settings(BaseSettings):
     huifang_notify_retry_base_seconds: float = Field(default=2.0, gt=0, le=3600)
     huifang_host: str = "127.0.0.1"
     huifang_drain_seconds: float = Field(default=10.0, ge=0, le=300)
+    # CONTRACT.md 3: this many failed authentications from one address in a minute lock it out for a minute.
+    huifang_auth_failures_per_minute: int = Field(default=10, ge=1, le=10_000)
 
     @field_validator("huifang_api_keys")
     @classmethod
@@ -80,23 +107,9 @@ class Settings(BaseSettings):
     def _production_guard(self) -> Settings:
         if self.huifang_env != "production":
             return self
-        missing = []
-        if self.huifang_encryption_key is None or _placeholder(self.huifang_encryption_key):
-            missing.append("HUIFANG_ENCRYPTION_KEY")
-        if not parse_api_keys(self.huifang_api_keys.get_secret_value()):
-            missing.append("HUIFANG_API_KEYS")
-        if any(_placeholder(SecretStr(k)) for k in parse_api_keys(self.huifang_api_keys.get_secret_value())):
-            missing.append("HUIFANG_API_KEYS (placeholder key)")
-        if self.huifang_notify_webhook_url and (
-            self.huifang_webhook_secret is None or _placeholder(self.huifang_webhook_secret)
-        ):
-            missing.append("HUIFANG_WEBHOOK_SECRET")
-        if self.kafka_security_protocol.startswith("SASL") and (
-            self.kafka_sasl_password is None or _placeholder(self.kafka_sasl_password)
-        ):
-            missing.append("KAFKA_SASL_PASSWORD")
-        if missing:
-            raise ValueError("production requires real values for: " + ", ".join(missing))
+        problems = production_problems(self)
+        if problems:
+            raise ValueError("production refuses to start: " + "; ".join(problems))
         return self
 
     def port_of(self, service: str) -> int:
@@ -113,17 +126,113 @@ def _placeholder(secret: SecretStr) -> bool:
     return secret.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS
 
 
-def parse_api_keys(raw: str) -> dict[str, str]:
-    """Parse `role:key,role:key` into {key: role}; raises ValueError naming the bad entry."""
-    keys: dict[str, str] = {}
-    for entry in filter(None, (part.strip() for part in raw.split(","))):
-        role, sep, key = entry.partition(":")
-        if not sep or not key:
-            raise ValueError("each entry must be role:key")
+def _weak(value: str) -> str | None:
+    """Why a secret is unfit for production, or None; never says the value."""
+    if value.strip().lower() in PLACEHOLDER_SECRETS or value in SHIPPED_SECRETS:
+        return "is a development or placeholder value shipped in the repository"
+    if len(value) < MIN_SECRET_LENGTH:
+        return f"is shorter than {MIN_SECRET_LENGTH} characters"
+    return None
+
+
+def _secret_problem(name: str, secret: SecretStr | None) -> str | None:
+    """A required secret of at least MIN_SECRET_LENGTH characters, not one shipped in the repository."""
+    if secret is None:
+        return f"{name} is required"
+    # A key list (HUIFANG_ENCRYPTION_KEY rotates by comma-joining) is judged entry by entry.
+    for entry in secret.get_secret_value().split(","):
+        why = _weak(entry.strip())
+        if why:
+            return f"{name} {why}"
+    return None
+
+
+def _api_key_problems(raw: str) -> list[str]:
+    entries = parse_key_entries(raw)
+    if not entries:
+        return ["HUIFANG_API_KEYS is required"]
+    problems = []
+    for n, entry in enumerate(entries, start=1):
+        why = _weak(entry.key)
+        if why:
+            problems.append(f"HUIFANG_API_KEYS entry {n} ({entry.role}) {why}")
+        if entry.principal is None:
+            problems.append(f"HUIFANG_API_KEYS entry {n} ({entry.role}) has no principal; use role:principal:key")
+    return problems
+
+
+def production_problems(settings: Settings) -> list[str]:
+    """Every reason `settings` is unsafe for production, each naming its variable (CONTRACT.md section 5)."""
+    problems = _api_key_problems(settings.huifang_api_keys.get_secret_value())
+    for name, secret in (
+        ("HUIFANG_ENCRYPTION_KEY", settings.huifang_encryption_key),
+        ("HUIFANG_LINK_SECRET", settings.huifang_link_secret),
+        ("HUIFANG_INDEX_KEY", settings.huifang_index_key),
+    ):
+        problems += filter(None, [_secret_problem(name, secret)])
+    if settings.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+        problems.append("KAFKA_SECURITY_PROTOCOL must be SSL or SASL_SSL")
+    if settings.kafka_security_protocol.startswith("SASL"):
+        if not settings.kafka_sasl_mechanism:
+            problems.append("KAFKA_SASL_MECHANISM is required with SASL")
+        if not settings.kafka_sasl_username:
+            problems.append("KAFKA_SASL_USERNAME is required with SASL")
+        password = settings.kafka_sasl_password
+        if password is None or _placeholder(password) or password.get_secret_value() in SHIPPED_SECRETS:
+            problems.append("KAFKA_SASL_PASSWORD is required and must not be a placeholder")
+    outbound = {
+        "HUIFANG_NOTIFY_WEBHOOK_URL": settings.huifang_notify_webhook_url,
+        "HUIFANG_SMS_WEBHOOK_URL": settings.huifang_sms_webhook_url,
+    }
+    for name, url in outbound.items():
+        if url and not url.startswith("https://"):
+            problems.append(f"{name} must be an https:// URL")
+    if any(outbound.values()):
+        problems += filter(None, [_secret_problem("HUIFANG_WEBHOOK_SECRET", settings.huifang_webhook_secret)])
+    if not settings.huifang_public_url.startswith("https://"):
+        problems.append("HUIFANG_PUBLIC_URL must be an https:// URL")
+    if settings.huifang_smtp_tls == "none":
+        problems.append("HUIFANG_SMTP_TLS must be starttls or tls")
+    password = settings.huifang_smtp_password
+    if password is not None and (_placeholder(password) or password.get_secret_value() in SHIPPED_SECRETS):
+        problems.append("HUIFANG_SMTP_PASSWORD must not be a placeholder")
+    return problems
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One entry of HUIFANG_API_KEYS: a role, who acts (None in the older `role:key` form), the key."""
+
+    role: str
+    principal: str | None
+    key: str = field(repr=False)
+
+
+def parse_key_entries(raw: str) -> list[ApiKey]:
+    """Parse `role:principal:key` (or the older `role:key`) entries; raises ValueError naming the bad entry."""
+    entries: list[ApiKey] = []
+    seen: set[str] = set()
+    for n, entry in enumerate(filter(None, (part.strip() for part in raw.split(","))), start=1):
+        parts = entry.split(":", 2)
+        if len(parts) < 2 or not parts[-1]:
+            raise ValueError(f"entry {n} must be role:principal:key (or role:key)")
+        role, key = parts[0], parts[-1]
+        principal = parts[1] if len(parts) == 3 else None
         if role not in ROLES:
-            raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
-        keys[key] = role
-    return keys
+            raise ValueError(f"entry {n}: unknown role {role!r}; roles are {', '.join(ROLES)}")
+        if principal is not None and not PRINCIPAL_PATTERN.match(principal):
+            raise ValueError(f"entry {n}: a principal is 1-64 characters of A-Z a-z 0-9 . _ -")
+        if key in seen:
+            # The same key under two entries would silently take the last role.
+            raise ValueError(f"entry {n}: this key is listed twice")
+        seen.add(key)
+        entries.append(ApiKey(role=role, principal=principal, key=key))
+    return entries
+
+
+def parse_api_keys(raw: str) -> dict[str, str]:
+    """Parse HUIFANG_API_KEYS into {key: role}; raises ValueError naming the bad entry."""
+    return {entry.key: entry.role for entry in parse_key_entries(raw)}
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -146,6 +255,7 @@ def _describe(exc: object) -> str:
     assert isinstance(exc, ValidationError)
     lines = []
     for err in exc.errors():
-        name = ".".join(str(p) for p in err["loc"]).upper() or "settings"
-        lines.append(f"{name}: {err['msg']}")
+        name = ".".join(str(p) for p in err["loc"]).upper()
+        message = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"{name}: {message}" if name else message)
     return "invalid configuration: " + "; ".join(lines)

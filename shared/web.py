@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -16,24 +18,64 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared.errors import Rejected
+from shared.limits import BodyLimit, FailedAuthLimit
 from shared.metrics import HTTP_REQUESTS
-from shared.settings import parse_api_keys
+from shared.settings import ApiKey, Settings, parse_key_entries
 
 log = structlog.get_logger(__name__)
 
 ROLE_RANK = {"agent": 1, "supervisor": 2, "admin": 3}
 ReadinessCheck = Callable[[], Awaitable[str | None]]
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Fingerprints in development, where no index key is configured; production requires HUIFANG_INDEX_KEY.
+DEV_FINGERPRINT_SECRET = b"huifang-development-key-fingerprint"
 
 
 class Principal:
-    def __init__(self, role: str, key_id: str) -> None:
+    def __init__(self, role: str, key_id: str, name: str | None = None) -> None:
         self.role = role
-        self.key_id = key_id  # a short fingerprint of the key, safe to log
+        self.key_id = key_id  # a keyed fingerprint of the key, safe to log
+        self.name = name  # who acts (the key's principal); None for an older role:key entry
+
+    @property
+    def scope(self) -> str:
+        """Whose Idempotency-Keys these are: the principal, or the key itself when it names none."""
+        return f"principal:{self.name}" if self.name else f"{self.role}:{self.key_id}"
 
 
-def key_id(key: str) -> str:
-    """A short fingerprint of an API key, safe to log and to scope its Idempotency-Keys by."""
-    return uuid.uuid5(uuid.NAMESPACE_OID, key).hex[:8]
+def fingerprint_secret(index_key: str | None) -> bytes:
+    """The secret API key fingerprints are keyed with: derived from HUIFANG_INDEX_KEY when set."""
+    if not index_key:
+        return DEV_FINGERPRINT_SECRET
+    return hmac.new(index_key.encode(), b"huifang api key fingerprint", hashlib.sha256).digest()
+
+
+def key_id(key: str, *, secret: bytes = DEV_FINGERPRINT_SECRET) -> str:
+    """A keyed fingerprint of an API key, safe to log: without the secret it cannot be tested against guesses."""
+    return hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+class Keyring:
+    """The configured API keys, found by a keyed digest so that no lookup compares key bytes directly."""
+
+    def __init__(self, entries: list[ApiKey], *, secret: bytes) -> None:
+        self.secret = secret
+        self._by_digest = {self._digest(e.key): e for e in entries}
+        self._by_id = {key_id(e.key, secret=secret): e for e in entries}
+
+    def _digest(self, key: str) -> bytes:
+        return hmac.new(self.secret, b"lookup:" + key.encode(), hashlib.sha256).digest()
+
+    def find(self, key: str) -> ApiKey | None:
+        """The entry of a presented key, or None."""
+        return self._by_digest.get(self._digest(key))
+
+    def by_id(self, fingerprint: str) -> ApiKey | None:
+        """The entry whose fingerprint this is, or None."""
+        return self._by_id.get(fingerprint)
+
+    def principal(self, entry: ApiKey) -> Principal:
+        return Principal(entry.role, key_id(entry.key, secret=self.secret), entry.principal)
 
 
 _bearer = HTTPBearer(auto_error=False)
@@ -43,15 +85,15 @@ def require_role(role: str) -> Callable[..., Principal]:
     """Dependency: 401 without a known key, 403 when its role ranks below `role` (admin may do all)."""
 
     def check(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
-        keys: dict[str, str] = request.app.state.api_keys
+        keyring: Keyring = request.app.state.keyring
         if creds is None or creds.scheme.lower() != "bearer":
             raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-        granted = keys.get(creds.credentials)
-        if granted is None:
+        entry = keyring.find(creds.credentials)
+        if entry is None:
             raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
-        if ROLE_RANK[granted] < ROLE_RANK[role]:
-            raise HTTPException(403, f"role {granted!r} may not do this; needs {role!r}")
-        return Principal(granted, key_id(creds.credentials))
+        if ROLE_RANK[entry.role] < ROLE_RANK[role]:
+            raise HTTPException(403, f"role {entry.role!r} may not do this; needs {role!r}")
+        return keyring.principal(entry)
 
     return check
 
@@ -66,10 +108,14 @@ def create_app(
     api_keys: str,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
     readiness: Callable[[FastAPI], list[ReadinessCheck]] | None = None,
+    settings: Settings | None = None,
 ) -> FastAPI:
     """The service's FastAPI app with the endpoints every service serves."""
     app = FastAPI(title=f"Huifang {service}", version="1", lifespan=lifespan)
-    app.state.api_keys = parse_api_keys(api_keys)
+    index_key = settings.huifang_index_key if settings else None
+    secret = fingerprint_secret(index_key.get_secret_value() if index_key else None)
+    app.state.keyring = Keyring(parse_key_entries(api_keys), secret=secret)
+    app.state.production = settings is not None and settings.huifang_env == "production"
     app.state.service = service
 
     @app.get("/healthz", tags=["ops"])
@@ -114,10 +160,15 @@ def create_app(
         finally:
             structlog.contextvars.unbind_contextvars("request_id")
         route = request.scope.get("route")
-        HTTP_REQUESTS.labels(service, request.method, getattr(route, "path", "unmatched"), response.status_code).inc()
+        method = request.method if request.method in KNOWN_METHODS else "OTHER"  # bounded label values
+        HTTP_REQUESTS.labels(service, method, getattr(route, "path", "unmatched"), response.status_code).inc()
         response.headers["x-request-id"] = request_id
         return response
 
+    # Added last, so they run first: nothing reads a body or checks a key before these limits.
+    failures = settings.huifang_auth_failures_per_minute if settings else 10
+    app.add_middleware(FailedAuthLimit, failures=failures)
+    app.add_middleware(BodyLimit)
     return app
 
 

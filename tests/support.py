@@ -26,6 +26,15 @@ from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = {"agent": "agent-key-1", "supervisor": "supervisor-key-1", "admin": "admin-key-1"}
+# Who each test key acts as (HUIFANG_API_KEYS entries are role:principal:key).
+PRINCIPALS = {"agent": "agent-1", "supervisor": "supervisor-1", "admin": "admin-1"}
+
+
+def api_keys() -> str:
+    """HUIFANG_API_KEYS of the test keys."""
+    return ",".join(f"{role}:{PRINCIPALS[role]}:{key}" for role, key in KEYS.items())
+
+
 WEBHOOK_SECRET = "whsec-test-1"
 
 
@@ -155,7 +164,7 @@ class Huifang:
             huifang_data_dir=workdir,
             huifang_topic_prefix=f"t{token}.",
             huifang_db_schema_prefix=f"t{token}_",
-            huifang_api_keys=",".join(f"{r}:{k}" for r, k in KEYS.items()),  # type: ignore[arg-type]
+            huifang_api_keys=api_keys(),  # type: ignore[arg-type]
             huifang_policy_file=policy or ROOT / "tests" / "policy-test.toml",
             huifang_env="test",
             huifang_notify_webhook_url=webhook.url_for("/hooks/huifang"),

@@ -163,7 +163,7 @@ async def _act(
 
 
 def _by(who: Principal) -> str:
-    return f"{who.role}:{who.key_id}"
+    return f"{who.role}:{who.name or who.key_id}"
 
 
 def _seal(cipher: Cipher, note: str) -> str | None:

@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     handlers=bind(HANDLERS, policy=policy, out=out),
                 )
                 secret = settings.huifang_webhook_secret
+                smtp_password = settings.huifang_smtp_password
                 if settings.huifang_notify_webhook_url and secret is None:
                     log.warning("notifier.webhook_unsigned", detail="HUIFANG_WEBHOOK_SECRET unset; signing with ''")
                 channels = Channels(
@@ -56,6 +57,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     smtp_port=settings.huifang_smtp_port,
                     smtp_from=settings.huifang_smtp_from,
                     timeout=settings.huifang_webhook_timeout_seconds,
+                    smtp_tls=settings.huifang_smtp_tls,
+                    smtp_username=settings.huifang_smtp_username,
+                    smtp_password=smtp_password.get_secret_value() if smtp_password else None,
                 )
                 retry = Retry(
                     max_attempts=settings.huifang_notify_max_attempts,
@@ -75,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = create_web_app(
         service=SERVICE,
         api_keys=settings.huifang_api_keys.get_secret_value(),
+        settings=settings,
         lifespan=lifespan,
     )
     app.state.policy = policy

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 import structlog
 from sqlmodel import col, select
 
-from services.notifier.channels.email import build_message, send_email
+from services.notifier.channels.email import SmtpTls, build_message, send_email
 from services.notifier.channels.sms import send_sms
 from services.notifier.channels.webhook import DeliveryResult, deliver
 from services.notifier.contacts import open_contacts
@@ -60,6 +60,9 @@ class Channels:
     smtp_port: int
     smtp_from: str
     timeout: float
+    smtp_tls: SmtpTls = "starttls"
+    smtp_username: str | None = None
+    smtp_password: str | None = None
 
     def configured(self, channel: str) -> bool:
         """Whether this deployment can send on `channel` at all."""
@@ -208,7 +211,15 @@ class DeliveryLoop:
             body=message["body"],
             notification_id=item.notification_id,
         )
-        return await send_email(host=ch.smtp_host, port=ch.smtp_port, message=email, timeout_s=ch.timeout)
+        return await send_email(
+            host=ch.smtp_host,
+            port=ch.smtp_port,
+            message=email,
+            timeout_s=ch.timeout,
+            tls=ch.smtp_tls,
+            username=ch.smtp_username,
+            password=ch.smtp_password,
+        )
 
     async def _record(self, uow: UnitOfWork, item: Claimed, result: DeliveryResult | None) -> None:
         query = select(Notification).where(Notification.seq == item.seq).with_for_update()

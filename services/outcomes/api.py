@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from pydantic import AwareDatetime
 from sqlmodel import col, select
 
-from services.outcomes.attempts import AttemptIn, AttemptOut, attempt_out, record_attempt
+from services.outcomes.attempts import AttemptIn, AttemptOut, acting_agent, attempt_out, record_attempt
 from services.outcomes.models import Attempt, CallbackView
 from services.outcomes.stats import GroupBy, RefusalStats, StatsRequestError, refusal_stats
 from services.outcomes.verification import StageVerification, loan_stages
@@ -34,8 +34,13 @@ async def post_attempt(
 ) -> Any:
     """Record the outcome of one call."""
 
+    agent_id = acting_agent(role=who.role, principal=who.name, claimed=body.agent_id)
+
     async def record(uow: UnitOfWork) -> AttemptOut:
-        return attempt_out(await record_attempt(uow=uow, callback_id=callback_id, body=body, cipher=cipher))
+        row = await record_attempt(
+            uow=uow, callback_id=callback_id, body=body, cipher=cipher, agent_id=agent_id, recorded_by=who.name
+        )
+        return attempt_out(row)
 
     keyed = idempotency.keyed(
         idempotency_key, who=who, operation="outcomes.attempt", params={"callback_id": callback_id}, body=body

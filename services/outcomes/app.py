@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = create_web_app(
         service=SERVICE,
         api_keys=settings.huifang_api_keys.get_secret_value(),
+        settings=settings,
         lifespan=lifespan,
     )
     app.include_router(api.router)

@@ -35,7 +35,8 @@ class AttemptIn(BaseModel):
 
     disposition: Disposition
     reason_code: ReasonCode | None = None
-    agent_id: str = Field(min_length=1, max_length=128)
+    # Who called: an agent's key names them; a supervisor or admin may name the agent they record for.
+    agent_id: str | None = Field(default=None, min_length=1, max_length=128)
     started_at: AwareDatetime | None = None
     duration_s: int | None = Field(default=None, ge=0, le=86_400)
     notes: str | None = Field(default=None, max_length=4000)
@@ -63,6 +64,7 @@ class AttemptOut(BaseModel):
     disposition: str
     reason_code: str | None
     agent_id: str
+    recorded_by: str | None
     started_at: datetime | None
     duration_s: int | None
     reschedule_to: datetime | None
@@ -78,8 +80,24 @@ def attempt_out(row: Attempt) -> AttemptOut:
     )
 
 
-async def record_attempt(*, uow: UnitOfWork, callback_id: str, body: AttemptIn, cipher: Cipher) -> Attempt:
-    """Store the attempt, close the callback on a final disposition, and emit what follows."""
+def acting_agent(*, role: str, principal: str | None, claimed: str | None) -> str:
+    """The agent an attempt is recorded under (CONTRACT.md section 3): an agent is who their key says."""
+    if principal is None:
+        # An older role:key entry (refused in production) names nobody: the body says who called.
+        if claimed is None:
+            raise Rejected(422, "agent_id is required with a key that names no principal")
+        return claimed
+    if role == "agent":
+        if claimed is not None and claimed != principal:
+            raise Rejected(403, "an agent records attempts under their own agent_id only")
+        return principal
+    return claimed or principal  # a supervisor or admin records for the named agent, or as themselves
+
+
+async def record_attempt(
+    *, uow: UnitOfWork, callback_id: str, body: AttemptIn, cipher: Cipher, agent_id: str, recorded_by: str | None
+) -> Attempt:
+    """Store the attempt under `agent_id`, close the callback on a final disposition, and emit what follows."""
     view = await uow.session.get(CallbackView, callback_id)
     if view is None:
         raise Rejected(404, f"callback {callback_id} not found")
@@ -104,7 +122,8 @@ async def record_attempt(*, uow: UnitOfWork, callback_id: str, body: AttemptIn, 
         attempt=view.attempt,
         disposition=body.disposition,
         reason_code=body.reason_code,
-        agent_id=body.agent_id,
+        agent_id=agent_id,
+        recorded_by=recorded_by,
         started_at=body.started_at,
         duration_s=body.duration_s,
         notes_enc=cipher.encrypt(body.notes) if body.notes else None,
@@ -118,7 +137,7 @@ async def record_attempt(*, uow: UnitOfWork, callback_id: str, body: AttemptIn, 
         view.state = closed_as
         view.final_disposition = body.disposition
         view.closed_at = now
-        view.reason_code, view.agent_id = body.reason_code, body.agent_id
+        view.reason_code, view.agent_id = body.reason_code, agent_id
     view.updated_at = now
     uow.session.add(view)
     ref = CallbackFields(
@@ -132,7 +151,7 @@ async def record_attempt(*, uow: UnitOfWork, callback_id: str, body: AttemptIn, 
             attempt_id=row.attempt_id,
             disposition=body.disposition,
             reason_code=body.reason_code,
-            agent_id=body.agent_id,
+            agent_id=agent_id,
             recorded_at=now,
             reschedule_to=body.reschedule_to,
         ),
@@ -147,7 +166,7 @@ async def record_attempt(*, uow: UnitOfWork, callback_id: str, body: AttemptIn, 
             CallbackRefused(
                 **ref,  # a refusal closed the callback: its state is "refused"
                 reason_code=body.reason_code,
-                agent_id=body.agent_id,
+                agent_id=agent_id,
                 refusals_for_loan=await refusals_for_loan(uow=uow, loan_id=view.loan_id),
                 occurred_at=now,
             ),

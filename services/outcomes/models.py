@@ -49,12 +49,22 @@ class Attempt(SQLModel, table=True):
     disposition: Disposition = Field(sa_type=sa.String(32))
     reason_code: ReasonCode | None = Field(default=None, sa_type=sa.String(32))
     agent_id: str = Field(max_length=128)
+    recorded_by: str | None = Field(default=None, max_length=64)  # the principal of the key that recorded it
     started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     duration_s: int | None = None
     notes_enc: str | None = Field(default=None, sa_type=sa.Text)  # encrypted, never emitted
     reschedule_to: datetime | None = Field(default=None, sa_type=UTCDateTime)
     verification: str = Field(default="{}", sa_type=sa.Text)  # JSON object item -> bool
     recorded_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class RevokedSession(SQLModel, table=True):
+    """A dashboard session ended by logging out; kept until it would have expired anyway."""
+
+    __tablename__ = "revoked_session"
+
+    session_id: str = Field(primary_key=True, max_length=64)
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
 
 
 class LoanVerification(SQLModel, table=True):

@@ -56,24 +56,18 @@ async def test_roles_are_enforced(huifang: Huifang) -> None:
 async def test_attempt_validation_and_states(huifang: Huifang) -> None:
     _, [callback_id] = await due_callbacks(huifang)
     async with huifang.client("outcomes") as client:
-        unknown = await client.post("/v1/callbacks/nope/attempts", json={"disposition": "completed", "agent_id": "A"})
-        no_reason = await client.post(
-            f"/v1/callbacks/{callback_id}/attempts", json={"disposition": "refused", "agent_id": "A"}
-        )
+        unknown = await client.post("/v1/callbacks/nope/attempts", json={"disposition": "completed"})
+        no_reason = await client.post(f"/v1/callbacks/{callback_id}/attempts", json={"disposition": "refused"})
         bad_item = await client.post(
             f"/v1/callbacks/{callback_id}/attempts",
-            json={"disposition": "completed", "agent_id": "A", "verification": {"shoe_size": True}},
+            json={"disposition": "completed", "verification": {"shoe_size": True}},
         )
         past = await client.post(
             f"/v1/callbacks/{callback_id}/attempts",
-            json={"disposition": "reschedule_requested", "agent_id": "A", "reschedule_to": "2020-01-01T10:00:00+08:00"},
+            json={"disposition": "reschedule_requested", "reschedule_to": "2020-01-01T10:00:00+08:00"},
         )
-        done = await client.post(
-            f"/v1/callbacks/{callback_id}/attempts", json={"disposition": "completed", "agent_id": "A"}
-        )
-        again = await client.post(
-            f"/v1/callbacks/{callback_id}/attempts", json={"disposition": "completed", "agent_id": "A"}
-        )
+        done = await client.post(f"/v1/callbacks/{callback_id}/attempts", json={"disposition": "completed"})
+        again = await client.post(f"/v1/callbacks/{callback_id}/attempts", json={"disposition": "completed"})
         listed = await client.get(f"/v1/callbacks/{callback_id}/attempts")
     assert unknown.status_code == 404
     assert no_reason.status_code == 422 and "reason_code" in str(no_reason.json()["detail"])

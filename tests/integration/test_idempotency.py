@@ -19,7 +19,7 @@ from shared.db import Database
 from shared.idempotency import KEY_MAX_LENGTH
 from shared.web import Principal, key_id
 from tests.outcomes_support import due_callbacks
-from tests.support import KEYS, Huifang, loan_event
+from tests.support import KEYS, PRINCIPALS, Huifang, loan_event
 
 
 async def scheduled_callback(huifang: Huifang) -> tuple[str, str]:
@@ -39,7 +39,7 @@ async def open_escalation(huifang: Huifang) -> tuple[str, str]:
     async with huifang.client("outcomes") as client:
         refused = await client.post(
             f"/v1/callbacks/{callbacks['borrower']}/attempts",
-            json={"disposition": "refused", "reason_code": "suspected_fraud", "agent_id": "A-1"},
+            json={"disposition": "refused", "reason_code": "suspected_fraud"},
         )
     assert refused.status_code == 201, refused.text
     [raised] = await huifang.tap.wait_events("escalation.raised", loan)
@@ -88,8 +88,8 @@ WRITES = [
         param="callback_id",
         model=AttemptIn,
         # Not a final disposition: a second run would record a second attempt, not be refused.
-        body={"disposition": "no_answer", "agent_id": "A-9"},
-        other={"disposition": "no_answer", "agent_id": "A-8"},
+        body={"disposition": "no_answer", "duration_s": 9},
+        other={"disposition": "no_answer", "duration_s": 8},
         status=201,
         target=due_callback,
         effect="callback.outcome.recorded",
@@ -154,7 +154,7 @@ async def test_a_key_in_flight_is_409_and_the_retry_after_it_runs(huifang: Huifa
     loan, target_id = await write.target(huifang)
     key = uuid.uuid4().hex
     # The claim a first request with this key holds while it runs, taken through the shared helper.
-    who = Principal(write.role, key_id(KEYS[write.role]))
+    who = Principal(write.role, key_id(KEYS[write.role]), PRINCIPALS[write.role])
     keyed = idempotency.keyed(
         key, who=who, operation=write.operation, params={write.param: target_id}, body=write.model(**write.body)
     )

@@ -142,6 +142,7 @@ async def rig(
             "huifang_smtp_host": "127.0.0.1",
             "huifang_smtp_port": smtp.port,
             "huifang_smtp_from": "huifang@bank.example",
+            "huifang_smtp_tls": "none",  # the local aiosmtpd speaks no TLS
             "huifang_notify_max_attempts": MAX_ATTEMPTS,
             "huifang_notify_retry_base_seconds": 0.5,
         }

@@ -24,7 +24,7 @@ async def attempts_of(huifang: Huifang, callback_id: str) -> list[dict[str, Any]
 async def test_concurrent_duplicates_have_exactly_one_effect(huifang: Huifang) -> None:
     loan, callbacks = await due_callbacks(huifang)
     callback_id, key = callbacks["borrower"], new_id("K")
-    body = {"disposition": "completed", "agent_id": "A-1", "verification": {"identity": True}}
+    body = {"disposition": "completed", "verification": {"identity": True}}
     async with huifang.client("outcomes") as client:
         responses = await asyncio.gather(
             *(
@@ -47,12 +47,12 @@ async def test_a_rejected_request_gives_its_key_back(huifang: Huifang) -> None:
     async with huifang.client("outcomes") as client:
         wrong = await client.post(
             f"/v1/callbacks/{callback_id}/attempts",
-            json={"disposition": "completed", "agent_id": "A-1", "verification": {"shoe_size": True}},
+            json={"disposition": "completed", "verification": {"shoe_size": True}},
             headers=headers,
         )
         fixed = await client.post(
             f"/v1/callbacks/{callback_id}/attempts",
-            json={"disposition": "completed", "agent_id": "A-1", "verification": {"identity": True}},
+            json={"disposition": "completed", "verification": {"identity": True}},
             headers=headers,
         )
     assert wrong.status_code == 422 and fixed.status_code == 201, (wrong.text, fixed.text)
@@ -72,7 +72,7 @@ async def test_a_rejected_request_gives_its_key_back(huifang: Huifang) -> None:
 )
 async def test_invalid_bodies_are_422_and_record_nothing(huifang: Huifang, body: dict[str, Any], says: str) -> None:
     async with huifang.client("outcomes") as client:
-        response = await client.post("/v1/callbacks/any/attempts", json={"agent_id": "A-1", **body})
+        response = await client.post("/v1/callbacks/any/attempts", json={**body})
     assert response.status_code == 422
     assert says in str(response.json()["detail"])
     assert "+8613800138000" not in response.text  # inputs are not echoed back
@@ -84,7 +84,7 @@ async def test_notes_are_encrypted_at_rest_and_never_emitted(huifang: Huifang) -
     async with huifang.client("outcomes") as client:
         response = await client.post(
             f"/v1/callbacks/{callbacks['borrower']}/attempts",
-            json={"disposition": "refused", "reason_code": "privacy_concern", "agent_id": "A-3", "notes": notes},
+            json={"disposition": "refused", "reason_code": "privacy_concern", "notes": notes},
         )
     assert response.status_code == 201 and "notes" not in response.json()
     async with outcomes_db(huifang).uow() as uow:
@@ -100,13 +100,9 @@ async def test_notes_are_encrypted_at_rest_and_never_emitted(huifang: Huifang) -
 async def test_verification_is_pending_until_every_party_is_closed_then_verified(huifang: Huifang) -> None:
     loan, callbacks = await due_callbacks(huifang, roles=("borrower", "guarantor"))
     async with huifang.client("outcomes") as client:
-        await client.post(
-            f"/v1/callbacks/{callbacks['borrower']}/attempts", json={"disposition": "completed", "agent_id": "A"}
-        )
+        await client.post(f"/v1/callbacks/{callbacks['borrower']}/attempts", json={"disposition": "completed"})
         pending = (await client.get(f"/v1/loans/{loan}/verification")).json()
-        await client.post(
-            f"/v1/callbacks/{callbacks['guarantor']}/attempts", json={"disposition": "completed", "agent_id": "A"}
-        )
+        await client.post(f"/v1/callbacks/{callbacks['guarantor']}/attempts", json={"disposition": "completed"})
         [done] = await huifang.tap.wait_events("loan.verification.completed", loan)
         verified = (await client.get(f"/v1/loans/{loan}/verification")).json()
         unknown = await client.get(f"/v1/loans/{new_id('L')}/verification")
@@ -120,12 +116,8 @@ async def test_verification_is_pending_until_every_party_is_closed_then_verified
 async def test_a_wrong_number_makes_the_loan_unreachable(huifang: Huifang) -> None:
     loan, callbacks = await due_callbacks(huifang, roles=("borrower", "co_borrower"))
     async with huifang.client("outcomes") as client:
-        await client.post(
-            f"/v1/callbacks/{callbacks['borrower']}/attempts", json={"disposition": "completed", "agent_id": "A"}
-        )
-        await client.post(
-            f"/v1/callbacks/{callbacks['co_borrower']}/attempts", json={"disposition": "wrong_number", "agent_id": "A"}
-        )
+        await client.post(f"/v1/callbacks/{callbacks['borrower']}/attempts", json={"disposition": "completed"})
+        await client.post(f"/v1/callbacks/{callbacks['co_borrower']}/attempts", json={"disposition": "wrong_number"})
     [done] = await huifang.tap.wait_events("loan.verification.completed", loan)
     assert done["data"]["status"] == "unreachable"
 
@@ -135,10 +127,7 @@ async def test_parties_closed_at_the_same_moment_complete_the_loan_once(huifang:
     loan, callbacks = await due_callbacks(huifang, roles=roles)
     async with huifang.client("outcomes") as client:
         responses = await asyncio.gather(
-            *(
-                client.post(f"/v1/callbacks/{callbacks[r]}/attempts", json={"disposition": "completed", "agent_id": r})
-                for r in roles
-            )
+            *(client.post(f"/v1/callbacks/{callbacks[r]}/attempts", json={"disposition": "completed"}) for r in roles)
         )
     assert [r.status_code for r in responses] == [201, 201, 201]
     [done] = await huifang.tap.wait_events("loan.verification.completed", loan)
@@ -150,7 +139,7 @@ async def test_escalations_from_the_notifier_are_kept_for_the_dashboard(huifang:
     async with huifang.client("outcomes") as client:
         await client.post(
             f"/v1/callbacks/{callbacks['borrower']}/attempts",
-            json={"disposition": "refused", "reason_code": "suspected_fraud", "agent_id": "A"},
+            json={"disposition": "refused", "reason_code": "suspected_fraud"},
         )
     [raised] = await huifang.tap.wait_events("escalation.raised", loan)
     escalation_id = raised["data"]["escalation_id"]

@@ -56,7 +56,9 @@ async def test_no_attempt_is_accepted_once_the_deadline_has_passed(database: Dat
     body = AttemptIn(disposition="completed", agent_id="A-1")
     async with database.uow() as uow:
         with pytest.raises(Rejected) as rejected:
-            await record_attempt(uow=uow, callback_id="CB-LATE", body=body, cipher=CIPHER)
+            await record_attempt(
+                uow=uow, callback_id="CB-LATE", body=body, cipher=CIPHER, agent_id="A-1", recorded_by=None
+            )
     assert rejected.value.status == 409 and "deadline" in rejected.value.detail
     async with database.uow() as uow:
         view = await uow.session.get(CallbackView, "CB-LATE")

@@ -30,7 +30,7 @@ def scheduler_db(huifang: Huifang) -> Database:
 async def record(huifang: Huifang, callback_id: str, disposition: str, **extra: Any) -> dict[str, Any]:
     async with huifang.client("outcomes") as client:
         response = await client.post(
-            f"/v1/callbacks/{callback_id}/attempts", json={"disposition": disposition, "agent_id": "A-7", **extra}
+            f"/v1/callbacks/{callback_id}/attempts", json={"disposition": disposition, **extra}
         )
     assert response.status_code == 201, response.text
     result: dict[str, Any] = response.json()

@@ -29,7 +29,7 @@ async def test_loan_event_becomes_refusal_notification_and_escalation(huifang: H
     async with huifang.client("outcomes") as client:
         ok = await client.post(
             f"/v1/callbacks/{by_role['borrower']['callback_id']}/attempts",
-            json={"disposition": "completed", "agent_id": "A-1", "verification": {"identity": True}},
+            json={"disposition": "completed", "verification": {"identity": True}},
         )
         assert ok.status_code == 201, ok.text
         refused = await client.post(
@@ -37,7 +37,6 @@ async def test_loan_event_becomes_refusal_notification_and_escalation(huifang: H
             json={
                 "disposition": "refused",
                 "reason_code": "privacy_concern",
-                "agent_id": "A-1",
                 "notes": "担心个人信息泄露",
             },
         )
@@ -112,16 +111,12 @@ async def test_no_answer_retries_then_expires_unreachable(huifang: Huifang) -> N
     [due] = await huifang.tap.wait_events("callback.due", loan)
     callback_id = due["data"]["callback_id"]
     async with huifang.client("outcomes") as client:
-        first = await client.post(
-            f"/v1/callbacks/{callback_id}/attempts", json={"disposition": "no_answer", "agent_id": "A-2"}
-        )
+        first = await client.post(f"/v1/callbacks/{callback_id}/attempts", json={"disposition": "no_answer"})
         assert first.status_code == 201
         [resched] = await huifang.tap.wait_events("callback.rescheduled", loan)
         assert resched["data"]["reason"] == "no_answer" and resched["data"]["attempt"] == 2
         await huifang.tap.wait_events("callback.due", loan, count=2)
-        second = await client.post(
-            f"/v1/callbacks/{callback_id}/attempts", json={"disposition": "busy", "agent_id": "A-2"}
-        )
+        second = await client.post(f"/v1/callbacks/{callback_id}/attempts", json={"disposition": "busy"})
         assert second.status_code == 201 and second.json()["attempt"] == 2
     [expired] = await huifang.tap.wait_events("callback.expired", loan)
     assert expired["data"]["reason"] == "attempts_exhausted"
@@ -173,9 +168,7 @@ async def complete_all(huifang: Huifang, scheduled: list[dict[str, object]]) -> 
         for event in scheduled:
             data = event["data"]
             assert isinstance(data, dict)
-            done = await client.post(
-                f"/v1/callbacks/{data['callback_id']}/attempts", json={"disposition": "completed", "agent_id": "A-7"}
-            )
+            done = await client.post(f"/v1/callbacks/{data['callback_id']}/attempts", json={"disposition": "completed"})
             assert done.status_code == 201, done.text
 
 

@@ -38,8 +38,17 @@ CONTRACT_VARIABLES = frozenset(
         "HUIFANG_OUTCOMES_PORT",
         "HUIFANG_NOTIFIER_PORT",
         "HUIFANG_TOPIC_PREFIX",
+        "HUIFANG_INDEX_KEY",
+        "HUIFANG_LINK_SECRET",
+        "HUIFANG_PUBLIC_URL",
+        "HUIFANG_SMTP_USERNAME",
+        "HUIFANG_SMTP_PASSWORD",
+        "HUIFANG_SMTP_TLS",
+        "HUIFANG_FORWARDED_ALLOW_IPS",
     }
 )
+# The compose file's own variables: they only fill in a contract variable (the database password in DATABASE_URL).
+COMPOSE_VARIABLES = frozenset({"POSTGRES_PASSWORD"})
 
 # CONTRACT.md section 1.
 SERVICE_PORTS = {"scheduler": 8001, "outcomes": 8002, "notifier": 8003}
@@ -129,7 +138,8 @@ def test_postgres(services: dict[str, dict[str, Any]]) -> None:
     postgres = services["postgres"]
     assert postgres["image"].split(":")[0] == "postgres"
     env = environment(postgres)
-    assert env["POSTGRES_USER"] == env["POSTGRES_PASSWORD"] == env["POSTGRES_DB"] == "huifang"
+    assert env["POSTGRES_USER"] == env["POSTGRES_DB"] == "huifang"
+    assert env["POSTGRES_PASSWORD"] == "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}"  # never the user name
     assert "pg_isready" in " ".join(strings_in(postgres["healthcheck"]["test"]))
     assert postgres.get("volumes")
 
@@ -159,8 +169,10 @@ def test_huifang_service(services: dict[str, dict[str, Any]], name: str, port: i
     for key in COMMON_ENV:
         assert env.get(key), f"{name} lacks {key}"
     assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
-    assert env["HUIFANG_ENV"] == "production"
-    assert re.fullmatch(r"postgresql\+asyncpg://[^:@/]+:[^@/]+@postgres:5432/\w+", env["DATABASE_URL"])
+    # The bundled Kafka is plaintext, which production refuses; production is the caller's to ask for.
+    assert env["HUIFANG_ENV"] == "${HUIFANG_ENV:-development}"
+    assert env["DATABASE_URL"].startswith("postgresql+asyncpg://huifang:${POSTGRES_PASSWORD:?")
+    assert all(str(p).startswith("127.0.0.1:") for p in service["ports"])  # never on every interface
     # Secrets come from the caller's environment and compose refuses to start without them.
     assert env["HUIFANG_ENCRYPTION_KEY"].startswith("${HUIFANG_ENCRYPTION_KEY:?")
     assert env["HUIFANG_API_KEYS"].startswith("${HUIFANG_API_KEYS:?")
@@ -190,7 +202,7 @@ def test_only_contract_variables_reach_huifang(services: dict[str, dict[str, Any
     service = services[name]
     names = set(environment(service))
     names |= {match for text in strings_in(service) for match in INTERPOLATION.findall(text)}
-    assert names <= CONTRACT_VARIABLES, sorted(names - CONTRACT_VARIABLES)
+    assert names <= CONTRACT_VARIABLES | COMPOSE_VARIABLES, sorted(names - CONTRACT_VARIABLES - COMPOSE_VARIABLES)
 
 
 def dockerfile_instructions(text: str) -> list[str]:
@@ -219,7 +231,11 @@ def test_dockerfile(dockerfile: str) -> None:
     copied = " ".join(line for line in instructions if line.startswith("COPY "))
     for source in ("pyproject.toml", "README.md", "shared/", "services/", "policy.toml"):
         assert source in copied, source
-    assert any(line.startswith("RUN pip install --no-cache-dir .") for line in instructions)
+    # Every package comes from the hash-checked lock; the project itself adds none of its own choosing.
+    assert "COPY requirements.lock ./" in instructions
+    assert "RUN pip install --no-cache-dir --require-hashes -r requirements.lock" in instructions
+    local = "RUN pip install --no-cache-dir --no-deps --no-build-isolation ."
+    assert any(line.startswith(local) for line in instructions)
     users = [line.split()[1] for line in instructions if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
     # Configuration baked into the image is held to the contract, or at least to real settings.
@@ -229,6 +245,25 @@ def test_dockerfile(dockerfile: str) -> None:
     assert env.get("HUIFANG_POLICY_FILE", "").endswith("/policy.toml")
     # Published ports must reach the services: they listen on every interface inside the container.
     assert env.get("HUIFANG_HOST") == "0.0.0.0"
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_the_lock_pins_every_dependency_with_hashes() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    lock = (ROOT / "requirements.lock").read_text()
+    pinned = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", lock, flags=re.M))
+    pinned = {name.lower().replace("_", "-"): version for name, version in pinned.items()}
+    wanted = [*project["project"]["dependencies"], *project["build-system"]["requires"]]
+    missing = sorted({_name(r) for r in wanted} - set(pinned))
+    assert not missing, missing
+    # Every pinned package carries at least one hash, which is what --require-hashes checks.
+    blocks = re.split(r"^(?=[A-Za-z0-9_.-]+==)", lock, flags=re.M)[1:]
+    assert blocks and all("--hash=sha256:" in block for block in blocks)
 
 
 def test_dockerignore_keeps_local_state_out() -> None:

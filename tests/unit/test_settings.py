@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from shared.settings import DEFAULT_POLICY, SettingsError, load_settings, parse_api_keys
+from shared.settings import DEFAULT_POLICY, ApiKey, SettingsError, load_settings, parse_api_keys, parse_key_entries
 
 REAL_KEY = Fernet.generate_key().decode()
 OURS = ("HUIFANG_", "KAFKA_", "DATABASE_URL")
@@ -165,14 +165,23 @@ def test_production_refuses_placeholder_kafka_password(monkeypatch: pytest.Monke
 
 
 def test_production_with_real_values_passes(monkeypatch: pytest.MonkeyPatch) -> None:
-    production(
-        monkeypatch,
-        HUIFANG_ENCRYPTION_KEY=REAL_KEY,
-        HUIFANG_API_KEYS="agent:a-51c2,admin:k-7f3a9c",
-        HUIFANG_NOTIFY_WEBHOOK_URL="https://hooks.bank.example/huifang",
-        HUIFANG_WEBHOOK_SECRET="whsec-9d8e7f6a5b4c",
-    )
+    from tests.unit.test_production_guard import SAFE
+
+    production(monkeypatch, **SAFE)
     assert load_settings().huifang_env == "production"
+
+
+def test_api_keys_with_principals() -> None:
+    entries = parse_key_entries("agent:agent-7:a1,supervisor:s1")
+    assert entries == [ApiKey("agent", "agent-7", "a1"), ApiKey("supervisor", None, "s1")]
+    assert "a1" not in repr(entries)
+
+
+@pytest.mark.parametrize("raw", ["agent:a1,admin:a1", "agent:x:a1,admin:y:a1", "agent:bad principal:k"])
+def test_a_key_listed_twice_or_a_bad_principal_is_refused(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv("HUIFANG_API_KEYS", raw)
+    with pytest.raises(SettingsError, match="HUIFANG_API_KEYS"):
+        load_settings()
 
 
 def test_development_needs_no_secrets() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from email.message import EmailMessage
+from typing import Literal
 
 import aiosmtplib
 
@@ -27,11 +28,34 @@ def classify_smtp(code: int) -> DeliveryResult:
     return DeliveryResult("retryable", status_code=code, error=f"smtp {code}")
 
 
-async def send_email(*, host: str, port: int, message: EmailMessage, timeout_s: float) -> DeliveryResult:
+SmtpTls = Literal["starttls", "tls", "none"]
+
+
+async def send_email(
+    *,
+    host: str,
+    port: int,
+    message: EmailMessage,
+    timeout_s: float,
+    tls: SmtpTls = "starttls",
+    username: str | None = None,
+    password: str | None = None,
+) -> DeliveryResult:
     """Send one email; classify the result so the caller can retry or give up."""
     # Error texts from the server may echo the address: only codes and exception names leave here.
     try:
-        await aiosmtplib.send(message, hostname=host, port=port, timeout=timeout_s)
+        # start_tls=True insists on STARTTLS: a server (or a man in the middle) that does not offer it
+        # gets no mail, where aiosmtplib's default would quietly send in plaintext.
+        await aiosmtplib.send(
+            message,
+            hostname=host,
+            port=port,
+            timeout=timeout_s,
+            use_tls=tls == "tls",
+            start_tls=tls == "starttls",
+            username=username,
+            password=password,
+        )
     except aiosmtplib.SMTPRecipientsRefused as exc:
         return classify_smtp(min((r.code for r in exc.recipients), default=550))
     except aiosmtplib.SMTPResponseException as exc:

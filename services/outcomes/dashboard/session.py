@@ -1,4 +1,8 @@
-"""Dashboard sessions: a cookie signed with the supervisor's own key, so revoking the key ends them."""
+"""Dashboard sessions: a cookie signed with the supervisor's own key, naming a session id that logout revokes.
+
+Revoking the key ends every session it signed; logging out ends one session, on every replica, through
+the `revoked_session` table.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,13 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from shared.web import ROLE_RANK
+import sqlalchemy as sa
+
+from services.outcomes.models import RevokedSession
+from shared.db import UnitOfWork, utcnow
+from shared.web import ROLE_RANK, Keyring, key_id
 
 COOKIE = "huifang_session"
 LIFETIME_S = 8 * 3600
@@ -20,11 +29,8 @@ LIFETIME_S = 8 * 3600
 class Session:
     role: str
     key_id: str
-
-
-def key_id(key: str) -> str:
-    """The short fingerprint of an API key that request logs already use."""
-    return uuid.uuid5(uuid.NAMESPACE_OID, key).hex[:8]
+    session_id: str
+    expires: int
 
 
 def _mac(key: str, payload: bytes) -> bytes:
@@ -41,15 +47,19 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def sign(*, key: str, role: str, now: float | None = None) -> str:
-    """A cookie value for a login with `key`, valid for LIFETIME_S."""
+def sign(*, keyring: Keyring, key: str, role: str, now: float | None = None) -> str:
+    """A cookie value for a new session of a login with `key`, valid for LIFETIME_S."""
     expires = int((now or time.time()) + LIFETIME_S)
-    payload = json.dumps({"k": key_id(key), "r": role, "exp": expires}, separators=(",", ":")).encode()
+    claims = {"s": uuid.uuid4().hex, "k": key_id(key, secret=keyring.secret), "r": role, "exp": expires}
+    payload = json.dumps(claims, separators=(",", ":")).encode()
     return f"{_b64(payload)}.{_b64(_mac(key, payload))}"
 
 
-def verify(*, keys: dict[str, str], cookie: str | None, now: float | None = None) -> Session | None:
-    """The session in the cookie, if it is signed by a supervisor-or-better key still configured and not expired."""
+def verify(*, keyring: Keyring, cookie: str | None, now: float | None = None) -> Session | None:
+    """The session in the cookie, if signed by a supervisor-or-better key still configured and not expired.
+
+    Revocation by logout is checked apart, against the database: see `revoked`.
+    """
     if not cookie or "." not in cookie:
         return None
     try:
@@ -61,7 +71,28 @@ def verify(*, keys: dict[str, str], cookie: str | None, now: float | None = None
         return None
     if not isinstance(claims, dict) or not isinstance(claims.get("exp"), int) or claims["exp"] < (now or time.time()):
         return None
-    for key, role in keys.items():
-        if key_id(key) == claims.get("k") and hmac.compare_digest(_mac(key, payload), given):
-            return Session(role=role, key_id=claims["k"]) if ROLE_RANK[role] >= ROLE_RANK["supervisor"] else None
-    return None
+    sid, fingerprint = claims.get("s"), claims.get("k")
+    if not isinstance(sid, str) or not isinstance(fingerprint, str):
+        return None
+    entry = keyring.by_id(fingerprint)
+    if entry is None or not hmac.compare_digest(_mac(entry.key, payload), given):
+        return None
+    if ROLE_RANK[entry.role] < ROLE_RANK["supervisor"]:
+        return None
+    return Session(role=entry.role, key_id=fingerprint, session_id=sid, expires=claims["exp"])
+
+
+async def revoked(*, uow: UnitOfWork, session: Session) -> bool:
+    """Whether the session was ended by logging out."""
+    return await uow.session.get(RevokedSession, session.session_id) is not None
+
+
+async def revoke(*, uow: UnitOfWork, session: Session) -> None:
+    """End the session on every replica; forget revocations of sessions that have expired anyway."""
+    now = utcnow()
+    table = RevokedSession.__table__  # type: ignore[attr-defined]
+    await uow.session.execute(sa.delete(table).where(table.c.expires_at < now))
+    if await uow.session.get(RevokedSession, session.session_id) is None:
+        uow.session.add(
+            RevokedSession(session_id=session.session_id, expires_at=datetime.fromtimestamp(session.expires, UTC))
+        )

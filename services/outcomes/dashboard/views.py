@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.exc import IntegrityError
 
 from services.outcomes.dashboard import session
 from services.outcomes.dashboard.board import WINDOWS, bilingual, load_board
@@ -64,10 +65,19 @@ def _after_login(target: str | None) -> str:
     return "/dashboard"
 
 
+async def _current(request: Request) -> session.Session | None:
+    """The request's dashboard session: signed, unexpired, of a configured key, and not logged out."""
+    found = session.verify(keyring=request.app.state.keyring, cookie=request.cookies.get(session.COOKIE))
+    if found is None:
+        return None
+    async with request.app.state.runtime.db.uow() as uow:
+        return None if await session.revoked(uow=uow, session=found) else found
+
+
 @router.get("/login", response_class=HTMLResponse)
 async def login_form(request: Request, next: str | None = None) -> Response:
     """The login form (or straight to the dashboard with a valid session)."""
-    if session.verify(keys=request.app.state.api_keys, cookie=request.cookies.get(session.COOKIE)):
+    if await _current(request):
         return RedirectResponse(_after_login(next), status_code=303)
     return _login(request, after=_after_login(next))
 
@@ -81,27 +91,37 @@ async def login(request: Request) -> Response:
     form = parse_qs(raw.decode("utf-8", "replace"))
     key = (form.get("key") or [""])[0].strip()
     after = _after_login((form.get("next") or [""])[0])
-    role = request.app.state.api_keys.get(key)
-    if role is None:
+    keyring = request.app.state.keyring
+    entry = keyring.find(key)
+    if entry is None:
         return _login(request, "Unknown key.", 401, after)
-    if ROLE_RANK[role] < ROLE_RANK["supervisor"]:
+    if ROLE_RANK[entry.role] < ROLE_RANK["supervisor"]:
         return _login(request, "The dashboard needs a supervisor or admin key.", 403, after)
     response = RedirectResponse(after, status_code=303)
     response.set_cookie(
         session.COOKIE,
-        session.sign(key=key, role=role),
+        session.sign(keyring=keyring, key=entry.key, role=entry.role),
         max_age=session.LIFETIME_S,
         path="/dashboard",
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        # Behind a TLS proxy the request scheme may read http: production always says Secure.
+        secure=request.app.state.production or request.url.scheme == "https",
     )
     return response
 
 
 @router.post("/logout")
-async def logout() -> Response:
-    """End the session."""
+async def logout(request: Request) -> Response:
+    """End the session, here and on every replica: the cookie alone no longer works."""
+    found = session.verify(keyring=request.app.state.keyring, cookie=request.cookies.get(session.COOKIE))
+    if found is not None:
+        try:
+            async with request.app.state.runtime.db.uow() as uow:
+                await session.revoke(uow=uow, session=found)
+                await uow.commit()
+        except IntegrityError:
+            pass  # a concurrent logout of the same session revoked it first
     response = RedirectResponse("/dashboard/login", status_code=303)
     response.delete_cookie(session.COOKIE, path="/dashboard", httponly=True, samesite="strict")
     return response
@@ -114,7 +134,7 @@ async def dashboard(
     refresh: Annotated[int, Query(ge=2, le=3600, description="seconds between refreshes")] = 15,
 ) -> Response:
     """The dashboard page: refusal charts, open and overdue callbacks, open escalations."""
-    who = session.verify(keys=request.app.state.api_keys, cookie=request.cookies.get(session.COOKIE))
+    who = await _current(request)
     if who is None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/dashboard/login?next={quote(target, safe='')}", status_code=303)
