@@ -21,7 +21,16 @@ from aiokafka.structs import ConsumerRecord
 from sqlmodel import Field, SQLModel
 
 from shared.db import Database, UnitOfWork, UTCDateTime, is_transient, utcnow
-from shared.events import DLQ_SUFFIX, EVENT_MODELS, TOPICS, Event, EventData, InvalidEvent, parse_event
+from shared.events import (
+    DLQ_SUFFIX,
+    EVENT_MODELS,
+    TOPICS,
+    Event,
+    EventData,
+    InvalidEvent,
+    parse_event,
+    validation_reason,
+)
 from shared.metrics import CONSUMER_BATCH_SECONDS, CONSUMER_UP, DLQ_MESSAGES, EVENTS_CONSUMED
 from shared.settings import Settings
 
@@ -133,8 +142,7 @@ def safe_reason(exc: BaseException) -> str:
     if isinstance(exc, InvalidEvent):
         return str(exc)
     if isinstance(exc, ValidationError):
-        fields = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        return f"{type(exc).__name__}: {fields}"[:500]
+        return f"{type(exc).__name__}: {validation_reason(exc)}"[:500]
     return type(exc).__name__
 
 
