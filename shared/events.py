@@ -66,7 +66,7 @@ ClockTime = Annotated[str, AfterValidator(_clock)]
 # Field rules of upstream input (CONTRACT.md 2.2). Messages name the rule, never the value.
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
-_PHONE_SEPARATORS = re.compile(r"[ \-]")
+_PHONE_SEPARATORS = re.compile(r"[\s-]")
 _EMAIL = re.compile(
     r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}"
     r"@(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
@@ -74,9 +74,14 @@ _EMAIL = re.compile(
 NAME_MAX = 100
 
 
+def canonical_phone(value: str) -> str:
+    """The phone with spaces and dashes removed: `+86 138-0013-8000` is `+8613800138000`."""
+    return _PHONE_SEPARATORS.sub("", value)
+
+
 def normalize_phone(value: str) -> str:
     """A phone in E.164 once spaces and dashes are removed; raises ValueError (without the value) otherwise."""
-    phone = _PHONE_SEPARATORS.sub("", value)
+    phone = canonical_phone(value)
     if not _E164.match(phone):
         raise ValueError("must be an E.164 phone number: + and 7-15 digits")
     return phone
