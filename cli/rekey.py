@@ -15,11 +15,14 @@ from sqlmodel import SQLModel
 
 from shared.crypto import Cipher
 from shared.db import ENCRYPTED_PREFIX, Database, resolve_url
+from shared.idempotency import IdempotencyRecord
 from shared.outbox import OutboxMessage
 from shared.runtime import cipher_for
 from shared.settings import Settings
 
 BATCH = 200
+# Columns holding plain JSON or, marked by ENCRYPTED_PREFIX, an encrypted value.
+PREFIXED: dict[type[SQLModel], tuple[str, ...]] = {OutboxMessage: ("payload",), IdempotencyRecord: ("response",)}
 
 
 @dataclass
@@ -31,10 +34,10 @@ class Tally:
 
 
 def sealed_columns(service: str) -> dict[type[SQLModel], tuple[str, ...]]:
-    """The service's encrypted columns (its models' SEALED) and the outbox's payload."""
+    """The service's encrypted columns (its models' SEALED), the outbox's payload and stored responses."""
     models = import_module(f"services.{service}.models")
     sealed: dict[type[SQLModel], tuple[str, ...]] = dict(models.SEALED)
-    sealed[OutboxMessage] = ("payload",)
+    sealed.update(PREFIXED)
     return sealed
 
 
@@ -67,52 +70,42 @@ async def rekey_service(*, service: str, db: Database, cipher: Cipher, tally: Ta
 async def _rekey_column(
     *, db: Database, cipher: Cipher, table: sa.Table, column: str, service: str, tally: Tally
 ) -> None:
-    (key,) = table.primary_key.columns
+    keys = list(table.primary_key.columns)
     value = table.c[column]
-    last: object = None
+    last: tuple[object, ...] | None = None
     while True:
-        query = sa.select(key, value).where(value.is_not(None)).order_by(key).limit(BATCH)
+        query = sa.select(*keys, value).where(value.is_not(None)).order_by(*keys).limit(BATCH)
         if last is not None:
-            query = query.where(key > last)
+            query = query.where(sa.tuple_(*keys) > sa.tuple_(*(sa.literal(v) for v in last)))
         async with db.uow() as uow:
             rows = (await uow.session.execute(query)).all()
         if not rows:
             return
-        for row_key, old in rows:
-            await _rekey_value(
-                db=db, cipher=cipher, table=table, column=column, row_key=row_key, old=old, service=service, tally=tally
-            )
-        last = rows[-1][0]
+        for *row_key, old in rows:
+            where = sa.and_(*(k == v for k, v in zip(keys, row_key, strict=True)), value == old)
+            rotated = await _rekey_value(db=db, cipher=cipher, table=table, column=column, where=where, old=old)
+            if rotated is not None:
+                counts = tally.rotated if rotated else tally.unreadable
+                counts[service] = counts.get(service, 0) + 1
+        last = tuple(rows[-1][:-1])
 
 
 async def _rekey_value(
-    *,
-    db: Database,
-    cipher: Cipher,
-    table: sa.Table,
-    column: str,
-    row_key: object,
-    old: str,
-    service: str,
-    tally: Tally,
-) -> None:
-    prefix = ENCRYPTED_PREFIX if table.name == OutboxMessage.__tablename__ else ""
+    *, db: Database, cipher: Cipher, table: sa.Table, column: str, where: sa.ColumnElement[bool], old: str
+) -> bool | None:
+    """True when rotated, False when no key reads it, None when there was nothing to do."""
+    prefix = ENCRYPTED_PREFIX if table.name in {model.__tablename__ for model in PREFIXED} else ""
     if prefix and not old.startswith(prefix):
-        return  # an outbox row of an event without personal data: stored as is
+        return None  # plain JSON without personal data (an id-only event, say): stored as is
     token = old.removeprefix(prefix)
     if cipher.is_current(token):
-        return
+        return None
     try:
         new = prefix + cipher.rotate(token)
     except ValueError:
-        tally.unreadable[service] = tally.unreadable.get(service, 0) + 1
-        return
-    (key,) = table.primary_key.columns
+        return False
     async with db.uow() as uow:
-        # Compare and set: a value the service rewrote meanwhile is already under the newest key.
-        result = await uow.session.execute(
-            sa.update(table).where(key == row_key, table.c[column] == old).values({column: new})
-        )
+        # Compare and set: a value the service rewrote or deleted meanwhile is left to the service.
+        result = await uow.session.execute(sa.update(table).where(where).values({column: new}))
         await uow.commit()
-    if result.rowcount:  # type: ignore[attr-defined]
-        tally.rotated[service] = tally.rotated.get(service, 0) + 1
+    return bool(result.rowcount) or None  # type: ignore[attr-defined]
