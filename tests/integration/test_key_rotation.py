@@ -199,3 +199,42 @@ async def test_keys_rotate_under_a_running_service_and_the_old_key_retires(syste
         await wait_for(recorded, what="outcomes to take the attempt")
     retry = await system.tap.wait_events("callback.due", other, count=2)
     assert retry[-1]["data"]["phone"] == OTHER_PHONE and retry[-1]["data"]["attempt"] == 2
+
+
+async def test_huifang_rekey_command_rotates_once_and_names_what_it_cannot_read(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    old_key, new_key = generate_key(), generate_key()
+    old = Cipher([old_key], index_key=INDEX_KEY)
+    db = Database(resolve_url(None, tmp_path, "scheduler"), schema="scheduler", source="/t", cipher=old)
+    try:
+        await db.migrate(ROOT / "services" / "scheduler" / "migrations")
+        lost = Cipher([generate_key()]).encrypt_json({"phone": PHONE})
+        async with db.engine.begin() as conn:
+            rows = [_callback(old, phone=PHONE, index="i"), _callback(old, phone=PHONE, index="i", contact_enc=lost)]
+            await conn.execute(sa.insert(Callback.__table__), rows)  # type: ignore[attr-defined]
+    finally:
+        await db.dispose()
+    env = {
+        "HUIFANG_DATA_DIR": str(tmp_path),
+        "HUIFANG_ENCRYPTION_KEY": f"{new_key},{old_key}",
+        "HUIFANG_INDEX_KEY": INDEX_KEY,
+        "HUIFANG_ENV": "test",
+    }
+
+    def rekey() -> Any:
+        return CliRunner().invoke(app, ["rekey", "scheduler"], env=env)
+
+    first = await asyncio.to_thread(rekey)
+    assert first.exit_code == 1 and "scheduler: 1 values re-encrypted, 1 unreadable" in first.output
+    again = await asyncio.to_thread(rekey)
+    assert "scheduler: 0 values re-encrypted, 1 unreadable" in again.output
+    db = Database(resolve_url(None, tmp_path, "scheduler"), schema="scheduler", source="/t")
+    try:
+        async with db.engine.connect() as conn:
+            stored = (await conn.execute(sa.select(Callback.contact_enc).order_by(Callback.seq))).scalars().all()
+    finally:
+        await db.dispose()
+    assert Cipher([new_key]).decrypt_json(stored[0])["phone"] == PHONE and stored[1] == lost
