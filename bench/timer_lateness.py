@@ -47,7 +47,7 @@ async def seed(db: Database, cipher: Cipher, *, timers: int, spread: float, burs
             {
                 "callback_id": cid, "loan_id": f"L-{i}", "stage": "final_check", "branch_id": "BR-1",
                 "party_id": f"P-{i}", "role": "borrower", "state": "scheduled", "attempt": 1, "calls_made": 0,
-                "contact_enc": contact, "phone_index": cipher.blind_index(f"+86138{i:08d}"),
+                "contact_enc": contact, "phone_index": cipher.phone_index(f"+86138{i:08d}"),
                 "timezone": "Asia/Shanghai", "language": "zh-CN", "contact_consent": True, "due_at": fire_at,
                 "deadline": fire_at + timedelta(days=5), "notice_at": fire_at, "flags": "",
                 "created_at": utcnow(), "updated_at": utcnow(),
@@ -132,7 +132,7 @@ async def main(args: argparse.Namespace) -> None:
     if not url:
         server = Postgres(Path(tempfile.mkdtemp(prefix="huifang-bench-")) / "pg")
         url = server.start()
-    cipher = Cipher([generate_key()])
+    cipher = Cipher([generate_key()], index_key="bench-index-key")
     results = {}
     try:
         for name, runner in (("timer_loop", run_loop), ("raw_sql_baseline", run_baseline)):

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,14 @@ class KafkaBroker:
         controller_port: int | None = None,
         data_dir: Path | None = None,
         heap: str = "512m",
+        extra: Mapping[str, str] | None = None,
+        scram: Sequence[str] = (),
     ) -> None:
         self.home = home
+        # Extra server properties (a later key wins), and SCRAM users made at format time
+        # (`SCRAM-SHA-512=[name=...,password=...]`): KRaft keeps them in its bootstrap metadata.
+        self.extra = dict(extra or {})
+        self.scram = tuple(scram)
         self.port = port
         self.controller_port = controller_port or port + 1
         self.data_dir = data_dir or ROOT / ".local"
@@ -95,6 +102,7 @@ class KafkaBroker:
     def _config(self) -> Path:
         logs = self.home / "data"
         text = BROKER_CONFIG.read_text().format(port=self.port, controller_port=self.controller_port, log_dirs=logs)
+        text += "".join(f"{key}={value}\n" for key, value in self.extra.items())
         path = self.home / "server.properties"
         path.write_text(text)
         return path
@@ -123,7 +131,16 @@ class KafkaBroker:
         if not (self.home / "data" / "meta.properties").exists():
             cluster_id = uuid.uuid4().hex[:22]
             subprocess.run(
-                self._java(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+                self._java(
+                    libs,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(config),
+                    *(arg for user in self.scram for arg in ("--add-scram", user)),
+                ),
                 check=True,
                 capture_output=True,
             )

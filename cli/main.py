@@ -31,6 +31,16 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
+def _services(named: list[str] | None) -> list[str]:
+    """The services named on the command line (all when none), or exit 2 naming an unknown one."""
+    chosen = named or list(SERVICES)
+    unknown = sorted(set(chosen) - set(SERVICES))
+    if unknown:
+        typer.echo(f"huifang: unknown service(s) {', '.join(unknown)}; choose from {', '.join(SERVICES)}", err=True)
+        raise typer.Exit(2)
+    return chosen
+
+
 def _app_factory(service: str) -> Any:
     if service == "scheduler":
         from services.scheduler.app import create_app
@@ -92,11 +102,7 @@ async def serve(services: list[str], settings: Settings) -> None:
 @app.command()
 def run(services: Annotated[list[str] | None, typer.Argument(help="scheduler, outcomes, notifier")] = None) -> None:
     """Run the named services (all three when none is named) in the foreground."""
-    chosen = services or list(SERVICES)
-    unknown = sorted(set(chosen) - set(SERVICES))
-    if unknown:
-        typer.echo(f"huifang: unknown service(s) {', '.join(unknown)}; choose from {', '.join(SERVICES)}", err=True)
-        raise typer.Exit(2)
+    chosen = _services(services)
     asyncio.run(serve(chosen, _settings()))
 
 
@@ -312,6 +318,23 @@ def demo(
         typer.echo("huifang: demo refuses to run with HUIFANG_ENV=production", err=True)
         raise typer.Exit(2)
     asyncio.run(run_demo(settings, loans=loans, agents=agents, api_key=api_key, seconds=seconds))
+
+
+@app.command()
+def rekey(services: Annotated[list[str] | None, typer.Argument(help="scheduler, outcomes, notifier")] = None) -> None:
+    """Re-encrypt every stored personal field with the newest HUIFANG_ENCRYPTION_KEY entry (live, repeatable)."""
+    chosen = _services(services)
+    settings = _settings()
+    from cli.rekey import rekey_all
+
+    tally = asyncio.run(rekey_all(settings=settings, services=chosen))
+    for service in chosen:
+        typer.echo(
+            f"{service}: {tally.rotated.get(service, 0)} values re-encrypted, "
+            f"{tally.unreadable.get(service, 0)} unreadable with the configured keys"
+        )
+    if tally.unreadable:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -95,7 +95,7 @@ class Database:
         async with self.sessions() as session:
             yield UnitOfWork(session, self)
 
-    async def migrate(self, migrations: Path) -> None:
+    async def migrate(self, migrations: Path, *, target: str = "head") -> None:
         """Apply the service's alembic migrations (serialised across replicas on PostgreSQL)."""
         if self.dialect == "sqlite":
             Path(self.url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +104,7 @@ class Database:
                 await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:s))"), {"s": self.schema})
                 await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
                 await conn.execute(text(f'SET LOCAL search_path TO "{self.schema}"'))
-            await conn.run_sync(_upgrade, str(migrations))
+            await conn.run_sync(_upgrade, str(migrations), self.cipher, target)
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -143,11 +143,12 @@ def _make_engine(url: str, schema: str, dialect: str) -> AsyncEngine:
     )
 
 
-def _upgrade(sync_conn: sa.Connection, script_location: str) -> None:
+def _upgrade(sync_conn: sa.Connection, script_location: str, cipher: Cipher | None, target: str) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", script_location)
     cfg.attributes["connection"] = sync_conn
-    command.upgrade(cfg, "head")
+    cfg.attributes["cipher"] = cipher  # for data migrations of encrypted or indexed columns
+    command.upgrade(cfg, target)
 
 
 def run_migrations(context: Any) -> None:

@@ -62,6 +62,47 @@ def _clock(value: str) -> str:
 
 
 ClockTime = Annotated[str, AfterValidator(_clock)]
+
+# Field rules of upstream input (CONTRACT.md 2.2). Messages name the rule, never the value.
+_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+_PHONE_SEPARATORS = re.compile(r"[\s-]")
+_EMAIL = re.compile(
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}"
+    r"@(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
+)
+NAME_MAX = 100
+
+
+def canonical_phone(value: str) -> str:
+    """The phone with spaces and dashes removed: `+86 138-0013-8000` is `+8613800138000`."""
+    return _PHONE_SEPARATORS.sub("", value)
+
+
+def normalize_phone(value: str) -> str:
+    """A phone in E.164 once spaces and dashes are removed; raises ValueError (without the value) otherwise."""
+    phone = canonical_phone(value)
+    if not _E164.match(phone):
+        raise ValueError("must be an E.164 phone number: + and 7-15 digits")
+    return phone
+
+
+def _identifier(value: str) -> str:
+    if not _ID.match(value):
+        raise ValueError("must be 1-64 characters of A-Z a-z 0-9 . _ : -")
+    return value
+
+
+def _email(value: str) -> str:
+    if not _EMAIL.match(value):
+        raise ValueError("must be one email address")
+    return value
+
+
+Identifier = Annotated[str, AfterValidator(_identifier)]
+Phone = Annotated[str, AfterValidator(normalize_phone)]
+Email = Annotated[str, AfterValidator(_email)]
+PersonName = Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
 Disposition = Literal["completed", "refused", "no_answer", "busy", "wrong_number", "reschedule_requested"]
 CallbackState = Literal["scheduled", "due", "completed", "refused", "wrong_number", "expired", "cancelled"]
 CancelReason = Literal["loan_withdrawn", "loan_rejected", "operator"]
@@ -99,18 +140,18 @@ class Window(_Data):
 
 
 class Officer(_Data):
-    id: str = Field(min_length=1)
-    name: str | None = None
-    email: str | None = None
-    phone: str | None = None
+    id: Identifier
+    name: PersonName | None = None
+    email: Email | None = None
+    phone: Phone | None = None
 
 
 class Party(_Data):
-    party_id: str = Field(min_length=1)
+    party_id: Identifier
     role: Role
-    name: str = Field(min_length=1)
-    phone: str = Field(min_length=3)
-    email: str | None = None
+    name: PersonName
+    phone: Phone
+    email: Email | None = None
     timezone: str = "Asia/Shanghai"
     language: str = Field(default="zh-CN", pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
     preferred_window: Window | None = None
@@ -122,7 +163,7 @@ class Party(_Data):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown IANA time zone {value!r}") from None
+            raise ValueError("must be an IANA time zone such as Asia/Shanghai") from None
         return value
 
 
@@ -130,10 +171,10 @@ class LoanStageChanged(EventData):
     event_type = "loan.stage.changed"
     topic = LOAN_STAGE
 
-    loan_id: str = Field(min_length=1)
+    loan_id: Identifier
     stage: Stage
     previous_stage: Stage | None = None
-    branch_id: str = Field(min_length=1)
+    branch_id: Identifier
     product: str | None = None
     amount: Decimal | None = None
     currency: str | None = None
@@ -395,27 +436,50 @@ def parse_event(raw: bytes | None, accepted: frozenset[str] | None = None) -> Ev
         raise InvalidEvent("empty message (tombstone)")
     try:
         obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidEvent(f"not valid JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise InvalidEvent("not valid JSON: not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidEvent(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     if not isinstance(obj, dict):
         raise InvalidEvent("not a CloudEvent: the JSON value is not an object")
     try:
         envelope = Envelope.model_validate(obj)
     except ValidationError as exc:
-        raise InvalidEvent(f"not a CloudEvent: {_errors(exc)}") from None
+        raise InvalidEvent(f"not a CloudEvent: {validation_reason(exc)}") from None
     model = EVENT_TYPES.get(envelope.type)
-    if model is None or (accepted is not None and envelope.type not in accepted):
-        raise InvalidEvent(f"unknown event type {envelope.type!r}")
+    if model is None:
+        # The type is upstream input like any other field: never echoed (the DLQ keeps the message).
+        raise InvalidEvent("unknown event type")
+    if accepted is not None and envelope.type not in accepted:
+        raise InvalidEvent(f"unknown event type {envelope.type!r} for this topic")
     try:
         data = model.model_validate(envelope.data or {})
     except ValidationError as exc:
-        raise InvalidEvent(f"invalid data for {envelope.type}: {_errors(exc)}") from None
+        raise InvalidEvent(f"invalid data for {envelope.type}: {validation_reason(exc)}") from None
     return Event(envelope=envelope, data=data)
 
 
-def _errors(exc: ValidationError) -> str:
-    # Field locations and messages only: input values may hold personal data.
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors())
+_LOC_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def validation_reason(exc: ValidationError) -> str:
+    """Each failing field and its rule, never the input: a value may be personal data, even a dict key."""
+    return "; ".join(f"{_location(e['loc'])}: {_message(e)}" for e in exc.errors())
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) if isinstance(p, int) or _LOC_PART.match(p) else "<key>" for p in loc]
+    return ".".join(parts) or "(root)"
+
+
+def _message(error: Any) -> str:
+    # Some pydantic messages quote the input (a union tag, say): fall back to the error's kind.
+    value = error.get("input")
+    message = str(error["msg"])
+    if isinstance(value, str | int | float) and str(value) and str(value) in message:
+        return str(error["type"])
+    return message
+
 
 
 def new_envelope(data: EventData, *, source: str, subject: str, event_id: str | None = None) -> Envelope:

@@ -138,9 +138,20 @@ async def _run(*, db: Database, claim: Claim | None, status_code: int, run: Run)
     async with db.uow() as uow:
         body = (await run(uow)).model_dump(mode="json")
         if claim is not None:
-            await _finish(uow=uow, claim=claim, status_code=status_code, response=json.dumps(body))
+            await _finish(uow=uow, claim=claim, status_code=status_code, response=_seal(db, json.dumps(body)))
         await uow.commit()
     return JSONResponse(body, status_code=status_code)
+
+
+def _seal(db: Database, response: str) -> str:
+    # A response may show its caller decrypted notes: at rest it is encrypted like every personal field.
+    return ENCRYPTED_PREFIX + db.cipher.encrypt(response) if db.cipher else response
+
+
+def _unseal(db: Database, stored: str) -> str:
+    if db.cipher and stored.startswith(ENCRYPTED_PREFIX):
+        return db.cipher.decrypt(stored.removeprefix(ENCRYPTED_PREFIX))
+    return stored  # stored before responses were encrypted
 
 
 def _table() -> sa.Table:
@@ -173,7 +184,7 @@ async def claim(*, db: Database, keyed: Keyed) -> Claim | Replay:
         elif earlier.request_hash != keyed.digest:
             raise KeyConflict(422, OTHER_REQUEST)
         elif earlier.state == "done":
-            return Replay(earlier.status_code, json.loads(_open(db, earlier.response)))
+            return Replay(earlier.status_code, json.loads(_unseal(db, earlier.response)))
         elif earlier.created_at > now - STALE_AFTER:
             raise KeyConflict(409, IN_FLIGHT)
         else:
@@ -190,25 +201,11 @@ async def claim(*, db: Database, keyed: Keyed) -> Claim | Replay:
 
 async def _finish(*, uow: UnitOfWork, claim: Claim, status_code: int, response: str) -> None:
     """Store the response in the request's transaction; fail if the claim was taken over meanwhile."""
-    sealed = _seal(uow.db, response)
     done = await uow.session.execute(
-        sa.update(_table()).where(_ours(claim)).values(state="done", status_code=status_code, response=sealed)
+        sa.update(_table()).where(_ours(claim)).values(state="done", status_code=status_code, response=response)
     )
     if done.rowcount != 1:  # type: ignore[attr-defined]
         raise KeyConflict(409, IN_FLIGHT)
-
-
-def _seal(db: Database, response: str) -> str:
-    # A stored response may hold what a person typed (an escalation's note): encrypted like all such data.
-    return ENCRYPTED_PREFIX + db.cipher.encrypt(response) if db.cipher else response
-
-
-def _open(db: Database, stored: str) -> str:
-    if not stored.startswith(ENCRYPTED_PREFIX):
-        return stored
-    if db.cipher is None:
-        raise RuntimeError("an encrypted Idempotency-Key response needs the database's cipher")
-    return db.cipher.decrypt(stored.removeprefix(ENCRYPTED_PREFIX))
 
 
 async def release(*, db: Database, claim: Claim) -> None:

@@ -21,7 +21,16 @@ from aiokafka.structs import ConsumerRecord
 from sqlmodel import Field, SQLModel
 
 from shared.db import Database, UnitOfWork, UTCDateTime, is_transient, utcnow
-from shared.events import DLQ_SUFFIX, EVENT_MODELS, TOPICS, Event, EventData, InvalidEvent, parse_event
+from shared.events import (
+    DLQ_SUFFIX,
+    EVENT_MODELS,
+    TOPICS,
+    Event,
+    EventData,
+    InvalidEvent,
+    parse_event,
+    validation_reason,
+)
 from shared.metrics import CONSUMER_BATCH_SECONDS, CONSUMER_UP, DLQ_MESSAGES, EVENTS_CONSUMED
 from shared.settings import Settings
 
@@ -87,7 +96,8 @@ def client_options(settings: Settings) -> dict[str, Any]:
             cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
         )
     if settings.kafka_security_protocol.startswith("SASL"):
-        options["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
+        # SCRAM unless told otherwise: the password never crosses the wire (PLAIN sends it).
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism or "SCRAM-SHA-512"
         options["sasl_plain_username"] = settings.kafka_sasl_username
         options["sasl_plain_password"] = (
             settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
@@ -133,8 +143,7 @@ def safe_reason(exc: BaseException) -> str:
     if isinstance(exc, InvalidEvent):
         return str(exc)
     if isinstance(exc, ValidationError):
-        fields = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        return f"{type(exc).__name__}: {fields}"[:500]
+        return f"{type(exc).__name__}: {validation_reason(exc)}"[:500]
     return type(exc).__name__
 
 

@@ -20,17 +20,23 @@ from shared.settings import Settings
 log = structlog.get_logger(__name__)
 
 
+def cipher_for(settings: Settings) -> Cipher:
+    """The encryption keys (newest first) and the index key; development makes them under the data dir."""
+    return cipher_from_settings(
+        settings.huifang_encryption_key.get_secret_value() if settings.huifang_encryption_key else None,
+        settings.huifang_data_dir,
+        allow_generate=settings.huifang_env != "production",
+        index_key=settings.huifang_index_key.get_secret_value() if settings.huifang_index_key else None,
+    )
+
+
 class Runtime:
     """The parts of one service, started and stopped together by its lifespan."""
 
     def __init__(self, *, service: str, settings: Settings) -> None:
         self.service = service
         self.settings = settings
-        self.cipher: Cipher = cipher_from_settings(
-            settings.huifang_encryption_key.get_secret_value() if settings.huifang_encryption_key else None,
-            settings.huifang_data_dir,
-            allow_generate=settings.huifang_env != "production",
-        )
+        self.cipher: Cipher = cipher_for(settings)
         self.db = Database(
             resolve_url(settings.database_url, settings.huifang_data_dir, service),
             schema=f"{settings.huifang_db_schema_prefix}{service}",

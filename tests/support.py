@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,26 @@ async def wait_for(predicate: Callable[[], Any], within: float = 30.0, what: str
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.1)
+
+
+@contextmanager
+def service_logs() -> Iterator[list[str]]:
+    """Every structured log line the in-process services write meanwhile, rendered as JSON."""
+    import structlog
+
+    lines: list[str] = []
+
+    def tee(_logger: Any, _name: str, event: Any) -> Any:
+        lines.append(json.dumps(event, ensure_ascii=False, default=str))
+        return event
+
+    # Cached loggers share this list, so the tee sees every service (see shared/logs.py).
+    processors = structlog.get_config()["processors"]
+    processors.insert(0, tee)
+    try:
+        yield lines
+    finally:
+        processors.remove(tee)
 
 
 @dataclass

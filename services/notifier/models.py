@@ -74,3 +74,11 @@ class Escalation(SQLModel, table=True):
     # The durable level-2 timer: set while level 1 is open and unacknowledged, cleared when it fires.
     ack_due_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     escalated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+# Encrypted columns, for `huifang rekey`.
+SEALED: dict[type[SQLModel], tuple[str, ...]] = {
+    LoanContact: ("contacts_enc",),
+    Notification: ("address_enc", "message_enc"),
+    Escalation: ("ack_note", "resolve_note"),
+}

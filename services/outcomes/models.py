@@ -91,3 +91,7 @@ class EscalationView(SQLModel, table=True):
     state: str = Field(index=True, max_length=16)  # open, acknowledged, resolved
     raised_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+# Encrypted columns, for `huifang rekey`.
+SEALED: dict[type[SQLModel], tuple[str, ...]] = {Attempt: ("notes_enc",)}

@@ -143,7 +143,7 @@ async def schedule_callbacks(
     for party in event.parties:
         if party.role not in roles or party.party_id in existing:
             continue
-        phone_index = cipher.blind_index(party.phone)
+        phone_index = cipher.phone_index(party.phone)
         busy = frozenset[date]()
         if party.contact_consent:
             horizon = planner.business_day_end(

@@ -89,3 +89,7 @@ class LoanStage(SQLModel, table=True):
     loan_id: str = Field(primary_key=True, max_length=128)
     stage: Stage = Field(sa_type=sa.String(32))
     changed_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+# Encrypted columns, for `huifang rekey`.
+SEALED: dict[type[SQLModel], tuple[str, ...]] = {Callback: ("contact_enc", "cancel_note_enc")}

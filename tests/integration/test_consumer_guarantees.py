@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from tests.support import Huifang, loan_event, wait_for
+from tests.support import Huifang, loan_event, service_logs, wait_for
 
 
 def new_loan() -> str:
@@ -100,3 +100,43 @@ async def test_poison_messages_go_to_dlq_and_the_next_event_is_processed(huifang
         ),
         what="four dead letters from the notifier",
     )
+
+
+PHONE = "+8613812345678"
+NAME = "欧阳娜娜"
+
+
+def _stage(loan: str, **party: object) -> bytes:
+    data = loan_event(loan, roles=("borrower",))
+    data["parties"][0].update(party)
+    envelope = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "/t", "type": "loan.stage.changed"}
+    return json.dumps({**envelope, "data": data}, ensure_ascii=False).encode()
+
+
+async def test_dead_letter_reasons_and_logs_name_the_field_never_the_value(huifang: Huifang) -> None:
+    loan = new_loan()
+    breaking = {
+        "parties.0.timezone": _stage(loan, timezone=PHONE),
+        "parties.0.email": _stage(loan, email=f"{NAME}@a.example, spy@b.example"),
+        "parties.0.phone": _stage(loan, phone=f"{PHONE} {NAME}"),
+        "parties.0.name": _stage(loan, name=NAME * 30),
+        "unknown event type": json.dumps({"specversion": "1.0", "id": "x-3", "source": "/t", "type": PHONE}).encode(),
+    }
+    with service_logs() as logs:
+        for value in breaking.values():
+            await huifang.publish("loan.stage.v1", value, key=loan)
+        await huifang.publish_event("loan.stage.changed", loan_event(loan), key=loan)
+        await huifang.tap.wait_events("callback.scheduled", loan, count=2)
+
+        def letters() -> list:
+            return [r for r in huifang.tap.dead_letters("loan.stage.v1") if r.key == loan]
+
+        await wait_for(lambda: len(letters()) == 2 * len(breaking), what="both consumers dead-letter every message")
+        await wait_for(lambda: sum("consumer.dead_lettered" in line for line in logs) >= 2 * len(breaking))
+    for consumer in ("scheduler", "notifier"):
+        reasons = [r.headers["dlq.error"] for r in letters() if r.headers["dlq.consumer"] == consumer]
+        assert [r.value for r in letters() if r.headers["dlq.consumer"] == consumer] == list(breaking.values())
+        for reason, field in zip(reasons, breaking, strict=True):
+            assert field in reason
+    for text in [*(r.headers["dlq.error"] for r in letters()), *logs]:
+        assert PHONE not in text and NAME not in text and "spy@" not in text

@@ -22,7 +22,7 @@ from shared.outbox import OutboxMessage
 from shared.policy import Policy, load_policy
 from tests.support import ROOT, loan_event, service_database
 
-CIPHER = Cipher([generate_key()])
+CIPHER = Cipher([generate_key()], index_key="index-key-for-tests")
 
 
 @pytest.fixture

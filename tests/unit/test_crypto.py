@@ -99,61 +99,92 @@ def test_no_key_is_refused() -> None:
         Cipher([])
 
 
-def test_blind_index_is_stable_for_equal_phones() -> None:
+INDEX_KEY = "index-key-for-tests-0123456789abcdef"
+
+
+def test_phone_index_is_stable_for_equal_phones() -> None:
     key = generate_key()
-    assert Cipher([key]).blind_index(PHONE) == Cipher([key]).blind_index(PHONE)
+    one, two = Cipher([key], index_key=INDEX_KEY), Cipher([key], index_key=INDEX_KEY)
+    assert one.phone_index(PHONE) == two.phone_index(PHONE)
 
 
-def test_blind_index_ignores_surrounding_spaces(cipher: Cipher) -> None:
-    assert cipher.blind_index(f" {PHONE} ") == cipher.blind_index(PHONE)
+@pytest.mark.parametrize("written", ["+86 138 0013 8000", "+86-138-0013-8000", f" {PHONE} ", "+86 138\t0013-8000"])
+def test_phone_index_is_of_the_e164_phone(written: str) -> None:
+    cipher = Cipher([generate_key()], index_key=INDEX_KEY)
+    assert cipher.phone_index(written) == cipher.phone_index(PHONE)
 
 
-def test_blind_index_differs_for_different_phones(cipher: Cipher) -> None:
-    assert cipher.blind_index(PHONE) != cipher.blind_index("+8613800138001")
+def test_phone_index_differs_for_different_phones() -> None:
+    cipher = Cipher([generate_key()], index_key=INDEX_KEY)
+    assert cipher.phone_index(PHONE) != cipher.phone_index("+8613800138001")
 
 
-def test_blind_index_is_keyed_and_hides_the_phone() -> None:
-    index = Cipher([generate_key()]).blind_index(PHONE)
+def test_phone_index_is_keyed_by_the_index_key_and_hides_the_phone() -> None:
+    key = generate_key()
+    index = Cipher([key], index_key=INDEX_KEY).phone_index(PHONE)
     assert PHONE.lstrip("+") not in index
-    assert index != Cipher([generate_key()]).blind_index(PHONE)
+    assert index != Cipher([key], index_key=INDEX_KEY + "x").phone_index(PHONE)
 
 
-def test_blind_index_survives_adding_a_new_key_in_front() -> None:
+def test_phone_index_survives_rotating_and_retiring_encryption_keys() -> None:
     new, old = generate_key(), generate_key()
-    assert Cipher([new, old]).blind_index(PHONE) == Cipher([old]).blind_index(PHONE)
+    before = Cipher([old], index_key=INDEX_KEY).phone_index(PHONE)
+    assert Cipher([new, old], index_key=INDEX_KEY).phone_index(PHONE) == before
+    assert Cipher([new], index_key=INDEX_KEY).phone_index(PHONE) == before
+
+
+def test_no_index_key_means_no_index() -> None:
+    with pytest.raises(ValueError, match="HUIFANG_INDEX_KEY"):
+        Cipher([generate_key()]).phone_index(PHONE)
+
+
+def test_is_current_tells_the_newest_key_from_older_ones() -> None:
+    new, old = generate_key(), generate_key()
+    rotated = Cipher([new, old])
+    assert not rotated.is_current(Cipher([old]).encrypt(NOTES))
+    assert rotated.is_current(rotated.rotate(Cipher([old]).encrypt(NOTES)))
 
 
 def test_configured_keys_are_comma_separated(tmp_path: Path) -> None:
     new, old = generate_key(), generate_key()
     token = Cipher([old]).encrypt(NOTES)
-    cipher = cipher_from_settings(f"{new}, {old}", tmp_path, allow_generate=False)
+    cipher = cipher_from_settings(f"{new}, {old}", tmp_path, allow_generate=False, index_key=INDEX_KEY)
     assert cipher.decrypt(token) == NOTES
     assert Cipher([new]).decrypt(cipher.encrypt(NAME)) == NAME
-    assert not (tmp_path / "encryption.key").exists()
+    assert cipher.phone_index(PHONE) == Cipher([old], index_key=INDEX_KEY).phone_index(PHONE)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_index_key_without_generation_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="HUIFANG_INDEX_KEY"):
+        cipher_from_settings(generate_key(), tmp_path, allow_generate=False)
 
 
 def test_development_key_file_is_created_private(tmp_path: Path) -> None:
     data_dir = tmp_path / ".local"
     cipher = cipher_from_settings(None, data_dir, allow_generate=True)
-    key_file = data_dir / "encryption.key"
-    assert key_file.is_file()
-    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key_file, index_file = data_dir / "encryption.key", data_dir / "index.key"
+    for made in (key_file, index_file):
+        assert made.is_file()
+        assert stat.S_IMODE(made.stat().st_mode) == 0o600
     assert Cipher([key_file.read_text().strip()]).decrypt(cipher.encrypt(NAME)) == NAME
+    assert index_file.read_text() not in key_file.read_text()
 
 
 def test_development_key_file_is_reused(tmp_path: Path) -> None:
     token = cipher_from_settings(None, tmp_path, allow_generate=True).encrypt(NOTES)
+    first = cipher_from_settings(None, tmp_path, allow_generate=True).phone_index(PHONE)
     again = cipher_from_settings(None, tmp_path, allow_generate=True)
-    assert again.decrypt(token) == NOTES
-    assert [p.name for p in tmp_path.iterdir()] == ["encryption.key"]
+    assert again.decrypt(token) == NOTES and again.phone_index(PHONE) == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["encryption.key", "index.key"]
 
 
 def test_missing_key_without_generation_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="HUIFANG_ENCRYPTION_KEY"):
-        cipher_from_settings(None, tmp_path, allow_generate=False)
+        cipher_from_settings(None, tmp_path, allow_generate=False, index_key=INDEX_KEY)
     assert not (tmp_path / "encryption.key").exists()
 
 
 def test_empty_key_without_generation_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
-        cipher_from_settings("", tmp_path, allow_generate=False)
+        cipher_from_settings("", tmp_path, allow_generate=False, index_key=INDEX_KEY)

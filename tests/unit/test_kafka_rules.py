@@ -96,3 +96,30 @@ def test_every_service_table_is_keyed_by_event_class_and_binds(service: str) -> 
     for model, handler in table.items():
         (accepted,) = typing.get_args(typing.get_type_hints(handler, vars(module))["event"])
         assert issubclass(model, accepted), f"{handler.__name__} takes Event[{accepted.__name__}], not {model.__name__}"
+
+
+# --- client options ----------------------------------------------------------------------------
+
+
+def test_sasl_ssl_options_take_scram_credentials_and_verify_the_broker() -> None:
+    import ssl
+
+    from pydantic import SecretStr
+
+    from shared.kafka import client_options
+    from shared.settings import Settings
+
+    base = Settings(
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_username="huifang",
+        kafka_sasl_password=SecretStr("s3cret-s3cret"),
+    )
+    options = client_options(base)
+    assert options["security_protocol"] == "SASL_SSL"
+    assert options["sasl_mechanism"] == "SCRAM-SHA-512"  # the default: the password never crosses the wire
+    assert (options["sasl_plain_username"], options["sasl_plain_password"]) == ("huifang", "s3cret-s3cret")
+    context = options["ssl_context"]
+    assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    chosen = client_options(base.model_copy(update={"kafka_sasl_mechanism": "SCRAM-SHA-256"}))
+    assert chosen["sasl_mechanism"] == "SCRAM-SHA-256"
+    assert "sasl_mechanism" not in client_options(Settings())
