@@ -313,14 +313,19 @@ def keygen() -> None:
 @app.command()
 def schemas(
     out: Annotated[Path, typer.Option(help="directory for the JSON Schema files")] = Path("docs/schemas"),
+    asyncapi: Annotated[Path, typer.Option(help="where the AsyncAPI 3.0 document goes")] = Path("docs/asyncapi.yaml"),
 ) -> None:
-    """Write the JSON Schema of every event, generated from the models."""
+    """Write the JSON Schema of every event and the AsyncAPI 3.0 document of every topic, from the models."""
+    from cli.asyncapi import asyncapi_yaml
     from shared.events import json_schemas
 
     out.mkdir(parents=True, exist_ok=True)
     for name, schema in json_schemas().items():
         (out / f"{name}.json").write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n")
     typer.echo(f"wrote {len(json_schemas())} schemas to {out}")
+    asyncapi.parent.mkdir(parents=True, exist_ok=True)
+    asyncapi.write_text(asyncapi_yaml())
+    typer.echo(f"wrote {asyncapi}")
 
 
 def main() -> None:
