@@ -47,8 +47,10 @@ async def serve(services: list[str], settings: Settings) -> None:
 
     from shared.logs import configure_logging
     from shared.policy import PolicyError
+    from shared.tracing import setup_tracing, shutdown_tracing
 
-    configure_logging()
+    configure_logging(log_format=settings.huifang_log_format)
+    setup_tracing(service_name="huifang" if len(services) > 1 else f"huifang-{services[0]}")
     servers = []
     for service in services:
         try:
@@ -76,7 +78,10 @@ async def serve(services: list[str], settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
     tasks = [asyncio.create_task(s.serve()) for s in servers]
-    await asyncio.gather(*tasks)
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        shutdown_tracing()
     if any(not s.started for s in servers):
         raise typer.Exit(1)
 

@@ -18,12 +18,14 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import ConsumerRecord
+from opentelemetry.trace import SpanKind
 from sqlmodel import Field, SQLModel
 
 from shared.db import Database, UnitOfWork, UTCDateTime, is_transient, utcnow
 from shared.events import DLQ_SUFFIX, EVENT_MODELS, TOPICS, Event, EventData, InvalidEvent, parse_event
 from shared.metrics import CONSUMER_BATCH_SECONDS, CONSUMER_UP, DLQ_MESSAGES, EVENTS_CONSUMED
 from shared.settings import Settings
+from shared.tracing import continued, recording
 
 log = structlog.get_logger(__name__)
 
@@ -288,7 +290,14 @@ class ConsumerRunner:
                 seen.add(event.id)
                 handler = self.handlers.get(type(event.data))
                 if handler is not None:
-                    await handler(uow=uow, event=event)
+                    # The handler's span continues the producer's trace; what it enqueues carries it on.
+                    with continued(
+                        f"process {record.topic}",
+                        carrier=event.envelope.model_extra,
+                        kind=SpanKind.CONSUMER,
+                        attributes=self._span_attributes(record, event) if recording() else {},
+                    ):
+                        await handler(uow=uow, event=event)
                 done.append(event.id)
                 results.append((record.topic, event.type, "handled" if handler else "ignored"))
             if done:
@@ -302,6 +311,20 @@ class ConsumerRunner:
             await uow.commit()
         for topic, etype, result in results:
             EVENTS_CONSUMED.labels(self.service, topic, etype, result).inc()
+
+    def _span_attributes(self, record: ConsumerRecord, event: Event[EventData]) -> dict[str, str | int]:
+        # Ids and types only: the data may hold personal details.
+        return {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": record.topic,
+            "messaging.destination.partition.id": str(record.partition),
+            "messaging.kafka.offset": record.offset,
+            "messaging.consumer.group.name": self.settings.group_id(self.service),
+            "messaging.message.id": event.id,
+            "cloudevents.event_type": event.type,
+            "huifang.service": self.service,
+        }
 
     async def _already_processed(self, uow: UnitOfWork, ids: list[str]) -> set[str]:
         table = ProcessedEvent.__table__  # type: ignore[attr-defined]

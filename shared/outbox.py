@@ -16,6 +16,7 @@ from sqlmodel import Field, SQLModel
 from shared.db import ENCRYPTED_PREFIX, BigIntPK, Database, UnitOfWork, UTCDateTime, utcnow
 from shared.events import CONTENT_TYPE, EventData, encode, new_envelope
 from shared.metrics import OUTBOX_PUBLISHED, OUTBOX_RELAY_ERRORS
+from shared.tracing import end_span, recording, start_publish, trace_context
 
 log = structlog.get_logger(__name__)
 
@@ -58,7 +59,8 @@ def create_outbox_table(op: object) -> None:
 def enqueue(uow: UnitOfWork, data: EventData, *, key: str, event_id: str | None = None) -> str:
     """Queue an event in the unit of work; the relay publishes it after commit. Returns its id."""
     db = uow.db
-    envelope = new_envelope(data, source=db.source, subject=key, event_id=event_id)
+    # The caller's trace context rides in the envelope, so the trace survives the wait in the table.
+    envelope = new_envelope(data, source=db.source, subject=key, event_id=event_id, extensions=trace_context())
     payload = encode(envelope).decode()
     if data.personal:
         # Contact details wait in the outbox until sent: encrypted there like everywhere at rest.
@@ -150,16 +152,21 @@ class OutboxRelay:
         """Send rows; returns the ids the broker acknowledged (a failed row is retried next pass)."""
         if not rows:
             return []
+        values = [self._plain(row.payload) for row in rows]
+        spans = (
+            [start_publish(topic=row.topic, key=row.key, value=v) for row, v in zip(rows, values, strict=True)]
+            if recording()
+            else []
+        )
         futures = [
             await self.producer.send(
-                row.topic,
-                value=self._plain(row.payload),
-                key=row.key.encode(),
-                headers=[("content-type", CONTENT_TYPE.encode())],
+                row.topic, value=value, key=row.key.encode(), headers=[("content-type", CONTENT_TYPE.encode())]
             )
-            for row in rows
+            for row, value in zip(rows, values, strict=True)
         ]
         results = await asyncio.gather(*futures, return_exceptions=True)
+        for span, result in zip(spans, results, strict=False):  # no spans when not recording
+            end_span(span, error=result if isinstance(result, BaseException) else None)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
             OUTBOX_RELAY_ERRORS.labels(self.service).inc(len(failed))

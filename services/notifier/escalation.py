@@ -24,6 +24,7 @@ from shared.events import (
 from shared.metrics import TIMER_LATENESS, TIMERS_FIRED
 from shared.outbox import enqueue
 from shared.policy import Policy
+from shared.tracing import span, timer_attributes
 
 E = TypeVar("E", bound=EscalationEvent)
 
@@ -211,7 +212,8 @@ class EscalationLoop:
             for row in rows:
                 esc = (await uow.session.execute(select(Escalation).where(col(Escalation.seq) == row.seq))).scalar_one()
                 due = esc.raised_at + self.policy.escalation.ack_timeout
-                await raise_level2(uow=uow, esc=esc, policy=self.policy, now=now)
+                with span("timer escalation", attributes=timer_attributes("escalation", esc.escalation_id)):
+                    await raise_level2(uow=uow, esc=esc, policy=self.policy, now=now)
                 TIMERS_FIRED.labels("notifier", "escalation").inc()
                 TIMER_LATENESS.labels("notifier", "escalation").observe(max(0.0, (now - due).total_seconds()))
             await uow.commit()
