@@ -4,6 +4,7 @@ offsets, batches, rebalances and the dead-letter topic."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -23,7 +24,7 @@ from sqlmodel import Field, SQLModel
 
 from shared.db import Database, UnitOfWork, UTCDateTime, is_transient, utcnow
 from shared.events import DLQ_SUFFIX, EVENT_MODELS, TOPICS, Event, EventData, InvalidEvent, parse_event
-from shared.metrics import CONSUMER_BATCH_SECONDS, CONSUMER_UP, DLQ_MESSAGES, EVENTS_CONSUMED
+from shared.metrics import CONSUMER_BATCH_SECONDS, CONSUMER_LAG, CONSUMER_UP, DLQ_MESSAGES, EVENTS_CONSUMED, Every
 from shared.settings import Settings
 from shared.tracing import continued, recording
 
@@ -148,6 +149,10 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         # The rebalance runs in aiokafka's coordinator task: wait for the batch in hand to commit.
         async with self.runner.batch_lock:
             log.info("consumer.revoked", service=self.runner.service, partitions=len(revoked))
+            for tp in revoked:
+                # The new owner reports this partition's lag now; a stale series here would double it.
+                with contextlib.suppress(KeyError):
+                    CONSUMER_LAG.remove(self.runner.service, tp.topic, str(tp.partition))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.runner.assigned = set(assigned)
@@ -179,6 +184,7 @@ class ConsumerRunner:
         self.last_error: str | None = None
         self._stopping = asyncio.Event()
         self.batch_lock = asyncio.Lock()
+        self._lag_check = Every(1.0)
         # Every type of a subscribed topic is accepted (those without a handler are only marked seen);
         # any other type is dead-lettered as unknown.
         self._accepted = {
@@ -228,10 +234,22 @@ class ConsumerRunner:
                         await asyncio.sleep(backoff)
                         backoff = min(backoff * 2, 30.0)
                         break
+                await self._record_lag(consumer)
         finally:
             self.running = False
             CONSUMER_UP.labels(self.service).set(0)
             await consumer.stop()
+
+    async def _record_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Lag per assigned partition, at most once a second: the last stable offset minus our position."""
+        if not self._lag_check.due():
+            return
+        for tp in consumer.assignment():
+            end = consumer.last_stable_offset(tp)  # read_committed: the end this consumer can see
+            if end is None:
+                continue  # no fetch answer for it yet
+            position = await consumer.position(tp)
+            CONSUMER_LAG.labels(self.service, tp.topic, str(tp.partition)).set(max(0, end - position))
 
     def request_stop(self) -> None:
         """Finish the batch in hand, commit it, and leave the loop (SIGTERM drains)."""

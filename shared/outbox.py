@@ -15,10 +15,11 @@ from sqlmodel import Field, SQLModel
 
 from shared.db import ENCRYPTED_PREFIX, BigIntPK, Database, UnitOfWork, UTCDateTime, utcnow
 from shared.events import CONTENT_TYPE, EventData, encode, new_envelope
-from shared.metrics import OUTBOX_PUBLISHED, OUTBOX_RELAY_ERRORS
+from shared.metrics import OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED, OUTBOX_RELAY_ERRORS, Every
 from shared.tracing import end_span, recording, start_publish, trace_context
 
 log = structlog.get_logger(__name__)
+BACKLOG_EVERY_SECONDS = 5.0
 
 
 class OutboxMessage(SQLModel, table=True):
@@ -85,6 +86,7 @@ class OutboxRelay:
         self.service = service
         self.batch = batch
         self.poll_seconds = 1.0
+        self._backlog_check = Every(BACKLOG_EVERY_SECONDS)
 
     async def run(self) -> None:
         while True:
@@ -100,12 +102,24 @@ class OutboxRelay:
                 log.warning("outbox.relay_failed", service=self.service, error=type(exc).__name__)
                 await asyncio.sleep(1.0)
                 continue
+            await self._measure_backlog()
             if sent < self.batch:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
                 # arrives as the event is set, and then stop() would wait for this loop forever.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.poll_seconds):
                         await self.db.outbox_signal.wait()
+
+    async def _measure_backlog(self) -> None:
+        """The oldest waiting row's age, for the backlog alert; one small query every few seconds at most."""
+        if not self._backlog_check.due():
+            return
+        table = OutboxMessage.__table__  # type: ignore[attr-defined]
+        # Sent rows are deleted, so every row left is waiting.
+        async with self.db.uow() as uow:
+            oldest: datetime | None = await uow.session.scalar(sa.select(sa.func.min(table.c.created_at)))
+        age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+        OUTBOX_OLDEST_AGE.labels(self.service).set(max(0.0, age))
 
     async def publish_once(self) -> int:
         """Send one batch of unsent rows; returns how many were sent."""

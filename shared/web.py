@@ -16,7 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared.errors import Rejected
-from shared.metrics import HTTP_REQUESTS
+from shared.metrics import HTTP_REQUESTS, READY
 from shared.settings import parse_api_keys
 
 log = structlog.get_logger(__name__)
@@ -77,8 +77,7 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "service": service}
 
-    @app.get("/readyz", tags=["ops"])
-    async def readyz() -> JSONResponse:
+    async def not_ready() -> list[str]:
         reasons = []
         checks = readiness(app) if readiness else app.state.runtime.readiness()
         for check in checks:
@@ -88,12 +87,20 @@ def create_app(
                 problem = f"{type(exc).__name__}"
             if problem:
                 reasons.append(problem)
+        READY.labels(service).set(0 if reasons else 1)
+        return reasons
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz() -> JSONResponse:
+        reasons = await not_ready()
         if reasons:
             return JSONResponse({"status": "unavailable", "detail": "; ".join(reasons)}, status_code=503)
         return JSONResponse({"status": "ready", "service": service})
 
     @app.get("/metrics", tags=["ops"])
     async def metrics() -> Response:
+        # Each scrape re-checks readiness, so `huifang_ready` is current even where nothing probes /readyz.
+        await not_ready()
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(RequestValidationError)

@@ -7,6 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from sqlmodel import col, select
 
 from services.notifier.models import Escalation, LoanContact
@@ -21,12 +22,13 @@ from shared.events import (
     EscalationRaised,
     EscalationResolved,
 )
-from shared.metrics import TIMER_LATENESS, TIMERS_FIRED
+from shared.metrics import ESCALATIONS_OPEN, TIMER_LATENESS, TIMERS_FIRED, Every
 from shared.outbox import enqueue
 from shared.policy import Policy
 from shared.tracing import span, timer_attributes
 
 E = TypeVar("E", bound=EscalationEvent)
+COUNT_EVERY_SECONDS = 5.0
 
 
 def escalation_rules(policy: Policy, event: CallbackRefused) -> list[str]:
@@ -189,11 +191,27 @@ class EscalationLoop:
         self.policy = policy
         self.poll_seconds = poll_seconds
         self.batch = batch
+        self._count_check = Every(COUNT_EVERY_SECONDS)
 
     async def run(self) -> None:
         while True:
-            if await self.fire_due() < self.batch:
+            fired = await self.fire_due()
+            await self.count_open()
+            if fired < self.batch:
                 await asyncio.sleep(self.poll_seconds)
+
+    async def count_open(self) -> None:
+        """Open escalations per level, for the alert on level 2; at most every few seconds."""
+        if not self._count_check.due():
+            return
+        table = Escalation.__table__  # type: ignore[attr-defined]
+        async with self.db.uow() as uow:
+            rows = await uow.session.execute(
+                sa.select(table.c.level, sa.func.count()).where(table.c.state == "open").group_by(table.c.level)
+            )
+            counts = {int(level): int(n) for level, n in rows}
+        for level in (1, 2):
+            ESCALATIONS_OPEN.labels(str(level)).set(counts.get(level, 0))
 
     async def fire_due(self) -> int:
         """Raise to level 2 every open level-1 escalation past its acknowledgement deadline."""
