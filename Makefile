@@ -49,7 +49,7 @@ schemas: $(STAMP)
 test-fault: setup
 	$(BIN)/python -m pytest -p no:cacheprovider -q tests/fault
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) asyncapi-parser
 	$(BIN)/python -m pytest -p no:cacheprovider -q tests/unit
 
 # The planner's property tests on many random examples; `make test` runs them on a fixed set only.

@@ -102,7 +102,6 @@ class OutboxRelay:
                 log.warning("outbox.relay_failed", service=self.service, error=type(exc).__name__)
                 await asyncio.sleep(1.0)
                 continue
-            await self._measure_backlog()
             if sent < self.batch:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
                 # arrives as the event is set, and then stop() would wait for this loop forever.
@@ -123,9 +122,9 @@ class OutboxRelay:
 
     async def publish_once(self) -> int:
         """Send one batch of unsent rows; returns how many were sent."""
-        if self.db.dialect == "sqlite":
-            return await self._publish_sqlite()
-        return await self._publish_postgres()
+        sent = await (self._publish_sqlite() if self.db.dialect == "sqlite" else self._publish_postgres())
+        await self._measure_backlog()
+        return sent
 
     def _unsent(self) -> sa.Select[Any]:
         table = OutboxMessage.__table__  # type: ignore[attr-defined]

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import pty
 import re
+import subprocess
+import sys
 
 import structlog
 
@@ -45,3 +50,39 @@ def test_console_lines_read_like_a_log_not_like_json() -> None:
 def test_json_lines_stay_json_with_the_same_fields() -> None:
     record = json.loads(_render(console=False))
     assert record["event"] == "callback.opened" and record["callback_id"] == "CB-1" and record["level"] == "info"
+
+
+LOG_ONE_LINE = """
+import structlog
+from shared.logs import configure_logging
+configure_logging()
+structlog.get_logger().info("callback.opened", callback_id="CB-1")
+"""
+
+
+def _stderr_of_a_process(*, terminal: bool) -> str:
+    """What `configure_logging()` prints on stderr when stderr is a terminal (a pty) or a pipe."""
+    env = {k: v for k, v in os.environ.items() if k != "HUIFANG_LOG_FORMAT"}
+    if not terminal:
+        result = subprocess.run(
+            [sys.executable, "-c", LOG_ONE_LINE], env=env, capture_output=True, text=True, timeout=60, check=True
+        )
+        return result.stderr
+    leader, follower = pty.openpty()
+    try:
+        subprocess.run([sys.executable, "-c", LOG_ONE_LINE], env=env, stderr=follower, timeout=60, check=True)
+        os.close(follower)
+        chunks = []
+        with contextlib.suppress(OSError):  # EIO once the pty is drained
+            while chunk := os.read(leader, 65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode()
+    finally:
+        os.close(leader)
+
+
+def test_a_terminal_gets_console_lines_and_a_pipe_gets_json() -> None:
+    at_terminal = re.sub(r"\x1b\[[0-9;]*m", "", _stderr_of_a_process(terminal=True)).strip()
+    assert re.fullmatch(r"20\S+Z \[info\s*\] callback\.opened\s+callback_id=CB-1", at_terminal), at_terminal
+    piped = json.loads(_stderr_of_a_process(terminal=False))
+    assert piped["event"] == "callback.opened" and piped["callback_id"] == "CB-1"
