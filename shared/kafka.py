@@ -26,7 +26,7 @@ from shared.db import Database, UnitOfWork, UTCDateTime, is_transient, utcnow
 from shared.events import DLQ_SUFFIX, EVENT_MODELS, TOPICS, Event, EventData, InvalidEvent, parse_event
 from shared.metrics import CONSUMER_BATCH_SECONDS, CONSUMER_LAG, CONSUMER_UP, DLQ_MESSAGES, EVENTS_CONSUMED, Every
 from shared.settings import Settings
-from shared.tracing import continued, recording
+from shared.tracing import continued
 
 log = structlog.get_logger(__name__)
 
@@ -313,7 +313,7 @@ class ConsumerRunner:
                         f"process {record.topic}",
                         carrier=event.envelope.model_extra,
                         kind=SpanKind.CONSUMER,
-                        attributes=self._span_attributes(record, event) if recording() else {},
+                        attributes=partial(self._span_attributes, record, event),
                     ):
                         await handler(uow=uow, event=event)
                 done.append(event.id)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 # W3C trace context only (no baggage): what the CloudEvents distributed-tracing extension carries.
@@ -23,33 +23,46 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 TRACE_KEYS = ("traceparent", "tracestate")
 tracer = trace.get_tracer("huifang")
 _recording = False
+_NOTHING = contextlib.nullcontext()
 
 
 def recording() -> bool:
-    """Whether an SDK tracer provider is installed (spans are recorded); cheap enough for hot paths."""
-    global _recording
-    if not _recording:
-        # The global provider can be set once only, so a True answer never changes.
-        _recording = type(trace.get_tracer_provider()).__name__ not in ("ProxyTracerProvider", "NoOpTracerProvider")
+    """Whether spans are recorded (an SDK provider was installed through this module): a flag, for hot paths."""
     return _recording
+
+
+def _sdk_installed() -> bool:
+    # Asking the API costs microseconds (it reads the environment), so this runs at set-up only.
+    return type(trace.get_tracer_provider()).__name__ not in ("ProxyTracerProvider", "NoOpTracerProvider")
+
+
+def install(provider: TracerProvider) -> None:
+    """Make `provider` the global tracer provider and switch span recording on (set-up and tests)."""
+    global _recording
+    trace.set_tracer_provider(provider)
+    _recording = _sdk_installed()
 
 
 def setup_tracing(*, service_name: str) -> bool:
     """Export spans over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT (or its traces variant) is set."""
+    global _recording
+    if _sdk_installed():  # set up before us, e.g. by `opentelemetry-instrument`: use it
+        _recording = True
+        return True
     if not (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
         return False
-    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true" or recording():
-        return recording()
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, when set, win over our default name.
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": service_name}
-    provider = TracerProvider(resource=Resource.create(attributes))
+    provider = SdkTracerProvider(resource=Resource.create(attributes))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
+    install(provider)
     return True
 
 
@@ -77,11 +90,27 @@ def context_from(carrier: Mapping[str, Any] | None) -> otel_context.Context | No
     return found if trace.get_current_span(found).get_span_context().is_valid else None
 
 
-@contextlib.contextmanager
 def continued(
-    name: str, *, carrier: Mapping[str, Any] | None, kind: SpanKind, attributes: Mapping[str, str | int]
-) -> Iterator[None]:
+    name: str,
+    *,
+    carrier: Mapping[str, Any] | None,
+    kind: SpanKind,
+    attributes: Callable[[], Mapping[str, str | int]],
+) -> contextlib.AbstractContextManager[None]:
     """A span continuing the trace in `carrier`; without a recording SDK, the carried context passes through."""
+    if not _recording and not (carrier and carrier.get("traceparent")):
+        return _NOTHING  # the common untraced case costs one check, not a generator
+    return _continued(name, carrier=carrier, kind=kind, attributes=attributes)
+
+
+@contextlib.contextmanager
+def _continued(
+    name: str,
+    *,
+    carrier: Mapping[str, Any] | None,
+    kind: SpanKind,
+    attributes: Callable[[], Mapping[str, str | int]],
+) -> Iterator[None]:
     parent = context_from(carrier)
     if not recording():
         if parent is None:
@@ -94,7 +123,7 @@ def continued(
         finally:
             otel_context.detach(token)
         return
-    with tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes):
+    with tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes()):
         yield
 
 

@@ -7,6 +7,7 @@ import json
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import httpx
@@ -192,7 +193,7 @@ class DeliveryLoop:
                     f"deliver {item.channel}",
                     carrier={"traceparent": item.traceparent, "tracestate": item.tracestate},
                     kind=SpanKind.CLIENT,
-                    attributes=delivery_attributes(item),
+                    attributes=partial(delivery_attributes, item),
                 ):
                     result = await self._send(item)
                     if not result.ok:

@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import Attributes
 
+from shared.tracing import install
 from tests.outcomes_support import due_callbacks
 from tests.support import Huifang, loan_event, wait_for
 
@@ -52,7 +53,7 @@ def tracing() -> tuple[Switch, InMemorySpanExporter]:
     switch, exporter = Switch(), InMemorySpanExporter()
     provider = TracerProvider(sampler=switch, resource=Resource.create({"service.name": "huifang-test"}))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
+    install(provider)
     assert trace.get_tracer_provider() is provider, "another test installed a tracer provider first"
     return switch, exporter
 
