@@ -143,6 +143,16 @@ async def test_a_refusal_posted_over_http_is_one_trace_to_the_webhook(
         for secret in (party["name"], party["phone"], "别再打了"):
             assert secret not in text, (s.name, secret)
 
+    # The scheduler's due timer started a trace of its own that reached outcomes over the broker.
+    [due] = [
+        s
+        for s in spans.get_finished_spans()
+        if s.name == "timer due" and (s.attributes or {}).get("huifang.timer.subject_id") == callback_id
+    ]
+    lifecycle = huifang.settings.topic("callback.lifecycle.v1")
+    timer_trace = {s.name for s in spans.get_finished_spans() if _hex(s, "trace") == _hex(due, "trace")}
+    assert {f"send {lifecycle}", f"process {lifecycle}"} <= timer_trace
+
     start = root.start_time or 0
     print(f"\ntrace {trace_id} ({huifang.kind}):")
     for s in ours:
