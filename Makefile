@@ -9,7 +9,7 @@ DEV_ENV := HUIFANG_API_KEYS=$${HUIFANG_API_KEYS:-agent:dev-agent,supervisor:dev-
 	HUIFANG_WEBHOOK_SECRET=$${HUIFANG_WEBHOOK_SECRET:-dev-webhook-secret} \
 	HUIFANG_SMS_WEBHOOK_URL=$${HUIFANG_SMS_WEBHOOK_URL:-http://127.0.0.1:8009/sms}
 
-.PHONY: setup run demo test test-fault test-load test-unit test-props lint kafka-jars clean bench-timers bench-pipeline lock
+.PHONY: asyncapi-parser schemas setup run demo test test-fault test-load test-unit test-props lint kafka-jars clean bench-timers bench-pipeline lock
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,14 +28,27 @@ run: setup
 demo: $(STAMP)
 	$(DEV_ENV) HUIFANG_DEMO_API_KEY=$${HUIFANG_DEMO_API_KEY:-dev-agent} $(BIN)/huifang demo
 
-test: setup
+test: setup asyncapi-parser
 	$(BIN)/python -m pytest -p no:cacheprovider -q tests/unit tests/integration
+
+# The official AsyncAPI parser (npm, pinned by infra/asyncapi/package-lock.json) checks docs/asyncapi.yaml.
+ASYNCAPI := .local/asyncapi
+asyncapi-parser: $(ASYNCAPI)/.installed-$(shell cat infra/asyncapi/package-lock.json | cksum | cut -d' ' -f1)
+$(ASYNCAPI)/.installed-%: infra/asyncapi/package.json infra/asyncapi/package-lock.json
+	mkdir -p $(ASYNCAPI)
+	cp infra/asyncapi/package.json infra/asyncapi/package-lock.json $(ASYNCAPI)/
+	npm ci --prefix $(ASYNCAPI) --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Regenerate docs/schemas and docs/asyncapi.yaml from the event models.
+schemas: $(STAMP)
+	$(BIN)/huifang schemas
 
 # Fault scenarios: a broker or database goes away mid-run. CI runs these after `make test`.
 test-fault: setup
 	$(BIN)/python -m pytest -p no:cacheprovider -q tests/fault
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) asyncapi-parser
 	$(BIN)/python -m pytest -p no:cacheprovider -q tests/unit
 
 # The planner's property tests on many random examples; `make test` runs them on a fixed set only.

@@ -73,8 +73,10 @@ async def serve(services: list[str], settings: Settings) -> None:
 
     from shared.logs import configure_logging
     from shared.policy import PolicyError
+    from shared.tracing import setup_tracing, shutdown_tracing
 
-    configure_logging()
+    configure_logging(log_format=settings.huifang_log_format)
+    setup_tracing(service_name="huifang" if len(services) > 1 else f"huifang-{services[0]}")
     servers = []
     for service in services:
         try:
@@ -94,7 +96,10 @@ async def serve(services: list[str], settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
     tasks = [asyncio.create_task(s.serve()) for s in servers]
-    await asyncio.gather(*tasks)
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        shutdown_tracing()
     if any(not s.started for s in servers):
         raise typer.Exit(1)
 
@@ -348,14 +353,19 @@ def keygen() -> None:
 @app.command()
 def schemas(
     out: Annotated[Path, typer.Option(help="directory for the JSON Schema files")] = Path("docs/schemas"),
+    asyncapi: Annotated[Path, typer.Option(help="where the AsyncAPI 3.0 document goes")] = Path("docs/asyncapi.yaml"),
 ) -> None:
-    """Write the JSON Schema of every event, generated from the models."""
+    """Write the JSON Schema of every event and the AsyncAPI 3.0 document of every topic, from the models."""
+    from cli.asyncapi import asyncapi_yaml
     from shared.events import json_schemas
 
     out.mkdir(parents=True, exist_ok=True)
     for name, schema in json_schemas().items():
         (out / f"{name}.json").write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n")
     typer.echo(f"wrote {len(json_schemas())} schemas to {out}")
+    asyncapi.parent.mkdir(parents=True, exist_ok=True)
+    asyncapi.write_text(asyncapi_yaml())
+    typer.echo(f"wrote {asyncapi}")
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -482,9 +483,17 @@ def _message(error: Any) -> str:
 
 
 
-def new_envelope(data: EventData, *, source: str, subject: str, event_id: str | None = None) -> Envelope:
-    """Wrap event data in a CloudEvents envelope."""
+def new_envelope(
+    data: EventData,
+    *,
+    source: str,
+    subject: str,
+    event_id: str | None = None,
+    extensions: Mapping[str, str] | None = None,
+) -> Envelope:
+    """Wrap event data in a CloudEvents envelope (extensions: e.g. the distributed-tracing `traceparent`)."""
     return Envelope(
+        **(extensions or {}),
         specversion="1.0",
         id=event_id or str(uuid.uuid4()),
         source=source,

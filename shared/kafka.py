@@ -4,6 +4,7 @@ offsets, batches, rebalances and the dead-letter topic."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -18,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import ConsumerRecord
+from opentelemetry.trace import SpanKind
 from sqlmodel import Field, SQLModel
 
 from shared.db import Database, UnitOfWork, UTCDateTime, is_transient, utcnow
@@ -31,8 +33,9 @@ from shared.events import (
     parse_event,
     validation_reason,
 )
-from shared.metrics import CONSUMER_BATCH_SECONDS, CONSUMER_UP, DLQ_MESSAGES, EVENTS_CONSUMED
+from shared.metrics import CONSUMER_BATCH_SECONDS, CONSUMER_LAG, CONSUMER_UP, DLQ_MESSAGES, EVENTS_CONSUMED, Every
 from shared.settings import Settings
+from shared.tracing import continued
 
 log = structlog.get_logger(__name__)
 
@@ -155,6 +158,10 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         # The rebalance runs in aiokafka's coordinator task: wait for the batch in hand to commit.
         async with self.runner.batch_lock:
             log.info("consumer.revoked", service=self.runner.service, partitions=len(revoked))
+            for tp in revoked:
+                # The new owner reports this partition's lag now; a stale series here would double it.
+                with contextlib.suppress(KeyError):
+                    CONSUMER_LAG.remove(self.runner.service, tp.topic, str(tp.partition))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.runner.assigned = set(assigned)
@@ -186,6 +193,7 @@ class ConsumerRunner:
         self.last_error: str | None = None
         self._stopping = asyncio.Event()
         self.batch_lock = asyncio.Lock()
+        self._lag_check = Every(1.0)
         # Every type of a subscribed topic is accepted (those without a handler are only marked seen);
         # any other type is dead-lettered as unknown.
         self._accepted = {
@@ -235,10 +243,22 @@ class ConsumerRunner:
                         await asyncio.sleep(backoff)
                         backoff = min(backoff * 2, 30.0)
                         break
+                await self._record_lag(consumer)
         finally:
             self.running = False
             CONSUMER_UP.labels(self.service).set(0)
             await consumer.stop()
+
+    async def _record_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Lag per assigned partition, at most once a second: the last stable offset minus our position."""
+        if not self._lag_check.due():
+            return
+        for tp in consumer.assignment():
+            end = consumer.last_stable_offset(tp)  # read_committed: the end this consumer can see
+            if end is None:
+                continue  # no fetch answer for it yet
+            position = await consumer.position(tp)
+            CONSUMER_LAG.labels(self.service, tp.topic, str(tp.partition)).set(max(0, end - position))
 
     def request_stop(self) -> None:
         """Finish the batch in hand, commit it, and leave the loop (SIGTERM drains)."""
@@ -297,7 +317,14 @@ class ConsumerRunner:
                 seen.add(event.id)
                 handler = self.handlers.get(type(event.data))
                 if handler is not None:
-                    await handler(uow=uow, event=event)
+                    # The handler's span continues the producer's trace; what it enqueues carries it on.
+                    with continued(
+                        f"process {record.topic}",
+                        carrier=event.envelope.model_extra,
+                        kind=SpanKind.CONSUMER,
+                        attributes=partial(self._span_attributes, record, event),
+                    ):
+                        await handler(uow=uow, event=event)
                 done.append(event.id)
                 results.append((record.topic, event.type, "handled" if handler else "ignored"))
             if done:
@@ -311,6 +338,20 @@ class ConsumerRunner:
             await uow.commit()
         for topic, etype, result in results:
             EVENTS_CONSUMED.labels(self.service, topic, etype, result).inc()
+
+    def _span_attributes(self, record: ConsumerRecord, event: Event[EventData]) -> dict[str, str | int]:
+        # Ids and types only: the data may hold personal details.
+        return {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": record.topic,
+            "messaging.destination.partition.id": str(record.partition),
+            "messaging.kafka.offset": record.offset,
+            "messaging.consumer.group.name": self.settings.group_id(self.service),
+            "messaging.message.id": event.id,
+            "cloudevents.event_type": event.type,
+            "huifang.service": self.service,
+        }
 
     async def _already_processed(self, uow: UnitOfWork, ids: list[str]) -> set[str]:
         table = ProcessedEvent.__table__  # type: ignore[attr-defined]

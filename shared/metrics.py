@@ -1,6 +1,24 @@
 """Prometheus metrics, defined once for every service (the `service` label tells them apart)."""
 
+import time
+
 from prometheus_client import Counter, Gauge, Histogram
+
+
+class Every:
+    """Says yes at most once per `seconds`: measurements that cost a query stay off the hot paths."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._last = float("-inf")
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.seconds:
+            return False
+        self._last = now
+        return True
+
 
 EVENTS_CONSUMED = Counter(
     "huifang_events_consumed_total", "Events handled by a consumer", ["service", "topic", "type", "result"]
@@ -20,3 +38,16 @@ TIMER_LATENESS = Histogram(
 HTTP_REQUESTS = Counter("huifang_http_requests_total", "HTTP requests", ["service", "method", "route", "status"])
 NOTIFICATIONS = Counter("huifang_notifications_total", "Notification deliveries", ["channel", "result"])
 REFUSALS = Counter("huifang_refusals_total", "Refusals recorded", ["reason"])
+# For the alert rules and the board in deploy/monitoring/.
+CONSUMER_LAG = Gauge(
+    "huifang_consumer_lag_messages",
+    "Messages of a partition not yet processed by the consumer group (last stable offset minus position)",
+    ["service", "topic", "partition"],
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "huifang_outbox_oldest_age_seconds", "Age of the oldest event waiting in the outbox (0 when empty)", ["service"]
+)
+ESCALATIONS_OPEN = Gauge("huifang_escalations_open", "Escalations open (not yet acknowledged), by level", ["level"])
+READY = Gauge(
+    "huifang_ready", "1 when the service's readiness checks pass (checked on /readyz and on each scrape)", ["service"]
+)

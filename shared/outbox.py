@@ -15,9 +15,11 @@ from sqlmodel import Field, SQLModel
 
 from shared.db import ENCRYPTED_PREFIX, BigIntPK, Database, UnitOfWork, UTCDateTime, utcnow
 from shared.events import CONTENT_TYPE, EventData, encode, new_envelope
-from shared.metrics import OUTBOX_PUBLISHED, OUTBOX_RELAY_ERRORS
+from shared.metrics import OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED, OUTBOX_RELAY_ERRORS, Every
+from shared.tracing import end_span, recording, start_publish, trace_context
 
 log = structlog.get_logger(__name__)
+BACKLOG_EVERY_SECONDS = 5.0
 
 
 class OutboxMessage(SQLModel, table=True):
@@ -58,7 +60,8 @@ def create_outbox_table(op: object) -> None:
 def enqueue(uow: UnitOfWork, data: EventData, *, key: str, event_id: str | None = None) -> str:
     """Queue an event in the unit of work; the relay publishes it after commit. Returns its id."""
     db = uow.db
-    envelope = new_envelope(data, source=db.source, subject=key, event_id=event_id)
+    # The caller's trace context rides in the envelope, so the trace survives the wait in the table.
+    envelope = new_envelope(data, source=db.source, subject=key, event_id=event_id, extensions=trace_context())
     payload = encode(envelope).decode()
     if data.personal:
         # Contact details wait in the outbox until sent: encrypted there like everywhere at rest.
@@ -83,6 +86,7 @@ class OutboxRelay:
         self.service = service
         self.batch = batch
         self.poll_seconds = 1.0
+        self._backlog_check = Every(BACKLOG_EVERY_SECONDS)
 
     async def run(self) -> None:
         while True:
@@ -105,11 +109,22 @@ class OutboxRelay:
                     async with asyncio.timeout(self.poll_seconds):
                         await self.db.outbox_signal.wait()
 
+    async def _measure_backlog(self) -> None:
+        """The oldest waiting row's age, for the backlog alert; one small query every few seconds at most."""
+        if not self._backlog_check.due():
+            return
+        table = OutboxMessage.__table__  # type: ignore[attr-defined]
+        # Sent rows are deleted, so every row left is waiting.
+        async with self.db.uow() as uow:
+            oldest: datetime | None = await uow.session.scalar(sa.select(sa.func.min(table.c.created_at)))
+        age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+        OUTBOX_OLDEST_AGE.labels(self.service).set(max(0.0, age))
+
     async def publish_once(self) -> int:
         """Send one batch of unsent rows; returns how many were sent."""
-        if self.db.dialect == "sqlite":
-            return await self._publish_sqlite()
-        return await self._publish_postgres()
+        sent = await (self._publish_sqlite() if self.db.dialect == "sqlite" else self._publish_postgres())
+        await self._measure_backlog()
+        return sent
 
     def _unsent(self) -> sa.Select[Any]:
         table = OutboxMessage.__table__  # type: ignore[attr-defined]
@@ -150,16 +165,21 @@ class OutboxRelay:
         """Send rows; returns the ids the broker acknowledged (a failed row is retried next pass)."""
         if not rows:
             return []
+        values = [self._plain(row.payload) for row in rows]
+        spans = (
+            [start_publish(topic=row.topic, key=row.key, value=v) for row, v in zip(rows, values, strict=True)]
+            if recording()
+            else []
+        )
         futures = [
             await self.producer.send(
-                row.topic,
-                value=self._plain(row.payload),
-                key=row.key.encode(),
-                headers=[("content-type", CONTENT_TYPE.encode())],
+                row.topic, value=value, key=row.key.encode(), headers=[("content-type", CONTENT_TYPE.encode())]
             )
-            for row in rows
+            for row, value in zip(rows, values, strict=True)
         ]
         results = await asyncio.gather(*futures, return_exceptions=True)
+        for span, result in zip(spans, results, strict=False):  # no spans when not recording
+            end_span(span, error=result if isinstance(result, BaseException) else None)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
             OUTBOX_RELAY_ERRORS.labels(self.service).inc(len(failed))

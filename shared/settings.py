@@ -70,6 +70,8 @@ class Settings(BaseSettings):
 
     # Operational knobs beyond the contract's table; defaults suit a single node.
     huifang_data_dir: Path = ROOT / ".local"
+    # Logs: `auto` is console lines when stderr is a terminal, JSON otherwise.
+    huifang_log_format: Literal["auto", "json", "console"] = "auto"
     huifang_topic_partitions: int = Field(default=6, ge=1)
     huifang_topic_replication: int = Field(default=1, ge=1)
     huifang_timer_poll_seconds: float = Field(default=0.5, gt=0, le=60)

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared.errors import Rejected
 from shared.limits import BodyLimit, FailedAuthLimit
-from shared.metrics import HTTP_REQUESTS
+from shared.metrics import HTTP_REQUESTS, READY
 from shared.settings import ApiKey, Settings, parse_key_entries
 
 log = structlog.get_logger(__name__)
@@ -112,6 +112,7 @@ def create_app(
 ) -> FastAPI:
     """The service's FastAPI app with the endpoints every service serves."""
     app = FastAPI(title=f"Huifang {service}", version="1", lifespan=lifespan)
+    instrument(app)
     index_key = settings.huifang_index_key if settings else None
     secret = fingerprint_secret(index_key.get_secret_value() if index_key else None)
     app.state.keyring = Keyring(parse_key_entries(api_keys), secret=secret)
@@ -122,8 +123,7 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "service": service}
 
-    @app.get("/readyz", tags=["ops"])
-    async def readyz() -> JSONResponse:
+    async def not_ready() -> list[str]:
         reasons = []
         checks = readiness(app) if readiness else app.state.runtime.readiness()
         for check in checks:
@@ -133,12 +133,20 @@ def create_app(
                 problem = f"{type(exc).__name__}"
             if problem:
                 reasons.append(problem)
+        READY.labels(service).set(0 if reasons else 1)
+        return reasons
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz() -> JSONResponse:
+        reasons = await not_ready()
         if reasons:
             return JSONResponse({"status": "unavailable", "detail": "; ".join(reasons)}, status_code=503)
         return JSONResponse({"status": "ready", "service": service})
 
     @app.get("/metrics", tags=["ops"])
     async def metrics() -> Response:
+        # Each scrape re-checks readiness, so `huifang_ready` is current even where nothing probes /readyz.
+        await not_ready()
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(RequestValidationError)
@@ -170,6 +178,17 @@ def create_app(
     app.add_middleware(FailedAuthLimit, failures=failures)
     app.add_middleware(BodyLimit)
     return app
+
+
+# Probes and scrapes make no spans; the party's page is left out because its path holds its credential.
+UNTRACED_URLS = "/healthz,/readyz,/metrics,/p/"
+
+
+def instrument(app: FastAPI) -> None:
+    """A server span per request (OpenTelemetry's FastAPI instrumentation; no-op until an SDK is set up)."""
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    FastAPIInstrumentor.instrument_app(app, excluded_urls=UNTRACED_URLS, exclude_spans=["receive", "send"])
 
 
 def problem(status: int, detail: Any) -> HTTPException:

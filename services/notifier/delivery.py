@@ -7,11 +7,13 @@ import json
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
 import structlog
+from opentelemetry.trace import SpanKind
 from sqlmodel import col, select
 
 from services.notifier.channels.email import SmtpTls, build_message, send_email
@@ -27,6 +29,7 @@ from shared.db import Database, UnitOfWork, utcnow
 from shared.events import NotificationFailed, NotificationSent
 from shared.metrics import NOTIFICATIONS
 from shared.outbox import enqueue
+from shared.tracing import continued, mark_failed
 
 log = structlog.get_logger(__name__)
 
@@ -81,6 +84,18 @@ class Claimed:
     address_enc: str | None
     message_enc: str | None
     lease_until: datetime | None = None  # our claim; a row whose lease changed was taken by another replica
+    traceparent: str | None = None
+    tracestate: str | None = None
+
+
+def delivery_attributes(item: Claimed) -> dict[str, str | int]:
+    """A delivery span's attributes: ids, channel and kind; never the address or the message."""
+    return {
+        "huifang.notification_id": item.notification_id,
+        "huifang.notification.kind": item.kind,
+        "huifang.notification.channel": item.channel,
+        "huifang.loan_id": item.loan_id,
+    }
 
 
 class DeliveryLoop:
@@ -176,7 +191,17 @@ class DeliveryLoop:
             # Bounded well inside the lease, so no other replica can claim the row while we send it
             # (asyncio.timeout: unlike wait_for on 3.11 it never swallows the loop's cancellation).
             async with asyncio.timeout(LEASE.total_seconds() / 2):
-                return await self._send(item)
+                # Continues the trace of the event that asked for it; webhooks and SMS carry `traceparent`.
+                with continued(
+                    f"deliver {item.channel}",
+                    carrier={"traceparent": item.traceparent, "tracestate": item.tracestate},
+                    kind=SpanKind.CLIENT,
+                    attributes=partial(delivery_attributes, item),
+                ):
+                    result = await self._send(item)
+                    if not result.ok:
+                        mark_failed(result.error or result.outcome)
+                    return result
         except TimeoutError:
             return DeliveryResult("retryable", error="timed out")
         except Exception as exc:

@@ -7,6 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from sqlmodel import col, select
 
 from services.notifier.models import Escalation, LoanContact
@@ -21,11 +22,13 @@ from shared.events import (
     EscalationRaised,
     EscalationResolved,
 )
-from shared.metrics import TIMER_LATENESS, TIMERS_FIRED
+from shared.metrics import ESCALATIONS_OPEN, TIMER_LATENESS, TIMERS_FIRED, Every
 from shared.outbox import enqueue
 from shared.policy import Policy
+from shared.tracing import span, timer_attributes
 
 E = TypeVar("E", bound=EscalationEvent)
+COUNT_EVERY_SECONDS = 5.0
 
 
 def escalation_rules(policy: Policy, event: CallbackRefused) -> list[str]:
@@ -188,11 +191,27 @@ class EscalationLoop:
         self.policy = policy
         self.poll_seconds = poll_seconds
         self.batch = batch
+        self._count_check = Every(COUNT_EVERY_SECONDS)
 
     async def run(self) -> None:
         while True:
-            if await self.fire_due() < self.batch:
+            fired = await self.fire_due()
+            await self.count_open()
+            if fired < self.batch:
                 await asyncio.sleep(self.poll_seconds)
+
+    async def count_open(self) -> None:
+        """Open escalations per level, for the alert on level 2; at most every few seconds."""
+        if not self._count_check.due():
+            return
+        table = Escalation.__table__  # type: ignore[attr-defined]
+        async with self.db.uow() as uow:
+            rows = await uow.session.execute(
+                sa.select(table.c.level, sa.func.count()).where(table.c.state == "open").group_by(table.c.level)
+            )
+            counts = {int(level): int(n) for level, n in rows}
+        for level in (1, 2):
+            ESCALATIONS_OPEN.labels(str(level)).set(counts.get(level, 0))
 
     async def fire_due(self) -> int:
         """Raise to level 2 every open level-1 escalation past its acknowledgement deadline."""
@@ -211,7 +230,8 @@ class EscalationLoop:
             for row in rows:
                 esc = (await uow.session.execute(select(Escalation).where(col(Escalation.seq) == row.seq))).scalar_one()
                 due = esc.raised_at + self.policy.escalation.ack_timeout
-                await raise_level2(uow=uow, esc=esc, policy=self.policy, now=now)
+                with span("timer escalation", attributes=timer_attributes("escalation", esc.escalation_id)):
+                    await raise_level2(uow=uow, esc=esc, policy=self.policy, now=now)
                 TIMERS_FIRED.labels("notifier", "escalation").inc()
                 TIMER_LATENESS.labels("notifier", "escalation").observe(max(0.0, (now - due).total_seconds()))
             await uow.commit()

@@ -51,6 +51,9 @@ class Notification(SQLModel, table=True):
     # Empty until the recipient's contact is known (it may arrive after the event that asks for it).
     address_enc: str | None = Field(default=None, sa_type=sa.Text)
     message_enc: str | None = Field(default=None, sa_type=sa.Text)
+    # The W3C trace context of the event that asked for this notification: delivery continues it.
+    traceparent: str | None = Field(default=None, max_length=64)
+    tracestate: str | None = Field(default=None, max_length=512)
 
 
 class Escalation(SQLModel, table=True):

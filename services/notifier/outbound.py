@@ -15,6 +15,7 @@ from services.notifier.models import Channel, LoanContact, Notification
 from shared.crypto import Cipher
 from shared.db import UnitOfWork, utcnow
 from shared.events import LoanStageChanged
+from shared.tracing import trace_context
 
 # Fixed namespace so a notification's id follows from (event, recipient, channel) on every replica.
 NAMESPACE = uuid.UUID("6b2f1c4e-9a53-4d1e-8f0a-1c2d3e4f5a6b")
@@ -59,6 +60,7 @@ async def queue_notification(
     )
     if existing.scalar_one_or_none() is not None:
         return None
+    traced = trace_context()
     note = Notification(
         notification_id=notification_id(source_event_id=source_event_id, recipient=recipient, channel=channel),
         source_event_id=source_event_id,
@@ -71,6 +73,9 @@ async def queue_notification(
         next_attempt_at=utcnow(),
         address_enc=sealed[0] if sealed else None,
         message_enc=sealed[1] if sealed else None,
+        # The consumer's span of the event that asks for this: the delivery continues its trace.
+        traceparent=traced.get("traceparent"),
+        tracestate=traced.get("tracestate"),
     )
     uow.session.add(note)
     await uow.session.flush()

@@ -19,6 +19,7 @@ from shared.db import Database, UnitOfWork, is_transient, utcnow
 from shared.events import CLOSED_STATES, CallbackDue, CallbackNoticeRequested
 from shared.metrics import TIMER_LATENESS, TIMERS_FIRED
 from shared.policy import Policy
+from shared.tracing import span, timer_attributes
 
 log = structlog.get_logger(__name__)
 RETRY_AFTER = timedelta(minutes=1)
@@ -78,8 +79,10 @@ class TimerLoop:
             by_id = {cb.callback_id: cb for cb in found.scalars()}
             for row in rows:
                 try:
-                    async with uow.session.begin_nested():
-                        await self._fire(uow, kind=row.kind, cb=by_id.get(row.callback_id), now=now)
+                    # Each firing starts a trace of its own; the events it emits carry it on.
+                    with span(f"timer {row.kind}", attributes=timer_attributes(row.kind, row.callback_id)):
+                        async with uow.session.begin_nested():
+                            await self._fire(uow, kind=row.kind, cb=by_id.get(row.callback_id), now=now)
                 except Exception as exc:
                     if is_transient(exc):
                         raise

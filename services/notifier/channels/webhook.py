@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import httpx
 
+from shared.tracing import trace_context
+
 Outcome = Literal["ok", "retryable", "permanent"]
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 
@@ -73,6 +75,8 @@ async def deliver(
         "X-Huifang-Id": notification_id,
         "X-Huifang-Timestamp": str(timestamp),
         "X-Huifang-Signature": sign(secret, notification_id, timestamp, body),
+        # W3C trace context (`traceparent`, `tracestate`) when a trace is running: the receiver can join it.
+        **trace_context(),
     }
     try:
         response = await client.post(url, content=body, headers=headers)
