@@ -18,7 +18,7 @@ from tests.support import KEYS, Huifang
 
 SERVICES = ("scheduler", "outcomes", "notifier")
 MAX_EXAMPLES = 10
-MAX_SECONDS = 20
+MAX_SECONDS = 15
 
 
 async def schemathesis(huifang: Huifang, service: str, workdir: Path) -> tuple[int, str]:
