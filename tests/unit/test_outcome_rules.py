@@ -159,9 +159,11 @@ def test_disposition_outside_the_contract_fails(disposition: str) -> None:
         attempt(disposition=disposition)
 
 
-def test_agent_id_is_required() -> None:
+def test_agent_id_may_come_from_the_key_but_is_never_empty() -> None:
+    # CONTRACT.md 3: the key's principal is the agent, so the body needs none; an empty one is still invalid.
+    assert AttemptIn.model_validate({"disposition": "completed"}).agent_id is None
     with pytest.raises(ValidationError, match="agent_id"):
-        AttemptIn.model_validate({"disposition": "completed"})
+        AttemptIn.model_validate({"disposition": "completed", "agent_id": ""})
 
 
 def test_negative_duration_fails() -> None:
