@@ -125,7 +125,14 @@ def create_app(
 
     async def not_ready() -> list[str]:
         reasons = []
-        checks = readiness(app) if readiness else app.state.runtime.readiness()
+        runtime = getattr(app.state, "runtime", None)
+        if readiness is not None:
+            checks = readiness(app)
+        elif runtime is not None:
+            checks = runtime.readiness()
+        else:
+            READY.labels(service).set(0)
+            return ["starting: the service's parts are not up yet"]
         for check in checks:
             try:
                 problem = await asyncio.wait_for(check(), timeout=3)
