@@ -105,7 +105,7 @@ async def test_marked_personal_data_is_never_stored_logged_or_published_in_plain
         dues = await huifang.tap.wait_events("callback.due", loan, count=2)
         refused, cancelled = (d["data"]["callback_id"] for d in dues[:2])
         async with huifang.client("outcomes") as client:
-            body = {"disposition": "refused", "reason_code": "privacy_concern", "agent_id": "A-7"}
+            body = {"disposition": "refused", "reason_code": "privacy_concern"}
 
             async def recorded() -> bool:
                 answer = await client.post(

@@ -190,7 +190,7 @@ async def test_keys_rotate_under_a_running_service_and_the_old_key_retires(syste
     assert await _due_day(system, third) > today
     # Another person's contact, stored under the old key and rekeyed, is read again for a retry.
     async with system.client("outcomes") as client:
-        body = {"disposition": "no_answer", "agent_id": "A-1", "notes": "rang out"}
+        body = {"disposition": "no_answer", "notes": "rang out"}
 
         async def recorded() -> bool:
             answer = await client.post(f"/v1/callbacks/{due['data']['callback_id']}/attempts", json=body)

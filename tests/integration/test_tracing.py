@@ -89,7 +89,7 @@ async def test_a_refusal_posted_over_http_is_one_trace_to_the_webhook(
         # No traceparent from the caller: the server starts the trace.
         answer = await client.post(
             f"/v1/callbacks/{callback_id}/attempts",
-            json={"disposition": "refused", "reason_code": "time_conflict", "agent_id": "A-7", "notes": "别再打了"},
+            json={"disposition": "refused", "reason_code": "time_conflict", "notes": "别再打了"},
         )
     assert answer.status_code == 201, answer.text
 
