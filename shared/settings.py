@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     huifang_policy_file: Path = DEFAULT_POLICY
     huifang_env: Literal["development", "test", "production"] = "development"
     huifang_encryption_key: SecretStr | None = None
+    huifang_link_secret: SecretStr | None = None
+    huifang_public_url: str = "http://127.0.0.1:8002"
     huifang_notify_webhook_url: str | None = None
     huifang_webhook_secret: SecretStr | None = None
     huifang_smtp_host: str | None = None
