@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,16 +63,20 @@ def cipher_from_settings(configured: str | None, data_dir: Path, *, allow_genera
         return Cipher([k.strip() for k in configured.split(",") if k.strip()])
     if not allow_generate:
         raise ValueError("HUIFANG_ENCRYPTION_KEY is required outside development")
-    path = data_dir / "encryption.key"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    return Cipher([kept_secret(data_dir / "encryption.key", make=generate_key)])
+
+
+def kept_secret(path: Path, *, make: Callable[[], str]) -> str:
+    """A development secret kept in `path`, made once by `make` when the file does not exist yet."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
     try:
-        # Write to a temp file and link it: services starting together all read one complete key.
-        tmp = data_dir / f".encryption.key.{os.getpid()}"
-        tmp.write_text(generate_key())
+        # Write to a temp file and link it: services starting together all read one complete secret.
+        tmp.write_text(make())
         tmp.chmod(0o600)
         os.link(tmp, path)
     except FileExistsError:
         pass
     finally:
         tmp.unlink(missing_ok=True)
-    return Cipher([path.read_text().strip()])
+    return path.read_text().strip()

@@ -9,11 +9,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import re
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
+
+from shared.crypto import kept_secret
 
 _TOKEN = re.compile(r"^([A-Za-z0-9._:-]{1,64})\.([0-9]{1,12})\.([A-Za-z0-9_-]{43})$")
 CALLER_CODE = re.compile(r"^[0-9]{6}$")
@@ -63,16 +64,4 @@ def link_secret(configured: str | None, data_dir: Path, *, allow_generate: bool)
         return configured.encode()
     if not allow_generate:
         raise ValueError("HUIFANG_LINK_SECRET is required outside development")
-    path = data_dir / "link.key"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = data_dir / f".link.key.{os.getpid()}"
-    try:
-        # Written aside and linked: services starting together all read one complete secret.
-        tmp.write_text(secrets.token_urlsafe(32))
-        tmp.chmod(0o600)
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path.read_text().strip().encode()
+    return kept_secret(data_dir / "link.key", make=lambda: secrets.token_urlsafe(32)).encode()
