@@ -54,7 +54,9 @@ async def refusal(*, uow: UnitOfWork, event: CallbackRefused, event_id: str, pol
     )
 
 
-async def notice(*, uow: UnitOfWork, event: CallbackNoticeRequested, event_id: str, out: Outbound) -> None:
+async def notice(
+    *, uow: UnitOfWork, event: CallbackNoticeRequested, event_id: str, policy: Policy, out: Outbound
+) -> None:
     """The advance notice to the party, addressed from the notice itself."""
     kept = await load_contacts(uow=uow, cipher=out.cipher, loan_id=event.loan_id)
     timezone = (find_party(kept or {}, event.party_id) or {}).get("timezone")
@@ -80,7 +82,12 @@ async def notice(*, uow: UnitOfWork, event: CallbackNoticeRequested, event_id: s
         routes=[
             party_route(out=out, contacts=contacts, party_id=event.party_id, prefer_email=event.channel == "email")
         ],
-    )
+        # Only in the text the party reads (sealed): the stored payload and the webhook never carry them.
+        private={
+            "bank": policy.bank.name, "hotline": policy.bank.hotline, "caller_code": event.caller_code,
+            "url": event.self_service_url,
+        },
+    )  # fmt: skip
 
 
 async def questionnaire(

@@ -16,6 +16,7 @@ from shared.db import UnitOfWork, utcnow
 from shared.errors import Rejected
 from shared.events import (
     CLOSED_STATES,
+    AttemptChannel,
     CallbackFields,
     CallbackOutcomeRecorded,
     CallbackRefused,
@@ -35,7 +36,7 @@ class AttemptIn(BaseModel):
 
     disposition: Disposition
     reason_code: ReasonCode | None = None
-    agent_id: str = Field(min_length=1, max_length=128)
+    agent_id: str | None = Field(default=None, min_length=1, max_length=128)
     started_at: AwareDatetime | None = None
     duration_s: int | None = Field(default=None, ge=0, le=86_400)
     notes: str | None = Field(default=None, max_length=4000)
@@ -62,7 +63,8 @@ class AttemptOut(BaseModel):
     attempt: int
     disposition: str
     reason_code: str | None
-    agent_id: str
+    agent_id: str | None
+    channel: AttemptChannel
     started_at: datetime | None
     duration_s: int | None
     reschedule_to: datetime | None
@@ -78,8 +80,14 @@ def attempt_out(row: Attempt) -> AttemptOut:
     )
 
 
-async def record_attempt(*, uow: UnitOfWork, callback_id: str, body: AttemptIn, cipher: Cipher) -> Attempt:
+async def record_attempt(
+    *, uow: UnitOfWork, callback_id: str, body: AttemptIn, cipher: Cipher, channel: AttemptChannel = "phone"
+) -> Attempt:
     """Store the attempt, close the callback on a final disposition, and emit what follows."""
+    # The party's own page has no agent (CONTRACT.md 2.3); a phone call always has one.
+    agent_id = body.agent_id if channel == "phone" else None
+    if channel == "phone" and agent_id is None:
+        raise Rejected(422, "agent_id is required for a phone attempt")
     view = await uow.session.get(CallbackView, callback_id)
     if view is None:
         raise Rejected(404, f"callback {callback_id} not found")
@@ -104,7 +112,8 @@ async def record_attempt(*, uow: UnitOfWork, callback_id: str, body: AttemptIn, 
         attempt=view.attempt,
         disposition=body.disposition,
         reason_code=body.reason_code,
-        agent_id=body.agent_id,
+        agent_id=agent_id,
+        channel=channel,
         started_at=body.started_at,
         duration_s=body.duration_s,
         notes_enc=cipher.encrypt(body.notes) if body.notes else None,
@@ -118,7 +127,7 @@ async def record_attempt(*, uow: UnitOfWork, callback_id: str, body: AttemptIn, 
         view.state = closed_as
         view.final_disposition = body.disposition
         view.closed_at = now
-        view.reason_code, view.agent_id = body.reason_code, body.agent_id
+        view.reason_code, view.agent_id, view.channel = body.reason_code, agent_id, channel
     view.updated_at = now
     uow.session.add(view)
     ref = CallbackFields(
@@ -132,7 +141,8 @@ async def record_attempt(*, uow: UnitOfWork, callback_id: str, body: AttemptIn, 
             attempt_id=row.attempt_id,
             disposition=body.disposition,
             reason_code=body.reason_code,
-            agent_id=body.agent_id,
+            agent_id=agent_id,
+            channel=channel,
             recorded_at=now,
             reschedule_to=body.reschedule_to,
         ),
@@ -147,7 +157,7 @@ async def record_attempt(*, uow: UnitOfWork, callback_id: str, body: AttemptIn, 
             CallbackRefused(
                 **ref,  # a refusal closed the callback: its state is "refused"
                 reason_code=body.reason_code,
-                agent_id=body.agent_id,
+                agent_id=agent_id,
                 refusals_for_loan=await refusals_for_loan(uow=uow, loan_id=view.loan_id),
                 occurred_at=now,
             ),

@@ -64,6 +64,24 @@ def test_notice_time_is_local_to_the_party() -> None:
     assert composed is not None and "around 2026-11-30 10:00" in composed.message.body
 
 
+@pytest.mark.parametrize(("recipient", "code_line"), [("party:P-1", "核验码483920"), ("party:P-2", "the code 483920")])
+@pytest.mark.parametrize("channel", ["sms", "email"])
+def test_notice_names_the_bank_the_hotline_the_code_and_the_link(recipient: str, code_line: str, channel: str) -> None:
+    payload = {
+        "party_id": recipient.split(":")[1], "due_at": "2026-11-30T02:00:00+00:00", "purpose": "p", "topics": ["a"],
+        "bank": "Huifang Demo Bank", "hotline": "95500", "caller_code": "483920", "url": "https://h.example/p/t.1.s",
+    }  # fmt: skip
+    contacts = {"parties": [{**p, "email": "x@example.com"} for p in CONTACTS["parties"]]}
+    composed = compose(kind="notice", channel=channel, recipient=recipient, payload=payload, contacts=contacts)
+    assert composed is not None
+    text = composed.message.body.replace(" ", "") if "核验码" in code_line else composed.message.body
+    for part in ("Huifang", "95500", code_line.replace(" ", "") if "核验码" in code_line else code_line):
+        assert part in text
+    assert "https://h.example/p/t.1.s" in composed.message.body
+    if channel == "sms":
+        assert composed.message.body.count("\n") == 0
+
+
 def test_unknown_recipient_or_missing_address_waits() -> None:
     payload = {"party_id": "P-1", "url": "u", "reason": "deadline"}
     assert (
