@@ -128,6 +128,16 @@ def test_questionnaire_url_names_the_callback() -> None:
     assert questionnaire_url(policy, "cb/1") == "https://bank.example/q/cb%2F1?src=sms"
 
 
+def test_without_a_bank_questionnaire_the_party_is_given_the_hotline() -> None:
+    assert questionnaire_url(Policy(), "cb-1") is None  # questionnaire_url = "" leaves it to the party's page
+    payload = {"party_id": "P-1", "url": None, "reason": "no_consent", "bank": "Huifang Demo Bank", "hotline": "95500"}
+    said = {"party:P-1": "官方客服热线95500", "party:P-2": "official hotline of Huifang Demo Bank"}
+    for recipient, words in said.items():
+        payload["party_id"] = recipient.split(":")[1]
+        sms = compose(kind="questionnaire", channel="sms", recipient=recipient, payload=payload, contacts=CONTACTS)
+        assert sms is not None and words in sms.message.body and "None" not in sms.message.body
+
+
 def test_officer_gets_email_only_when_smtp_is_set_and_an_address_is_known() -> None:
     cipher = Cipher([generate_key()])
     with_email, without = Outbound(cipher=cipher, email_enabled=True), Outbound(cipher=cipher, email_enabled=False)
