@@ -320,6 +320,8 @@ def offer_slots(
     zone = _zone(reach.timezone)
     anywhere = Reach(timezone=reach.timezone)  # the party picks: their preferred window does not narrow it
     out: list[datetime] = []
+    if count <= 0:
+        return out
     for day in _days(after.astimezone(zone).date(), deadline.astimezone(zone).date()):
         if day in busy_days or not is_calling_day(policy=policy, day=day):
             continue
