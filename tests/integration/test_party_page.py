@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,7 +13,7 @@ from services.outcomes.models import Attempt, PartyPage
 from shared import links
 from tests.outcomes_support import outcomes_db
 from tests.party_support import noticed, open_page, page_path, post, slots
-from tests.support import Huifang, wait_for
+from tests.support import KEYS, Huifang, wait_for
 
 ITEMS = ["identity", "loan_amount", "loan_purpose", "role_consent"]
 
@@ -217,3 +218,28 @@ async def _channel_stats(client: httpx.AsyncClient) -> dict[str, Any] | None:
     assert response.status_code == 200, response.text
     groups: dict[str, dict[str, Any]] = {g["key"]: g for g in response.json()["groups"]}
     return groups.get("self_service")
+
+
+async def dashboard_page_use(huifang: Huifang) -> tuple[int, int]:
+    """(callbacks closed on the party's page, reschedules made there) as the dashboard shows them."""
+    async with httpx.AsyncClient(base_url=huifang.url("outcomes"), timeout=10) as client:
+        login = await client.post("/dashboard/login", data={"key": KEYS["supervisor"]})
+        assert login.status_code == 303
+        html = (await client.get("/dashboard")).text
+    closed = re.search(r'id="kpi-page-closed">(\d+)<', html)
+    moved = re.search(r'id="kpi-page-reschedules">(\d+)<', html)
+    assert closed is not None and moved is not None
+    return int(closed.group(1)), int(moved.group(1))
+
+
+async def test_the_dashboard_counts_callbacks_closed_on_the_page_and_moves_parties_made(huifang: Huifang) -> None:
+    before = await dashboard_page_use(huifang)
+    loan, notice = await noticed(huifang)
+    await huifang.tap.wait_events("callback.due", loan)
+    path = page_path(notice)
+    async with huifang.client("outcomes", role=None) as client:
+        html = (await open_page(client, path)).text
+        await post(client, path, html, action="reschedule", slot=slots(html)[0].isoformat())
+        await post(client, path, html, action="confirm", item=ITEMS)
+    await huifang.tap.wait_events("loan.verification.completed", loan)
+    assert await dashboard_page_use(huifang) == (before[0] + 1, before[1] + 1)
