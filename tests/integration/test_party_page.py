@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import httpx
 from sqlmodel import select
 
+from cli.demo import Demo, visit_page
 from services.outcomes.models import Attempt, PartyPage
 from shared import links
 from tests.outcomes_support import outcomes_db
@@ -243,3 +245,19 @@ async def test_the_dashboard_counts_callbacks_closed_on_the_page_and_moves_parti
         await post(client, path, html, action="confirm", item=ITEMS)
     await huifang.tap.wait_events("loan.verification.completed", loan)
     assert await dashboard_page_use(huifang) == (before[0] + 1, before[1] + 1)
+
+
+async def test_the_demos_parties_act_on_their_real_pages(huifang: Huifang) -> None:
+    demo = Demo(settings=huifang.settings, rng=random.Random(7), seconds=60)
+    recorded = []
+    for action in ("confirm", "reschedule", "decline", "not_me"):
+        loan, notice = await noticed(huifang)
+        await huifang.tap.wait_events("callback.due", loan)
+        async with huifang.client("outcomes", role=None) as client:
+            await open_page(client, page_path(notice))
+        await visit_page(demo, huifang.url("outcomes"), page_path(notice), actions={action: 1})
+        [outcome] = await huifang.tap.wait_events("callback.outcome.recorded", loan)
+        recorded.append((outcome["data"]["disposition"], outcome["data"]["reason_code"]))
+    assert [d for d, _ in recorded] == ["completed", "reschedule_requested", "refused", "refused"]
+    assert recorded[2][1] != "suspected_fraud" and recorded[3][1] == "suspected_fraud"
+    assert all(key.endswith(" 303") for key in demo.page_actions), demo.page_actions
