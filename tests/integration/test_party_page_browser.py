@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from playwright.async_api import Browser, async_playwright
 
 from tests.integration.test_dashboard_browser import CHROMIUM, FLAGS
@@ -40,6 +41,8 @@ async def weigh_and_shoot(browser: Browser, url: str, shot: Path) -> tuple[int, 
     return sum(sizes), len(requests), problems
 
 
+# The page's HTML does not depend on the database kind (test_party_page.py runs both): one browser run is enough.
+@pytest.mark.parametrize("huifang", ["sqlite"], indirect=True)
 async def test_the_page_fits_a_phone_and_works_without_javascript(huifang: Huifang) -> None:
     OUTPUT.mkdir(exist_ok=True)
     parties = {"zh-CN": await noticed(huifang), "en": await noticed(huifang, language="en", name="Anna Lee")}

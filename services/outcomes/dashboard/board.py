@@ -71,7 +71,7 @@ class Board:
     escalations: list[EscalationView]
     escalation_count: int
     level2_count: int
-    page: PageUse
+    page: PageUse = PageUse(closed=0, closed_on_page=0, reschedules=0)
 
     def charts(self, tz: str) -> dict[str, Any]:
         """The charts' data, as the page's script reads it."""

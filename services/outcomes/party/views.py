@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from services.outcomes.party import page
 from shared import labels, links
 from shared.api import CipherDep, DatabaseDep, PolicyDep
+from shared.crypto import Cipher
 from shared.db import Database, utcnow
 from shared.policy import Policy
 
@@ -74,7 +75,7 @@ def _local(moment: datetime | None, timezone: str) -> str:
 
 
 def _show(
-    state: page.PageState, *, token: str, secret: bytes, policy: Policy, cipher: Any, error: str | None = None,
+    state: page.PageState, *, token: str, secret: bytes, policy: Policy, cipher: Cipher, error: str | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:  # fmt: skip
     """The page of one callback, as the party sees it now."""
