@@ -1,6 +1,6 @@
 """Outcomes: the party's own page (CONTRACT.md 3.1) and the channel of each attempt.
 
-Revision ID: 0005
+Revision ID: 0006
 """
 
 import sqlalchemy as sa
@@ -8,8 +8,8 @@ from alembic import op
 
 from shared.db import BigIntPK, UTCDateTime
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 
 
 def upgrade() -> None:

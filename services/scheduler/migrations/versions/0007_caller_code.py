@@ -1,13 +1,13 @@
 """Scheduler: each callback's caller code, encrypted (CONTRACT.md 2.3).
 
-Revision ID: 0006
+Revision ID: 0007
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 
 
 def upgrade() -> None:
