@@ -11,6 +11,7 @@ import asyncio
 import heapq
 import json
 import random
+import re
 import time
 import uuid
 from collections import Counter
@@ -97,6 +98,14 @@ REASONS = {
 }
 
 
+# Parties who open the link in their notice, and what they do there (the callback is then not phoned).
+PAGE_VISITORS = 0.25
+PAGE_ACTIONS = {"confirm": 62, "reschedule": 20, "decline": 14, "not_me": 4}
+FORM_FIELD = re.compile(r'name="form" value="([^"]+)"')
+SLOT = re.compile(r'name="slot" value="([^"]+)"')
+ITEM = re.compile(r'name="item" value="([^"]+)"')
+
+
 def pick(rng: random.Random, weights: dict[str, int]) -> str:
     """One key, drawn by weight."""
     return rng.choices(list(weights), weights=list(weights.values()))[0]
@@ -145,6 +154,9 @@ class Demo:
     loans: dict[str, dict[str, Any]] = field(default_factory=dict)
     answered: set[tuple[str, int]] = field(default_factory=set)
     queue: list[tuple[float, str, int]] = field(default_factory=list)  # (when, callback_id, attempt)
+    visits: list[tuple[float, str, str]] = field(default_factory=list)  # (when, callback_id, page path)
+    on_page: set[str] = field(default_factory=set)  # callbacks a party took to their own page
+    page_actions: Counter[str] = field(default_factory=Counter)
     statuses: Counter[str] = field(default_factory=Counter)
     phases: dict[str, Counter[str]] = field(default_factory=lambda: {"before": Counter(), "after": Counter()})
 
@@ -271,8 +283,13 @@ async def _play_agents(
             for records in (await consumer.getmany(timeout_ms=200)).values():
                 for record in records:
                     await _on_event(demo, producer, json.loads(record.value))
+            while demo.visits and demo.visits[0][0] <= time.monotonic():
+                _, _, path = heapq.heappop(demo.visits)
+                await visit_page(demo, base, path)
             while demo.queue and demo.queue[0][0] <= time.monotonic():
                 _, callback_id, _ = heapq.heappop(demo.queue)
+                if callback_id in demo.on_page:
+                    continue  # the party answered on their own page
                 body = demo.attempt_body()
                 response = await http.post(f"/v1/callbacks/{callback_id}/attempts", json=body)
                 demo.statuses[str(response.status_code)] += 1
@@ -297,6 +314,11 @@ async def _on_event(demo: Demo, producer: AIOKafkaProducer, event: dict[str, Any
         elif "refused" in parties and demo.rng.random() < 0.3:
             await _send(demo.settings, producer, {**loan, "stage": "rejected", "previous_stage": "final_check"})
         return
+    if kind == "callback.notice.requested" and data.get("self_service_url") and demo.rng.random() < PAGE_VISITORS:
+        demo.on_page.add(data["callback_id"])
+        path = "/p/" + data["self_service_url"].rsplit("/p/", 1)[1]
+        heapq.heappush(demo.visits, (time.monotonic() + demo.rng.uniform(0.2, 1.0), data["callback_id"], path))
+        return
     if kind not in ("callback.scheduled", "callback.rescheduled") or data.get("channel") == "questionnaire":
         return  # no phone call for a party without contact consent: the questionnaire goes instead
     ticket = (data["callback_id"], int(data["attempt"]))
@@ -304,6 +326,33 @@ async def _on_event(demo: Demo, producer: AIOKafkaProducer, event: dict[str, Any
         return
     demo.answered.add(ticket)
     heapq.heappush(demo.queue, (time.monotonic() + demo.rng.uniform(1.0, 6.0), *ticket))
+
+
+async def visit_page(demo: Demo, base_url: str, path: str, actions: dict[str, int] = PAGE_ACTIONS) -> None:
+    """A party opens their page (no API key: the link is the credential) and takes one action, as a browser would."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+        page = await http.get(path)
+        form = FORM_FIELD.search(page.text)
+        if page.status_code != 200 or form is None:
+            demo.page_actions[f"page {page.status_code}"] += 1
+            return
+        fields = _page_form(demo, page.text, form.group(1), actions)
+        response = await http.post(path, data=fields)
+    demo.page_actions[f"{fields['action']} {response.status_code}"] += 1
+
+
+def _page_form(demo: Demo, html: str, form: str, actions: dict[str, int]) -> dict[str, Any]:
+    """What a party fills in: one action, every item ticked, an offered time or a reason."""
+    action = pick(demo.rng, actions)
+    fields: dict[str, Any] = {"form": form, "action": action, "item": ITEM.findall(html)}
+    slots = SLOT.findall(html)
+    if action == "reschedule" and slots:
+        fields["slot"] = demo.rng.choice(slots)
+    elif action == "reschedule":
+        fields["action"] = "confirm"  # no time left to offer
+    if action == "decline":
+        fields["reason"] = pick(demo.rng, REASONS[demo.phase()] | {"suspected_fraud": 0})
+    return fields
 
 
 def _summary(demo: Demo) -> None:
@@ -317,6 +366,7 @@ def _summary(demo: Demo) -> None:
         return f"{100 * counts['refused'] / answered:.0f}%" if answered else "n/a"
 
     console.print(f"HTTP answers to recorded attempts: {dict(demo.statuses)}")
+    console.print(f"parties on their own page: {dict(demo.page_actions)}")
     console.print(f"refusal rate before retraining {rate(demo.phases['before'])}, after {rate(demo.phases['after'])}")
     port = demo.settings.huifang_outcomes_port
     console.print(f"dashboard: http://127.0.0.1:{port}/dashboard?window=10m  (log in with a supervisor key)")

@@ -84,16 +84,16 @@ def cipher_from_settings(
     if not index_key:
         if not allow_generate:
             raise ValueError("HUIFANG_INDEX_KEY is required outside development")
-        index_key = _kept_key(data_dir / "index.key", lambda: secrets.token_urlsafe(32))
+        index_key = kept_secret(data_dir / "index.key", make=lambda: secrets.token_urlsafe(32))
     if configured:
         return Cipher([k.strip() for k in configured.split(",") if k.strip()], index_key=index_key)
     if not allow_generate:
         raise ValueError("HUIFANG_ENCRYPTION_KEY is required outside development")
-    return Cipher([_kept_key(data_dir / "encryption.key", generate_key)], index_key=index_key)
+    return Cipher([kept_secret(data_dir / "encryption.key", make=generate_key)], index_key=index_key)
 
 
-def _kept_key(path: Path, make: Callable[[], str]) -> str:
-    """A development key kept in a file, made once."""
+def kept_secret(path: Path, *, make: Callable[[], str]) -> str:
+    """A development secret kept in `path`, made once by `make` when the file does not exist yet."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}"
     try:

@@ -109,6 +109,7 @@ CallbackState = Literal["scheduled", "due", "completed", "refused", "wrong_numbe
 CancelReason = Literal["loan_withdrawn", "loan_rejected", "operator"]
 ExpiryReason = Literal["deadline", "attempts_exhausted"]
 RescheduleReason = Literal["no_answer", "party_requested", "busy"]
+AttemptChannel = Literal["phone", "self_service"]
 VerificationStatus = Literal["verified", "refused", "unreachable", "cancelled"]
 CLOSED_STATES: frozenset[str] = frozenset({"completed", "refused", "wrong_number", "expired", "cancelled"})
 
@@ -225,7 +226,21 @@ class CallbackScheduled(CallbackRef):
     flags: list[str] = Field(default_factory=list)
 
 
-class CallbackNoticeRequested(CallbackRef):
+class PartyAccess(EventData):
+    """What only the personal events carry (CONTRACT.md 2.3): the caller code and the party's own page.
+
+    `slots` are the times the page may offer for a new call (inside calling hours, before the deadline,
+    never a busy day of the person): the scheduler alone knows the person's busy days.
+    """
+
+    caller_code: str | None = Field(default=None, pattern=r"^[0-9]{6}$")
+    self_service_url: str | None = None
+    deadline: AwareDatetime | None = None
+    timezone: str | None = None
+    slots: list[AwareDatetime] = Field(default_factory=list)
+
+
+class CallbackNoticeRequested(CallbackRef, PartyAccess):
     event_type = "callback.notice.requested"
     topic = CALLBACK_LIFECYCLE
     personal = True
@@ -240,13 +255,13 @@ class CallbackNoticeRequested(CallbackRef):
     email: str | None = None
 
 
-class CallbackDue(CallbackRef):
+class CallbackDue(CallbackRef, PartyAccess):
     event_type = "callback.due"
     topic = CALLBACK_LIFECYCLE
     personal = True
 
     due_at: AwareDatetime
-    deadline: AwareDatetime
+    deadline: AwareDatetime  # always known when a call is due
     name: str
     phone: str
     email: str | None = None
@@ -288,7 +303,8 @@ class CallbackOutcomeRecorded(CallbackRef):
     attempt_id: str
     disposition: Disposition
     reason_code: ReasonCode | None = None
-    agent_id: str
+    agent_id: str | None  # None when the party answered on their own page
+    channel: AttemptChannel = "phone"
     recorded_at: AwareDatetime
     reschedule_to: AwareDatetime | None = None
 
@@ -298,7 +314,7 @@ class CallbackRefused(CallbackRef):
     topic = CALLBACK_REFUSED
 
     reason_code: ReasonCode
-    agent_id: str
+    agent_id: str | None
     refusals_for_loan: int = Field(ge=1)
     occurred_at: AwareDatetime
 

@@ -73,7 +73,18 @@ class Escalation(_Section):
     ack_timeout: Duration = timedelta(hours=4)
     level1: str = Field(default="branch_supervisor", min_length=1)
     level2: str = Field(default="risk_compliance", min_length=1)
-    questionnaire_url: str = "https://bank.example/huifang/q/{callback_id}"
+    questionnaire_url: str = ""  # "" = the party's own page (CONTRACT.md 3.1); else the bank's URL
+
+
+class Bank(_Section):
+    name: str = Field(default="Huifang Demo Bank", min_length=1, max_length=100)
+    hotline: str = Field(default="95500", pattern=r"^\+?[0-9][0-9 -]{2,19}$")
+
+
+class SelfService(_Section):
+    enabled: bool = True
+    confirm_closes: bool = True
+    slots_offered: int = Field(default=6, ge=0, le=20)
 
 
 class Policy(_Section):
@@ -82,6 +93,8 @@ class Policy(_Section):
     notice: Notice = Notice()
     attempts: Attempts = Attempts()
     escalation: Escalation = Escalation()
+    bank: Bank = Bank()
+    self_service: SelfService = SelfService()
 
 
 class PolicyError(RuntimeError):

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaProducer
 from shared.crypto import Cipher, cipher_from_settings
 from shared.db import Database, resolve_url
 from shared.kafka import ConsumerRunner, Handlers, make_producer
+from shared.links import link_secret
 from shared.outbox import OutboxRelay
 from shared.settings import Settings
 
@@ -37,6 +38,11 @@ class Runtime:
         self.service = service
         self.settings = settings
         self.cipher: Cipher = cipher_for(settings)
+        self.link_secret: bytes = link_secret(
+            settings.huifang_link_secret.get_secret_value() if settings.huifang_link_secret else None,
+            settings.huifang_data_dir,
+            allow_generate=settings.huifang_env != "production",
+        )
         self.db = Database(
             resolve_url(settings.database_url, settings.huifang_data_dir, service),
             schema=f"{settings.huifang_db_schema_prefix}{service}",

@@ -27,9 +27,9 @@ async def on_refused(*, uow: UnitOfWork, event: Event[CallbackRefused], policy: 
     await notifications.refusal(uow=uow, event=event.data, event_id=event.id, policy=policy, out=out)
 
 
-async def on_notice(*, uow: UnitOfWork, event: Event[CallbackNoticeRequested], out: Outbound) -> None:
+async def on_notice(*, uow: UnitOfWork, event: Event[CallbackNoticeRequested], policy: Policy, out: Outbound) -> None:
     """Send the party the advance notice."""
-    await notifications.notice(uow=uow, event=event.data, event_id=event.id, out=out)
+    await notifications.notice(uow=uow, event=event.data, event_id=event.id, policy=policy, out=out)
 
 
 async def on_expired(*, uow: UnitOfWork, event: Event[CallbackExpired], policy: Policy, out: Outbound) -> None:

@@ -18,6 +18,7 @@ TEMPLATES = Path(__file__).parent / "templates"
 LANGUAGES = ("zh-CN", "en")
 DEFAULT_LANGUAGE = "zh-CN"
 DEFAULT_TIMEZONE = "Asia/Shanghai"
+NOTICE_OPTIONAL = ("bank", "hotline", "caller_code", "url")
 # Kinds a person reads (the rest go to systems by webhook only).
 
 _env = Environment(
@@ -45,8 +46,10 @@ def render(*, kind: str, channel: str, language: str, context: dict[str, Any]) -
     """Render one message in the recipient's language (zh-CN when we do not have theirs)."""
     lang = language if language in LANGUAGES else message_language(language)
     template = _env.get_template(f"{lang}/{kind}.j2")
+    # A notice without a caller code or link (an experiment arm, or self-service off) still reads well.
+    optional = dict.fromkeys(NOTICE_OPTIONAL) if kind == "notice" else {}
     # Names of roles, reasons and the rest come from the one label table, in the template's language.
-    ctx = template.new_context({**context, **labels.names(lang)})
+    ctx = template.new_context({**optional, **context, **labels.names(lang)})
 
     def block(name: str) -> str:
         return "".join(template.blocks[name](ctx)).strip()

@@ -25,8 +25,12 @@ def callback_base(event: CallbackRef) -> dict[str, Any]:
     return event.model_dump(mode="json", include={"loan_id", "callback_id", "party_id", "role", "stage", "branch_id"})
 
 
-def questionnaire_url(policy: Policy, callback_id: str) -> str:
-    """The policy's questionnaire link for one callback."""
+def questionnaire_url(policy: Policy, callback_id: str) -> str | None:
+    """The bank's own questionnaire link for one callback; None when the policy leaves it to the party's page."""
+    # The built-in page's link is signed per callback and travels only on the personal events, which a party
+    # without consent or with the attempts used up does not get here: the message gives the hotline instead.
+    if not policy.escalation.questionnaire_url:
+        return None
     return policy.escalation.questionnaire_url.replace("{callback_id}", quote(callback_id, safe=""))
 
 
@@ -54,7 +58,9 @@ async def refusal(*, uow: UnitOfWork, event: CallbackRefused, event_id: str, pol
     )
 
 
-async def notice(*, uow: UnitOfWork, event: CallbackNoticeRequested, event_id: str, out: Outbound) -> None:
+async def notice(
+    *, uow: UnitOfWork, event: CallbackNoticeRequested, event_id: str, policy: Policy, out: Outbound
+) -> None:
     """The advance notice to the party, addressed from the notice itself."""
     kept = await load_contacts(uow=uow, cipher=out.cipher, loan_id=event.loan_id)
     timezone = (find_party(kept or {}, event.party_id) or {}).get("timezone")
@@ -80,7 +86,12 @@ async def notice(*, uow: UnitOfWork, event: CallbackNoticeRequested, event_id: s
         routes=[
             party_route(out=out, contacts=contacts, party_id=event.party_id, prefer_email=event.channel == "email")
         ],
-    )
+        # Only in the text the party reads (sealed): the stored payload and the webhook never carry them.
+        private={
+            "bank": policy.bank.name, "hotline": policy.bank.hotline, "caller_code": event.caller_code,
+            "url": event.self_service_url,
+        },
+    )  # fmt: skip
 
 
 async def questionnaire(
@@ -96,7 +107,10 @@ async def questionnaire(
 ) -> None:
     """Send the party the questionnaire link (unless told not to) and tell the officer why."""
     contacts = await load_contacts(uow=uow, cipher=out.cipher, loan_id=event.loan_id)
-    payload = {**callback_base(event), "reason": reason, "url": questionnaire_url(policy, event.callback_id)}
+    payload = {
+        **callback_base(event), "reason": reason, "url": questionnaire_url(policy, event.callback_id),
+        "hotline": policy.bank.hotline, "bank": policy.bank.name,
+    }  # fmt: skip
     if to_party:
         await notify(
             uow=uow,

@@ -125,15 +125,20 @@ async def notify(
     payload: dict[str, Any],
     contacts: Contacts | None,
     routes: list[Route],
+    private: dict[str, Any] | None = None,
 ) -> None:
-    """Queue one notification per route; an email or SMS is addressed and written now if the contact is known."""
+    """Queue one notification per route; an email or SMS is addressed and written now if the contact is known.
+
+    `private` adds to the text a person reads (sealed with it) what the stored payload must not hold.
+    """
     for route in routes:
         composed = None
         if route.channel != "webhook":
             # Contacts may not have arrived yet (another topic): then the delivery loop composes it later.
             composed = compose(
-                kind=kind, channel=route.channel, recipient=route.recipient, payload=payload, contacts=contacts or {}
-            )
+                kind=kind, channel=route.channel, recipient=route.recipient, payload={**payload, **(private or {})},
+                contacts=contacts or {},
+            )  # fmt: skip
         await queue_notification(
             uow=uow,
             source_event_id=source_event_id,

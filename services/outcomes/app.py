@@ -12,9 +12,11 @@ from fastapi.staticfiles import StaticFiles
 from services.outcomes import api
 from services.outcomes.dashboard import views as dashboard
 from services.outcomes.handlers import HANDLERS
+from services.outcomes.party import views as party
 from services.outcomes.stats import install_sqlite_functions
 from shared.events import CALLBACK_LIFECYCLE, NOTIFICATION
 from shared.kafka import bind
+from shared.policy import load_policy
 from shared.runtime import Runtime
 from shared.settings import Settings, load_settings
 from shared.web import create_app as create_web_app
@@ -25,6 +27,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
+    policy = load_policy(settings.huifang_policy_file)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -32,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if runtime.db.dialect == "sqlite":
                 install_sqlite_functions(runtime.db.engine)
             topics = [CALLBACK_LIFECYCLE, NOTIFICATION]
-            await runtime.start(migrations=MIGRATIONS, topics=topics, handlers=bind(HANDLERS))
+            await runtime.start(migrations=MIGRATIONS, topics=topics, handlers=bind(HANDLERS, cipher=runtime.cipher))
             yield
 
     app = create_web_app(
@@ -41,7 +44,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings=settings,
         lifespan=lifespan,
     )
+    app.state.policy = policy
     app.include_router(api.router)
+    app.include_router(party.router)
     app.include_router(dashboard.router)
     app.mount("/dashboard/static", StaticFiles(directory=dashboard.STATIC), name="dashboard-static")
     return app

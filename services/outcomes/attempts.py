@@ -16,6 +16,7 @@ from shared.db import UnitOfWork, utcnow
 from shared.errors import Rejected
 from shared.events import (
     CLOSED_STATES,
+    AttemptChannel,
     CallbackFields,
     CallbackOutcomeRecorded,
     CallbackRefused,
@@ -63,8 +64,9 @@ class AttemptOut(BaseModel):
     attempt: int
     disposition: str
     reason_code: str | None
-    agent_id: str
+    agent_id: str | None
     recorded_by: str | None
+    channel: AttemptChannel
     started_at: datetime | None
     duration_s: int | None
     reschedule_to: datetime | None
@@ -95,9 +97,21 @@ def acting_agent(*, role: str, principal: str | None, claimed: str | None) -> st
 
 
 async def record_attempt(
-    *, uow: UnitOfWork, callback_id: str, body: AttemptIn, cipher: Cipher, agent_id: str, recorded_by: str | None
+    *,
+    uow: UnitOfWork,
+    callback_id: str,
+    body: AttemptIn,
+    cipher: Cipher,
+    agent_id: str | None = None,
+    recorded_by: str | None = None,
+    channel: AttemptChannel = "phone",
 ) -> Attempt:
     """Store the attempt under `agent_id`, close the callback on a final disposition, and emit what follows."""
+    # The party's own page has no agent (CONTRACT.md 2.3); a phone call always has one.
+    if channel == "phone" and agent_id is None:
+        raise Rejected(422, "agent_id is required for a phone attempt")
+    if channel != "phone":
+        agent_id = None
     view = await uow.session.get(CallbackView, callback_id)
     if view is None:
         raise Rejected(404, f"callback {callback_id} not found")
@@ -124,6 +138,7 @@ async def record_attempt(
         reason_code=body.reason_code,
         agent_id=agent_id,
         recorded_by=recorded_by,
+        channel=channel,
         started_at=body.started_at,
         duration_s=body.duration_s,
         notes_enc=cipher.encrypt(body.notes) if body.notes else None,
@@ -137,7 +152,7 @@ async def record_attempt(
         view.state = closed_as
         view.final_disposition = body.disposition
         view.closed_at = now
-        view.reason_code, view.agent_id = body.reason_code, agent_id
+        view.reason_code, view.agent_id, view.channel = body.reason_code, agent_id, channel
     view.updated_at = now
     uow.session.add(view)
     ref = CallbackFields(
@@ -152,6 +167,7 @@ async def record_attempt(
             disposition=body.disposition,
             reason_code=body.reason_code,
             agent_id=agent_id,
+            channel=channel,
             recorded_at=now,
             reschedule_to=body.reschedule_to,
         ),

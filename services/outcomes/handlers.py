@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from services.outcomes import escalations, verification
+from services.outcomes.party import page
+from shared.crypto import Cipher
 from shared.db import UnitOfWork, utcnow
 from shared.events import (
     CallbackCancelled,
     CallbackDue,
     CallbackExpired,
+    CallbackNoticeRequested,
     CallbackRef,
     CallbackRescheduled,
     CallbackScheduled,
@@ -25,15 +28,27 @@ async def on_lifecycle(*, uow: UnitOfWork, event: Event[CallbackRef]) -> None:
     await verification.track_callback(uow=uow, event=event.data)
 
 
+async def on_notice(*, uow: UnitOfWork, event: Event[CallbackNoticeRequested], cipher: Cipher) -> None:
+    """Keep what the party's own page needs (caller code, masked name, slots), encrypted."""
+    await page.keep_page(uow=uow, event=event.data, cipher=cipher)
+
+
+async def on_due(*, uow: UnitOfWork, event: Event[CallbackDue], cipher: Cipher) -> None:
+    """Mirror the scheduler's callback, and refresh the party's page from the due call."""
+    await verification.track_callback(uow=uow, event=event.data)
+    await page.keep_page(uow=uow, event=event.data, cipher=cipher)
+
+
 async def on_escalation(*, uow: UnitOfWork, event: Event[EscalationEvent]) -> None:
     """Keep the dashboard's copy of an escalation."""
     await escalations.track_escalation(uow=uow, event=event.data, at=event.envelope.time or utcnow())
 
 
-# callback.notice.requested is not here: it carries contact details that outcomes has no use for.
+# The personal events feed the party's page; of their contact details only the masked name is kept.
 HANDLERS: EventHandlers = {
     CallbackScheduled: on_lifecycle,
-    CallbackDue: on_lifecycle,
+    CallbackNoticeRequested: on_notice,
+    CallbackDue: on_due,
     CallbackRescheduled: on_lifecycle,
     CallbackCancelled: on_lifecycle,
     CallbackExpired: on_lifecycle,

@@ -14,7 +14,7 @@ from sqlmodel import col
 from services.outcomes.models import CallbackView
 from shared.db import UnitOfWork
 
-GroupBy = Literal["reason", "stage", "role", "agent", "branch", "day", "hour", "minute"]
+GroupBy = Literal["reason", "stage", "role", "agent", "branch", "channel", "day", "hour", "minute"]
 TIME_UNITS = {
     "day": timedelta(days=1),
     "hour": timedelta(hours=1),
@@ -28,6 +28,7 @@ COLUMNS: dict[str, Any] = {
     "role": col(CallbackView.role),
     "agent": col(CallbackView.agent_id),
     "branch": col(CallbackView.branch_id),
+    "channel": col(CallbackView.channel),
 }
 # Local bucket labels: ISO dates, or ISO minutes for hour and minute buckets.
 PG_FORMATS = {

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from services.scheduler import api
 from services.scheduler.handlers import HANDLERS
-from services.scheduler.timers import TimerLoop
+from services.scheduler.timers import PageLinks, TimerLoop
 from shared.events import CALLBACK_OUTCOME, LOAN_STAGE
 from shared.kafka import bind
 from shared.policy import load_policy
@@ -32,8 +32,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             handlers = bind(HANDLERS, policy=policy, cipher=runtime.cipher)
             await runtime.start(migrations=MIGRATIONS, topics=[LOAN_STAGE, CALLBACK_OUTCOME], handlers=handlers)
             timers = TimerLoop(
-                db=runtime.db, cipher=runtime.cipher, poll_seconds=settings.huifang_timer_poll_seconds, policy=policy
-            )
+                db=runtime.db, cipher=runtime.cipher, poll_seconds=settings.huifang_timer_poll_seconds, policy=policy,
+                links=PageLinks(secret=runtime.link_secret, public_url=settings.huifang_public_url),
+            )  # fmt: skip
             runtime.spawn("timers", timers.run)
             yield
 

@@ -12,7 +12,7 @@ from sqlmodel import col, select
 
 from services.scheduler import planner
 from services.scheduler.models import Callback, CallbackEvent, LoanStage, PersonCall, Timer, TimerKind
-from shared import labels
+from shared import labels, links
 from shared.crypto import Cipher
 from shared.db import UnitOfWork, utcnow
 from shared.errors import Rejected
@@ -164,6 +164,7 @@ async def schedule_callbacks(
             role=party.role,
             state="scheduled",
             contact_enc=cipher.encrypt_json({"name": party.name, "phone": party.phone, "email": party.email}),
+            caller_code_enc=cipher.encrypt(links.caller_code()),
             phone_index=phone_index,
             timezone=party.timezone,
             language=party.language,
@@ -287,7 +288,7 @@ async def apply_outcome(*, uow: UnitOfWork, event: CallbackOutcomeRecorded, poli
     if cb is None:
         return
     note(uow, callback_id=cb.callback_id, data=event, at=event.recorded_at)
-    if cb.contact_consent:
+    if cb.contact_consent and event.channel == "phone":  # a party's own page is not a call
         await record_call(uow=uow, cb=cb, event=event)
     if cb.state in CLOSED_STATES:
         return

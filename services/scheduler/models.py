@@ -39,6 +39,7 @@ class Callback(SQLModel, table=True):
     window_start: str | None = Field(default=None, max_length=5)  # the party's preferred window, local
     window_end: str | None = Field(default=None, max_length=5)
     cancel_note_enc: str | None = Field(default=None, sa_type=sa.Text)  # free text: encrypted, never emitted
+    caller_code_enc: str | None = Field(default=None, sa_type=sa.Text)  # six digits: encrypted, personal events only
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -92,4 +93,4 @@ class LoanStage(SQLModel, table=True):
 
 
 # Encrypted columns, for `huifang rekey`.
-SEALED: dict[type[SQLModel], tuple[str, ...]] = {Callback: ("contact_enc", "cancel_note_enc")}
+SEALED: dict[type[SQLModel], tuple[str, ...]] = {Callback: ("contact_enc", "cancel_note_enc", "caller_code_enc")}

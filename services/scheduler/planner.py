@@ -312,3 +312,24 @@ def local_day(*, at: datetime, timezone: str) -> date:
     """The party's local date of an instant (per-person daily caps count by it)."""
     return at.astimezone(_zone(timezone)).date()
 
+
+def offer_slots(
+    *, policy: Policy, reach: Reach, after: datetime, deadline: datetime, busy_days: frozenset[date], count: int
+) -> list[datetime]:
+    """Up to `count` times a party may pick on their page: starts of the parts of calling days, never a busy day."""
+    zone = _zone(reach.timezone)
+    anywhere = Reach(timezone=reach.timezone)  # the party picks: their preferred window does not narrow it
+    out: list[datetime] = []
+    if count <= 0:
+        return out
+    for day in _days(after.astimezone(zone).date(), deadline.astimezone(zone).date()):
+        if day in busy_days or not is_calling_day(policy=policy, day=day):
+            continue
+        for span in calling_spans(policy=policy, window=None):
+            slot = local_instant(day=day, minute=span.start, zone=zone)
+            # The round trip through is_allowed guards against wall times a daylight-saving jump skips.
+            if after <= slot < deadline and is_allowed(policy=policy, reach=anywhere, at=slot, use_window=False):
+                out.append(slot)
+                if len(out) >= count:
+                    return out
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -10,13 +11,13 @@ import structlog
 from sqlmodel import col, select
 
 from services.scheduler import planner
-from services.scheduler.callbacks import add_timer, expire, publish, reach, ref
+from services.scheduler.callbacks import add_timer, busy_days, expire, publish, reach, ref
 from services.scheduler.models import Callback, Timer
-from shared import labels
+from shared import labels, links
 from shared.claims import claim
 from shared.crypto import Cipher
 from shared.db import Database, UnitOfWork, is_transient, utcnow
-from shared.events import CLOSED_STATES, CallbackDue, CallbackNoticeRequested
+from shared.events import CLOSED_STATES, CallbackDue, CallbackNoticeRequested, PartyAccess
 from shared.metrics import TIMER_LATENESS, TIMERS_FIRED
 from shared.policy import Policy
 from shared.tracing import span, timer_attributes
@@ -24,15 +25,32 @@ from shared.tracing import span, timer_attributes
 log = structlog.get_logger(__name__)
 RETRY_AFTER = timedelta(minutes=1)
 MIN_PAUSE = 0.05
+SLOT_LEAD = timedelta(hours=1)  # a slot offered on the party's page starts at least this far ahead
+
+
+@dataclass(frozen=True)
+class PageLinks:
+    """How the party's page links are made: the signing secret and the public base URL."""
+
+    secret: bytes
+    public_url: str
 
 
 class TimerLoop:
     """Claims due timers (never before their time) and turns them into lifecycle events."""
 
     def __init__(
-        self, *, db: Database, cipher: Cipher, poll_seconds: float, policy: Policy | None = None, batch: int = 200
+        self,
+        *,
+        db: Database,
+        cipher: Cipher,
+        poll_seconds: float,
+        policy: Policy | None = None,
+        batch: int = 200,
+        links: PageLinks | None = None,
     ) -> None:
         self.db = db
+        self.links = links  # when given (and the policy allows), the personal events carry the page link
         self.cipher = cipher
         self.policy = policy  # when given, a timer that fires late is held to calling and quiet hours
         self.poll_seconds = poll_seconds
@@ -104,14 +122,14 @@ class TimerLoop:
         if kind == "notice":
             if self._notice_moved(uow, cb=cb, now=now):
                 return
-            publish(uow, cb, self._notice(cb))
+            publish(uow, cb, self._notice(cb, await self._access(uow, cb=cb, now=now)))
         elif kind == "due" and cb.state == "scheduled":
             if self._due_moved(uow, cb=cb, now=now):
                 return
             cb.state = "due"
             cb.updated_at = now
             uow.session.add(cb)
-            publish(uow, cb, self._due(cb))
+            publish(uow, cb, self._due(cb, await self._access(uow, cb=cb, now=now)))
         elif kind == "deadline":
             await expire(uow=uow, cb=cb, reason="deadline", now=now)
 
@@ -143,11 +161,37 @@ class TimerLoop:
         add_timer(uow, cb.callback_id, "notice", wake)
         return True
 
-    def _notice(self, cb: Callback) -> CallbackNoticeRequested:
+    async def _access(self, uow: UnitOfWork, *, cb: Callback, now: datetime) -> PartyAccess:
+        """The caller code, and the party's page link with the slots it may offer."""
+        if cb.caller_code_enc is None:  # a callback opened before caller codes existed
+            cb.caller_code_enc = self.cipher.encrypt(links.caller_code())
+            uow.session.add(cb)
+        code = self.cipher.decrypt(cb.caller_code_enc)
+        if self.links is None or self.policy is None or not self.policy.self_service.enabled:
+            return PartyAccess(caller_code=code, deadline=cb.deadline, timezone=cb.timezone)
+        token = links.sign(secret=self.links.secret, callback_id=cb.callback_id, expires_at=cb.deadline)
+        busy = await busy_days(
+            uow=uow, policy=self.policy, party_id=cb.party_id, phone_index=cb.phone_index, timezone=cb.timezone,
+            exclude=cb.callback_id, start=now, end=cb.deadline,
+        )  # fmt: skip
+        slots = planner.offer_slots(
+            policy=self.policy, reach=reach(cb), after=now + SLOT_LEAD, deadline=cb.deadline, busy_days=busy,
+            count=self.policy.self_service.slots_offered,
+        )  # fmt: skip
+        return PartyAccess(
+            caller_code=code,
+            self_service_url=links.page_url(public_url=self.links.public_url, token=token),
+            deadline=cb.deadline,
+            timezone=cb.timezone,
+            slots=slots,
+        )
+
+    def _notice(self, cb: Callback, access: PartyAccess | None = None) -> CallbackNoticeRequested:
         # Data only: the notifier's notice template writes the text the party reads.
         contact = self.cipher.decrypt_json(cb.contact_enc)
         return CallbackNoticeRequested(
             **ref(cb),
+            **(access or PartyAccess()).model_dump(),
             channel="sms",
             due_at=cb.due_at,
             purpose=labels.purpose(stage=cb.stage, language=cb.language),
@@ -158,10 +202,11 @@ class TimerLoop:
             email=contact.get("email"),
         )
 
-    def _due(self, cb: Callback) -> CallbackDue:
+    def _due(self, cb: Callback, access: PartyAccess | None = None) -> CallbackDue:
         contact = self.cipher.decrypt_json(cb.contact_enc)
         return CallbackDue(
             **ref(cb),
+            **(access or PartyAccess()).model_dump(exclude={"deadline", "timezone"}),
             due_at=cb.due_at,
             deadline=cb.deadline,
             name=contact["name"],

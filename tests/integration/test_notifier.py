@@ -254,6 +254,8 @@ async def test_notice_by_sms_in_party_language_once_per_event(rig: Rig) -> None:
         "name": "Wei Zhang",
         "phone": phone,
         "message": "from an older scheduler: read tolerantly and ignored, notice.j2 writes the text",
+        "caller_code": "483920",
+        "self_service_url": "https://huifang.example/p/cb-notice.1999999999.sig",
     }
     event_id = await rig.system.publish_event("callback.notice.requested", notice, key=loan_id)
     await rig.system.publish_event("callback.notice.requested", notice, key=loan_id, event_id=event_id)
@@ -265,7 +267,10 @@ async def test_notice_by_sms_in_party_language_once_per_event(rig: Rig) -> None:
     assert len(sms) == 2 and {n["status"] for n in items} == {"sent"}
     assert {n["channel"] for n in items} == {"sms"} and {n["recipient"] for n in items} == {"party:P-1"}
     text = sms[0].body["text"]
-    assert text.startswith("Dear Wei Zhang, your bank will call you around 2026-11-30 18:30")  # party's zone
+    assert text.startswith("Dear Wei Zhang, Huifang Demo Bank will call you around 2026-11-30 18:30")  # party's zone
+    # The text names the code, the hotline and the link; the stored notifications (and their API) do not.
+    assert "the code 483920" in text and "95500" in text and "https://huifang.example/p/cb-notice." in text
+    assert "483920" not in str(items) and "huifang.example/p/" not in str(items)
     assert_signed(sms[0])
     assert sms[0].headers["X-Huifang-Id"] == sms[0].body["id"]
 

@@ -64,6 +64,24 @@ def test_notice_time_is_local_to_the_party() -> None:
     assert composed is not None and "around 2026-11-30 10:00" in composed.message.body
 
 
+@pytest.mark.parametrize(("recipient", "code_line"), [("party:P-1", "核验码483920"), ("party:P-2", "the code 483920")])
+@pytest.mark.parametrize("channel", ["sms", "email"])
+def test_notice_names_the_bank_the_hotline_the_code_and_the_link(recipient: str, code_line: str, channel: str) -> None:
+    payload = {
+        "party_id": recipient.split(":")[1], "due_at": "2026-11-30T02:00:00+00:00", "purpose": "p", "topics": ["a"],
+        "bank": "Huifang Demo Bank", "hotline": "95500", "caller_code": "483920", "url": "https://h.example/p/t.1.s",
+    }  # fmt: skip
+    contacts = {"parties": [{**p, "email": "x@example.com"} for p in CONTACTS["parties"]]}
+    composed = compose(kind="notice", channel=channel, recipient=recipient, payload=payload, contacts=contacts)
+    assert composed is not None
+    text = composed.message.body.replace(" ", "") if "核验码" in code_line else composed.message.body
+    for part in ("Huifang", "95500", code_line.replace(" ", "") if "核验码" in code_line else code_line):
+        assert part in text
+    assert "https://h.example/p/t.1.s" in composed.message.body
+    if channel == "sms":
+        assert composed.message.body.count("\n") == 0
+
+
 def test_unknown_recipient_or_missing_address_waits() -> None:
     payload = {"party_id": "P-1", "url": "u", "reason": "deadline"}
     assert (
@@ -108,6 +126,16 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
 def test_questionnaire_url_names_the_callback() -> None:
     policy = Policy(escalation=Escalation(questionnaire_url="https://bank.example/q/{callback_id}?src=sms"))
     assert questionnaire_url(policy, "cb/1") == "https://bank.example/q/cb%2F1?src=sms"
+
+
+def test_without_a_bank_questionnaire_the_party_is_given_the_hotline() -> None:
+    assert questionnaire_url(Policy(), "cb-1") is None  # questionnaire_url = "" leaves it to the party's page
+    payload = {"party_id": "P-1", "url": None, "reason": "no_consent", "bank": "Huifang Demo Bank", "hotline": "95500"}
+    said = {"party:P-1": "官方客服热线95500", "party:P-2": "official hotline of Huifang Demo Bank"}
+    for recipient, words in said.items():
+        payload["party_id"] = recipient.split(":")[1]
+        sms = compose(kind="questionnaire", channel="sms", recipient=recipient, payload=payload, contacts=CONTACTS)
+        assert sms is not None and words in sms.message.body and "None" not in sms.message.body
 
 
 def test_officer_gets_email_only_when_smtp_is_set_and_an_address_is_known() -> None:

@@ -211,3 +211,39 @@ def test_china_calendar_knows_make_up_days() -> None:
     assert planner.is_calling_day(policy=cn, day=date(2026, 2, 14))  # Saturday, 调休 working day
     assert not planner.is_calling_day(policy=cn, day=date(2026, 2, 17))  # Spring Festival
     assert not planner.is_calling_day(policy=cn, day=date(2026, 3, 14))  # ordinary Saturday
+
+
+@PROFILE
+@given(
+    policy=policies(),
+    party=parties(),
+    now=moments,
+    busy=st.sets(st.integers(0, 9), max_size=4),
+    count=st.integers(0, 8),
+)
+def test_offered_slots_are_callable_before_the_deadline_and_never_on_a_busy_day(
+    policy: Policy, party: Party, now: datetime, busy: set[int], count: int
+) -> None:
+    plan = planner.plan_first_call(policy=policy, party=party, now=now)
+    today = planner.local_day(at=now, timezone=party.timezone)
+    busy_days = frozenset(today + timedelta(days=d) for d in busy)
+    slots = planner.offer_slots(
+        policy=policy, reach=Reach.of(party), after=now, deadline=plan.deadline, busy_days=busy_days, count=count
+    )
+    assert len(slots) <= count and slots == sorted(set(slots))
+    for slot in slots:
+        assert now <= slot < plan.deadline
+        assert allowed(policy, party, slot)  # calling hours on a calling day; the preferred window does not bind
+        assert planner.local_day(at=slot, timezone=party.timezone) not in busy_days
+
+
+def test_offered_slots_start_each_part_of_a_free_calling_day() -> None:
+    monday = datetime(2026, 3, 9, 1, 0, tzinfo=UTC)  # 09:00 in Shanghai
+    busy = frozenset({date(2026, 3, 10)})
+    slots = planner.offer_slots(
+        policy=Policy(), reach=Reach(timezone="Asia/Shanghai"), after=monday + timedelta(hours=1),
+        deadline=monday + timedelta(days=7), busy_days=busy, count=6,
+    )  # fmt: skip
+    local = [s.astimezone(planner._zone("Asia/Shanghai")).strftime("%a %H:%M") for s in slots]
+    # Monday 09:00 is too soon; Tuesday is busy; the weekend is not a calling day.
+    assert local == ["Mon 12:00", "Mon 18:00", "Wed 09:00", "Wed 12:00", "Wed 18:00", "Thu 09:00"]

@@ -38,7 +38,12 @@ def assert_contract_defaults(policy: Policy) -> None:
     assert policy.escalation.ack_timeout == timedelta(hours=4)
     assert policy.escalation.level1 == "branch_supervisor"
     assert policy.escalation.level2 == "risk_compliance"
-    assert policy.escalation.questionnaire_url == "https://bank.example/huifang/q/{callback_id}"
+    assert policy.escalation.questionnaire_url == ""
+    assert policy.bank.name == "Huifang Demo Bank"
+    assert policy.bank.hotline == "95500"
+    assert policy.self_service.enabled is True
+    assert policy.self_service.confirm_closes is True
+    assert policy.self_service.slots_offered == 6
 
 
 def test_shipped_policy_is_the_contract_defaults() -> None:
@@ -142,3 +147,17 @@ def test_policy_is_immutable() -> None:
     policy = load_policy(SHIPPED)
     with pytest.raises(ValueError):
         policy.attempts.max_calls = 10  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[bank]\nhotline = \"call us\"\n", "bank.hotline"),
+        ("[bank]\nname = \"\"\n", "bank.name"),
+        ("[self_service]\nslots_offered = 99\n", "self_service.slots_offered"),
+        ("[self_service]\nconfirms = true\n", "self_service.confirms"),
+    ],
+)
+def test_bad_bank_or_self_service_key_is_named(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(PolicyError, match=key.replace(".", r"\.")):
+        load_policy(write(tmp_path, text))

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import col, select
 
-from services.outcomes.models import CallbackView, EscalationView
+from services.outcomes.models import Attempt, CallbackView, EscalationView
 from services.outcomes.stats import TIME_UNITS, Period, RefusalStats, local_label, period, refusal_stats
 from shared.db import UnitOfWork
 from shared.labels import REASONS, Label, Language
@@ -28,6 +28,35 @@ OPEN_ESCALATIONS = ("open", "acknowledged")
 
 
 @dataclass(frozen=True)
+class PageUse:
+    """How parties used their own page in the window: callbacks it closed, of all closed, and moves asked for."""
+
+    closed: int
+    closed_on_page: int
+    reschedules: int
+
+    @property
+    def share(self) -> float | None:
+        return self.closed_on_page / self.closed if self.closed else None
+
+
+async def page_use(*, uow: UnitOfWork, start: datetime, end: datetime) -> PageUse:
+    """Callbacks closed in the window (all, and on the party's page), and the reschedules parties made there."""
+    in_window = sa.and_(col(CallbackView.closed_at) >= start, col(CallbackView.closed_at) < end)
+    on_page = sa.func.coalesce(sa.func.sum(sa.case((col(CallbackView.channel) == "self_service", 1), else_=0)), 0)
+    closed, closed_on_page = (await uow.session.execute(sa.select(sa.func.count(), on_page).where(in_window))).one()
+    reschedules = await uow.session.scalar(
+        sa.select(sa.func.count()).where(
+            col(Attempt.channel) == "self_service",
+            col(Attempt.disposition) == "reschedule_requested",
+            col(Attempt.recorded_at) >= start,
+            col(Attempt.recorded_at) < end,
+        )
+    )
+    return PageUse(closed=int(closed), closed_on_page=int(closed_on_page), reschedules=int(reschedules or 0))
+
+
+@dataclass(frozen=True)
 class Board:
     window: str
     start: datetime
@@ -42,6 +71,7 @@ class Board:
     escalations: list[EscalationView]
     escalation_count: int
     level2_count: int
+    page: PageUse = PageUse(closed=0, closed_on_page=0, reschedules=0)
 
     def charts(self, tz: str) -> dict[str, Any]:
         """The charts' data, as the page's script reads it."""
@@ -140,4 +170,5 @@ async def load_board(*, uow: UnitOfWork, window: str, now: datetime, tz: str) ->
         escalations=list(escalations),
         escalation_count=int(counts[0]),
         level2_count=int(counts[1]),
+        page=await page_use(uow=uow, start=start, end=now),
     )

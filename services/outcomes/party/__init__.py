@@ -1,0 +1,1 @@
+"""The party's own page (CONTRACT.md 3.1)."""
