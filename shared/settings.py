@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -55,6 +56,9 @@ class Settings(BaseSettings):
     huifang_notify_retry_base_seconds: float = Field(default=2.0, gt=0, le=3600)
     huifang_host: str = "127.0.0.1"
     huifang_drain_seconds: float = Field(default=10.0, ge=0, le=300)
+    # Static consumer-group membership: a restarted replica takes its partitions back at once.
+    huifang_instance_id: str | None = Field(default=None, min_length=1, max_length=200)
+    huifang_session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
 
     @field_validator("huifang_api_keys")
     @classmethod
@@ -107,6 +111,12 @@ class Settings(BaseSettings):
 
     def group_id(self, service: str) -> str:
         return f"{self.huifang_topic_prefix}huifang-{service}"
+
+    def instance_id(self, service: str) -> str:
+        """This replica's stable group member name: the setting, or service, host and HTTP port."""
+        # Two live replicas on one host cannot share a port, so the default never collides.
+        base = self.huifang_instance_id or f"{socket.gethostname()}-{self.port_of(service)}"
+        return f"{service}-{base}"
 
 
 def _placeholder(secret: SecretStr) -> bool:
