@@ -67,7 +67,7 @@ CallbackState = Literal["scheduled", "due", "completed", "refused", "wrong_numbe
 DISPOSITIONS: frozenset[str] = frozenset(Disposition.__args__)  # type: ignore[attr-defined]
 CancelReason = Literal["loan_withdrawn", "loan_rejected", "operator"]
 ExpiryReason = Literal["deadline", "attempts_exhausted"]
-RescheduleReason = Literal["no_answer", "party_requested", "busy"]
+RescheduleReason = Literal["no_answer", "party_requested", "busy", "late_notice"]
 VerificationStatus = Literal["verified", "refused", "unreachable", "cancelled"]
 CLOSED_STATES: frozenset[str] = frozenset({"completed", "refused", "wrong_number", "expired", "cancelled"})
 

@@ -20,3 +20,6 @@ TIMER_LATENESS = Histogram(
 HTTP_REQUESTS = Counter("huifang_http_requests_total", "HTTP requests", ["service", "method", "route", "status"])
 NOTIFICATIONS = Counter("huifang_notifications_total", "Notification deliveries", ["channel", "result"])
 REFUSALS = Counter("huifang_refusals_total", "Refusals recorded", ["reason"])
+NOTICES_LATE = Counter(
+    "huifang_notices_late_total", "Advance notices sent late, their calls re-planned to keep the lead", ["service"]
+)
