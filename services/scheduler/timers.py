@@ -29,8 +29,8 @@ def late_notice(*, cb: Callback, send_at: datetime, lead: timedelta) -> bool:
     """Whether a notice sent at `send_at` is later than planned and leaves its call less than the lead."""
     if send_at >= cb.due_at:
         return True
-    # A little slack: a timer a moment late must not undo a plan that knowingly gave a shorter lead.
-    grace = min(timedelta(minutes=1), lead / 10)
+    # Slack: a timer a moment late must not undo a plan that knowingly gave a shorter lead.
+    grace = min(timedelta(minutes=1), lead)
     return send_at - cb.notice_at > grace and cb.due_at - send_at < lead
 
 
