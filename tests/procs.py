@@ -26,9 +26,19 @@ class ServiceProcess:
     started_at: float = 0.0
     assigned_at: float | None = None  # monotonic time of the first assignment with partitions since start
     log: list[dict[str, Any]] = field(default_factory=list)
+    wanted: bool = False  # started and not stopped on purpose: a process manager would bring it back
+    exits: list[tuple[int | None, str]] = field(default_factory=list)  # (exit code, last log event) of each end
     _reader: asyncio.Task[None] | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def start(self) -> None:
+        async with self._lock:
+            if self.alive:
+                return  # one process per replica, even when a restart races another
+            await self._spawn()
+
+    async def _spawn(self) -> None:
+        self.wanted = True
         self.assigned_at = None
         self.started_at = time.monotonic()
         self.proc = await asyncio.create_subprocess_exec(
@@ -59,16 +69,23 @@ class ServiceProcess:
         await self._end(signal.SIGTERM)
 
     async def _end(self, sig: int) -> None:
-        if self.proc is None or self.proc.returncode is not None:
-            return
-        self.proc.send_signal(sig)
-        try:
-            await asyncio.wait_for(self.proc.wait(), 30)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-        if self._reader is not None:
-            await self._reader
+        async with self._lock:
+            self.wanted = False
+            if self.proc is None or self.proc.returncode is not None:
+                return
+            self.proc.send_signal(sig)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 30)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+            if self._reader is not None:
+                await self._reader
+
+    def note_exit(self) -> None:
+        """Remember how a process that ended on its own ended."""
+        last = next((str(line.get("event")) for line in reversed(self.log) if line.get("level") != "info"), "")
+        self.exits.append((self.proc.returncode if self.proc else None, last))
 
     @property
     def alive(self) -> bool:

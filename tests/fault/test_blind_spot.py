@@ -49,7 +49,8 @@ async def test_restarted_consumer_gets_partitions_before_the_dead_member_expires
         blind = replica.assigned_at - killed_at
         start = replica.assigned_at - replica.started_at
         print(f"blind spot after kill -9: {blind:.2f} s, of which {start:.2f} s from the restart's spawn")
-        # Without a stable group_instance_id the new member waits for the dead one's session to end.
-        assert blind < SESSION_MS / 1000
+        # Without a stable group_instance_id the new member waits for the dead one's session to end (30 s before
+        # this setting existed, 45 s here); a static member takes its partitions back as soon as it joins.
+        assert blind < SESSION_MS / 1000 / 2
     finally:
         await replica.stop()
