@@ -112,11 +112,14 @@ class Settings(BaseSettings):
     def group_id(self, service: str) -> str:
         return f"{self.huifang_topic_prefix}huifang-{service}"
 
-    def instance_id(self, service: str) -> str:
+    def instance_id(self, service: str) -> str | None:
         """This replica's stable group member name: the setting, or service, host and HTTP port."""
-        # Two live replicas on one host cannot share a port, so the default never collides.
-        base = self.huifang_instance_id or f"{socket.gethostname()}-{self.port_of(service)}"
-        return f"{service}-{base}"
+        if self.huifang_instance_id:
+            return f"{service}-{self.huifang_instance_id}"
+        port = getattr(self, f"huifang_{service}_port", None)
+        # Two live replicas on one host cannot share a port, so the default never collides; a consumer
+        # that is no service of ours (a tool, a test) has no port and joins as a dynamic member.
+        return f"{service}-{socket.gethostname()}-{port}" if port else None
 
 
 def _placeholder(secret: SecretStr) -> bool:
