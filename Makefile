@@ -9,7 +9,7 @@ DEV_ENV := HUIFANG_API_KEYS=$${HUIFANG_API_KEYS:-agent:dev-agent,supervisor:dev-
 	HUIFANG_WEBHOOK_SECRET=$${HUIFANG_WEBHOOK_SECRET:-dev-webhook-secret} \
 	HUIFANG_SMS_WEBHOOK_URL=$${HUIFANG_SMS_WEBHOOK_URL:-http://127.0.0.1:8009/sms}
 
-.PHONY: asyncapi-parser schemas setup run demo test test-fault test-load test-unit test-props lint kafka-jars clean bench-timers bench-pipeline lock
+.PHONY: asyncapi-parser schemas setup run demo test test-fault test-load test-chaos test-unit test-props lint kafka-jars clean bench-timers bench-pipeline lock
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -70,6 +70,11 @@ clean:
 # Expensive scenarios (marker `load`): two scheduler processes over thousands of callbacks on PostgreSQL.
 test-load: setup
 	$(BIN)/python -m pytest -p no:cacheprovider -q -m load tests/load
+
+# Black-box chaos (marker `chaos`): service processes killed -9, broker killed, receiver down, on SQLite and on
+# PostgreSQL with two replicas of every service; prints a table per scenario and fails on any lost or doubled effect.
+test-chaos: setup
+	$(BIN)/python -m pytest -p no:cacheprovider -q -s -m chaos tests/chaos
 
 # Timer lateness (p50/p99) of the scheduler's timer loop against a raw-SQL polling baseline; report in bench/results/.
 bench-timers: setup

@@ -15,6 +15,7 @@ import re
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +28,7 @@ from shared.events import CALLBACK_LIFECYCLE, LOAN_STAGE, LOAN_VERIFICATION, Env
 from shared.kafka import client_options, make_producer
 from shared.settings import Settings
 
+RETRY_FOR_S = 60.0  # how long a desk asks again after "not yet" (CONTRACT section 3)
 SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘蒋蔡余杜叶程苏魏吕丁任沈"
 GIVEN = [
     "伟",
@@ -274,6 +276,7 @@ async def _play_agents(
     """Answer each of the demo's callbacks a few seconds after it is scheduled (before its due time)."""
     base = f"http://127.0.0.1:{demo.settings.huifang_outcomes_port}"
     announced = False
+    desks: set[asyncio.Task[None]] = set()
     async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {api_key}"}, timeout=10) as http:
         while (elapsed := time.monotonic() - demo.started) < demo.seconds:
             progress.update(clock, completed=min(int(elapsed), int(demo.seconds)))
@@ -287,16 +290,40 @@ async def _play_agents(
                 _, _, path = heapq.heappop(demo.visits)
                 await visit_page(demo, base, path)
             while demo.queue and demo.queue[0][0] <= time.monotonic():
-                _, callback_id, _ = heapq.heappop(demo.queue)
+                _, callback_id, attempt = heapq.heappop(demo.queue)
                 if callback_id in demo.on_page:
                     continue  # the party answered on their own page
-                body = demo.attempt_body()
-                response = await http.post(f"/v1/callbacks/{callback_id}/attempts", json=body)
-                demo.statuses[str(response.status_code)] += 1
-                if response.status_code == 201:
-                    demo.phases[demo.phase()][body["disposition"]] += 1
-                progress.advance(calls)
+                body = {**demo.attempt_body(), "attempt": attempt}
+                # Each call on its own task: one waiting out a Retry-After holds up no other desk.
+                desks.add(asyncio.create_task(_call(demo, http, callback_id, body, lambda: progress.advance(calls))))
+                desks = {d for d in desks if not d.done()}
+        await asyncio.gather(*desks)
         progress.update(clock, completed=int(demo.seconds))
+
+
+async def _call(
+    demo: Demo, http: httpx.AsyncClient, callback_id: str, body: dict[str, Any], done: Callable[[], None]
+) -> None:
+    phase = demo.phase()
+    response = await post_attempt(http=http, callback_id=callback_id, body=body)
+    demo.statuses[str(response.status_code)] += 1
+    if response.status_code == 201:
+        demo.phases[phase][body["disposition"]] += 1
+    done()
+
+
+async def post_attempt(
+    *, http: httpx.AsyncClient, callback_id: str, body: dict[str, Any], patience: float = RETRY_FOR_S
+) -> httpx.Response:
+    """Record one call as a desk should: one Idempotency-Key, and a 404 or 409 with Retry-After asked again."""
+    key, give_up = str(uuid.uuid4()), time.monotonic() + patience
+    while True:
+        response = await http.post(f"/v1/callbacks/{callback_id}/attempts", json=body, headers={"Idempotency-Key": key})
+        retry_after = response.headers.get("Retry-After")
+        # Outcomes learns of callbacks from the scheduler's events: "not yet" is not "never".
+        if response.status_code not in (404, 409) or retry_after is None or time.monotonic() >= give_up:
+            return response
+        await asyncio.sleep(float(retry_after))
 
 
 async def _on_event(demo: Demo, producer: AIOKafkaProducer, event: dict[str, Any]) -> None:

@@ -209,8 +209,11 @@ class ConsumerRunner:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             max_poll_records=self.settings.huifang_consumer_batch,
-            session_timeout_ms=30_000,
-            heartbeat_interval_ms=3_000,
+            # Static membership: a replica that restarts within the session takes its partitions back
+            # without a rebalance; a dead one is replaced after the (shorter) session timeout.
+            group_instance_id=self.settings.instance_id(self.service),
+            session_timeout_ms=self.settings.huifang_session_timeout_ms,
+            heartbeat_interval_ms=max(1_000, self.settings.huifang_session_timeout_ms // 10),
             max_poll_interval_ms=300_000,
         )
         consumer.subscribe([self.settings.topic(t) for t in self.topics], listener=_Listener(self))

@@ -51,3 +51,6 @@ ESCALATIONS_OPEN = Gauge("huifang_escalations_open", "Escalations open (not yet 
 READY = Gauge(
     "huifang_ready", "1 when the service's readiness checks pass (checked on /readyz and on each scrape)", ["service"]
 )
+NOTICES_LATE = Counter(
+    "huifang_notices_late_total", "Advance notices sent late, their calls re-planned to keep the lead", ["service"]
+)

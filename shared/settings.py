@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -84,6 +85,9 @@ class Settings(BaseSettings):
     huifang_drain_seconds: float = Field(default=10.0, ge=0, le=300)
     # CONTRACT.md 3: this many failed authentications from one address in a minute lock it out for a minute.
     huifang_auth_failures_per_minute: int = Field(default=10, ge=1, le=10_000)
+    # Static consumer-group membership: a restarted replica takes its partitions back at once.
+    huifang_instance_id: str | None = Field(default=None, min_length=1, max_length=200)
+    huifang_session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
 
     @field_validator("huifang_api_keys")
     @classmethod
@@ -122,6 +126,15 @@ class Settings(BaseSettings):
 
     def group_id(self, service: str) -> str:
         return f"{self.huifang_topic_prefix}huifang-{service}"
+
+    def instance_id(self, service: str) -> str | None:
+        """This replica's stable group member name: the setting, or service, host and HTTP port."""
+        if self.huifang_instance_id:
+            return f"{service}-{self.huifang_instance_id}"
+        port = getattr(self, f"huifang_{service}_port", None)
+        # Two live replicas on one host cannot share a port, so the default never collides; a consumer
+        # that is no service of ours (a tool, a test) has no port and joins as a dynamic member.
+        return f"{service}-{socket.gethostname()}-{port}" if port else None
 
 
 def _placeholder(secret: SecretStr) -> bool:

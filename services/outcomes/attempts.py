@@ -27,6 +27,9 @@ from shared.events import (
 from shared.metrics import REFUSALS
 from shared.outbox import enqueue
 
+# Outcomes hears of callbacks and their attempts from the scheduler's events: ask again shortly.
+RETRY_AFTER_S = 2
+
 # The dispositions that close a callback, and the state they close it in.
 CLOSING: dict[str, CallbackState] = {"completed": "completed", "refused": "refused", "wrong_number": "wrong_number"}
 
@@ -43,6 +46,8 @@ class AttemptIn(BaseModel):
     notes: str | None = Field(default=None, max_length=4000)
     reschedule_to: AwareDatetime | None = None
     verification: dict[str, bool] = {}
+    # The attempt the agent is dialling, from callback.due; without it, outcomes' own (possibly older) number.
+    attempt: int | None = Field(default=None, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -96,6 +101,18 @@ def acting_agent(*, role: str, principal: str | None, claimed: str | None) -> st
     return claimed or principal  # a supervisor or admin records for the named agent, or as themselves
 
 
+def attempt_number(*, view: CallbackView, body: AttemptIn) -> int:
+    """The attempt being recorded: the one the agent dialled; never a guess ahead of what outcomes knows."""
+    if body.attempt is None:
+        return view.attempt  # older clients: outcomes' best knowledge
+    if body.attempt > view.attempt:
+        raise Rejected(
+            409, f"attempt {body.attempt} of callback {view.callback_id} is not known here yet",
+            retry_after=RETRY_AFTER_S,
+        )  # fmt: skip
+    return body.attempt
+
+
 async def record_attempt(
     *,
     uow: UnitOfWork,
@@ -114,13 +131,14 @@ async def record_attempt(
         agent_id = None
     view = await uow.session.get(CallbackView, callback_id)
     if view is None:
-        raise Rejected(404, f"callback {callback_id} not found")
+        raise Rejected(404, f"callback {callback_id} not found (yet)", retry_after=RETRY_AFTER_S)
     await lock_loan(uow=uow, loan_id=view.loan_id)  # reloads the view too: another request may have closed it
     if view.state in CLOSED_STATES:
         raise Rejected(409, f"callback {callback_id} is already closed ({view.state})")
     if view.deadline is not None and utcnow() >= view.deadline:
         # The scheduler expires it at the deadline; accepting a result now would let the two disagree.
         raise Rejected(409, f"callback {callback_id} passed its deadline and is expiring")
+    number = attempt_number(view=view, body=body)
     items = set(json.loads(view.verification_items))
     unknown = sorted(set(body.verification) - items)
     if unknown:
@@ -133,7 +151,7 @@ async def record_attempt(
         stage=view.stage,
         branch_id=view.branch_id,
         role=view.role,
-        attempt=view.attempt,
+        attempt=number,
         disposition=body.disposition,
         reason_code=body.reason_code,
         agent_id=agent_id,
@@ -157,7 +175,7 @@ async def record_attempt(
     uow.session.add(view)
     ref = CallbackFields(
         loan_id=view.loan_id, callback_id=callback_id, party_id=view.party_id, role=view.role, stage=view.stage,
-        branch_id=view.branch_id, attempt=view.attempt, state=view.state,
+        branch_id=view.branch_id, attempt=number, state=view.state,
     )  # fmt: skip
     enqueue(
         uow,

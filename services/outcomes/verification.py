@@ -45,6 +45,9 @@ async def lock_loan(*, uow: UnitOfWork, loan_id: str) -> list[CallbackView]:
     # Without it, two callbacks closing at once would each see the other still open, and nobody
     # would complete the loan. Locking in callback_id order keeps concurrent lockers from deadlocking.
     # SQLite needs nothing: BEGIN IMMEDIATE already serialises writers.
+    # The reload overwrites loaded rows: write this transaction's changes first (an earlier event of the
+    # same batch may have changed one of this loan's callbacks), or they would be lost.
+    await uow.session.flush()
     query = (
         select(CallbackView)
         .where(CallbackView.loan_id == loan_id)

@@ -11,14 +11,14 @@ import structlog
 from sqlmodel import col, select
 
 from services.scheduler import planner
-from services.scheduler.callbacks import add_timer, busy_days, expire, publish, reach, ref
+from services.scheduler.callbacks import add_timer, busy_days, cancel_timers, expire, publish, reach, ref
 from services.scheduler.models import Callback, Timer
 from shared import labels, links
 from shared.claims import claim
 from shared.crypto import Cipher
 from shared.db import Database, UnitOfWork, is_transient, utcnow
-from shared.events import CLOSED_STATES, CallbackDue, CallbackNoticeRequested, PartyAccess
-from shared.metrics import TIMER_LATENESS, TIMERS_FIRED
+from shared.events import CLOSED_STATES, CallbackDue, CallbackNoticeRequested, CallbackRescheduled, PartyAccess
+from shared.metrics import NOTICES_LATE, TIMER_LATENESS, TIMERS_FIRED
 from shared.policy import Policy
 from shared.tracing import span, timer_attributes
 
@@ -34,6 +34,15 @@ class PageLinks:
 
     secret: bytes
     public_url: str
+
+
+def late_notice(*, cb: Callback, send_at: datetime, lead: timedelta) -> bool:
+    """Whether a notice sent at `send_at` is later than planned and leaves its call less than the lead."""
+    if send_at >= cb.due_at:
+        return True
+    # Slack: a timer a moment late must not undo a plan that knowingly gave a shorter lead.
+    grace = min(timedelta(minutes=1), lead)
+    return send_at - cb.notice_at > grace and cb.due_at - send_at < lead
 
 
 class TimerLoop:
@@ -55,6 +64,7 @@ class TimerLoop:
         self.policy = policy  # when given, a timer that fires late is held to calling and quiet hours
         self.poll_seconds = poll_seconds
         self.batch = batch
+        self._replanned: set[str] = set()  # callbacks whose call a late notice moved, in the batch in hand
 
     async def run(self) -> None:
         while True:
@@ -77,6 +87,7 @@ class TimerLoop:
     async def fire_due(self, now: datetime | None = None) -> int:
         """Fire every timer whose time has come (by `now`, the clock unless a test sets it); returns how many."""
         now = now or utcnow()
+        self._replanned.clear()
         table = Timer.__table__  # type: ignore[attr-defined]
         callbacks = Callback.__table__  # type: ignore[attr-defined]
         async with self.db.uow() as uow:
@@ -120,10 +131,14 @@ class TimerLoop:
         if cb is None or cb.state in CLOSED_STATES:
             return
         if kind == "notice":
-            if self._notice_moved(uow, cb=cb, now=now):
+            if await self._notice_moved(uow, cb=cb, now=now):
                 return
             publish(uow, cb, self._notice(cb, await self._access(uow, cb=cb, now=now)))
         elif kind == "due" and cb.state == "scheduled":
+            if cb.callback_id in self._replanned:
+                return  # claimed with its notice, which went out late and re-planned the call: a new timer follows
+            if await self._notice_pending(uow, cb=cb):
+                return  # never a call before its notice: the notice, now late, re-plans the call when it goes
             if self._due_moved(uow, cb=cb, now=now):
                 return
             cb.state = "due"
@@ -132,6 +147,17 @@ class TimerLoop:
             publish(uow, cb, self._due(cb, await self._access(uow, cb=cb, now=now)))
         elif kind == "deadline":
             await expire(uow=uow, cb=cb, reason="deadline", now=now)
+
+    async def _notice_pending(self, uow: UnitOfWork, *, cb: Callback) -> bool:
+        """Whether the callback's advance notice is still to go out (and the policy asks for one)."""
+        if self.policy is None or self.policy.notice.lead <= timedelta(0):
+            return False
+        pending = await uow.session.scalar(
+            select(Timer.id).where(
+                col(Timer.callback_id) == cb.callback_id, col(Timer.kind) == "notice", col(Timer.fired_at).is_(None)
+            )
+        )
+        return pending is not None
 
     def _due_moved(self, uow: UnitOfWork, *, cb: Callback, now: datetime) -> bool:
         """A due timer that fires outside calling hours (after an outage, say) waits for the next slot."""
@@ -147,19 +173,47 @@ class TimerLoop:
         log.info("timer.deferred", callback_id=cb.callback_id, kind="due")
         return True
 
-    def _notice_moved(self, uow: UnitOfWork, *, cb: Callback, now: datetime) -> bool:
-        """A notice in quiet hours waits them out; it is dropped once its call is due."""
+    async def _notice_moved(self, uow: UnitOfWork, *, cb: Callback, now: datetime) -> bool:
+        """A notice in quiet hours waits for them to end; one too late for its call re-plans the call."""
         if self.policy is None:
             return False
-        if now >= cb.due_at:
-            return True
-        wake = planner.notice_time(policy=self.policy, reach=reach(cb), at=now)
-        if wake <= now or wake >= cb.due_at:
-            # Quiet hours that last until the call: the planner's "at once" rule, a notice now
-            # rather than a call with none.
+        lead = self.policy.notice.lead
+        send_at = planner.notice_time(policy=self.policy, reach=reach(cb), at=now)
+        if send_at >= cb.due_at > now and not late_notice(cb=cb, send_at=now, lead=lead):
+            # Quiet hours that last until the call, on time: the planner's "at once" notice goes now,
+            # rather than the call going without one.
             return False
-        add_timer(uow, cb.callback_id, "notice", wake)
+        if lead <= timedelta(0):
+            if now >= cb.due_at:
+                log.info("notice.skipped", callback_id=cb.callback_id, reason="no_lead_and_call_due")
+                return True
+        elif late_notice(cb=cb, send_at=send_at, lead=lead):
+            await self._replan_after_notice(uow, cb=cb, send_at=send_at, lead=lead, now=now)
+        if send_at <= now:
+            return False
+        add_timer(uow, cb.callback_id, "notice", send_at)
         return True
+
+    async def _replan_after_notice(
+        self, uow: UnitOfWork, *, cb: Callback, send_at: datetime, lead: timedelta, now: datetime
+    ) -> None:
+        """Move the call to a full lead after the notice that is going out late, inside calling hours."""
+        assert self.policy is not None
+        # A full lead if the deadline allows; else the first slot after the notice: never a call before it.
+        slot = planner.earliest_slot(
+            policy=self.policy, reach=reach(cb), after=send_at + lead, before=cb.deadline
+        ) or planner.earliest_slot(policy=self.policy, reach=reach(cb), after=send_at, before=cb.deadline)
+        if slot is None:
+            return  # no slot before the deadline: the deadline timer expires the callback
+        late_by = (send_at - cb.notice_at).total_seconds()
+        cb.notice_at, cb.due_at, cb.updated_at = send_at, slot, now
+        uow.session.add(cb)
+        self._replanned.add(cb.callback_id)
+        await cancel_timers(uow=uow, callback_id=cb.callback_id, kinds=("due",))
+        add_timer(uow, cb.callback_id, "due", slot)
+        publish(uow, cb, CallbackRescheduled(**ref(cb), due_at=slot, reason="late_notice"))
+        NOTICES_LATE.labels("scheduler").inc()
+        log.warning("notice.late", callback_id=cb.callback_id, late_by_s=round(late_by, 1), due_at=slot.isoformat())
 
     async def _access(self, uow: UnitOfWork, *, cb: Callback, now: datetime) -> PartyAccess:
         """The caller code, and the party's page link with the slots it may offer."""

@@ -167,3 +167,62 @@ async def test_quiet_hours_that_last_until_the_call_send_the_notice_at_once(data
     await TimerLoop(db=database, cipher=CIPHER, poll_seconds=0.1, policy=policy).fire_due(now=now)
 
     assert "callback.notice.requested" in await _outbox_types(database)
+
+
+async def _pending(database: Database) -> list[tuple[str, object]]:
+    async with database.uow() as uow:
+        rows = (await uow.session.execute(sa.select(Timer).where(col(Timer.fired_at).is_(None)))).scalars().all()
+    return sorted((t.kind, t.fire_at) for t in rows if t.kind != "deadline")
+
+
+async def test_a_scheduler_back_after_the_call_was_due_sends_the_notice_and_replans_the_call(
+    database: Database,
+) -> None:
+    policy = Policy.model_validate(
+        {
+            "notice": {"lead": "PT1H", "quiet_start": "00:00", "quiet_end": "00:00"},
+            "calling_hours": {"start": "00:00", "end": "24:00", "holidays": ""},
+        }
+    )
+    loan = f"L-{uuid.uuid4().hex[:8]}"
+    event = LoanStageChanged.model_validate(loan_event(loan, roles=("borrower",)))
+    async with database.uow() as uow:
+        [cb] = await schedule_callbacks(uow=uow, event=event, policy=policy, cipher=CIPHER, now=utcnow())
+        await uow.commit()
+    # Killed before the notice was due, back ten minutes after the call was due: both timers are overdue.
+    back = cb.due_at + timedelta(minutes=10)
+    loop = TimerLoop(db=database, cipher=CIPHER, poll_seconds=0.1, policy=policy)
+    assert await loop.fire_due(now=back) == 2
+
+    async with database.uow() as uow:
+        moved = (await uow.session.execute(sa.select(Callback))).scalar_one()
+    assert (await _outbox_types(database))[1:] == ["callback.rescheduled", "callback.notice.requested"]
+    assert moved.state == "scheduled" and moved.due_at >= back + timedelta(hours=1)  # the whole lead, kept
+    assert await _pending(database) == [("due", moved.due_at)]
+    async with database.uow() as uow:
+        payloads = (await uow.session.execute(sa.select(OutboxMessage.payload))).scalars().all()
+    rescheduled = json.loads(CIPHER.decrypt(payloads[1].removeprefix(ENCRYPTED_PREFIX))
+                             if payloads[1].startswith(ENCRYPTED_PREFIX) else payloads[1])  # fmt: skip
+    assert rescheduled["data"]["reason"] == "late_notice"
+
+    # The call goes out at its new time, after the notice.
+    assert await loop.fire_due(now=moved.due_at) == 1
+    assert (await _outbox_types(database))[-1] == "callback.due"
+
+
+async def test_a_due_timer_never_fires_while_its_notice_is_still_to_go(database: Database) -> None:
+    policy = load_policy(ROOT / "tests" / "policy-test.toml")
+    cb = _callback(CIPHER)
+    now = utcnow()
+    async with database.uow() as uow:
+        uow.session.add(cb)
+        # The notice failed once and was put back for later; the call's own time has come.
+        uow.session.add(Timer(callback_id=cb.callback_id, kind="notice", fire_at=now + timedelta(minutes=1)))
+        uow.session.add(Timer(callback_id=cb.callback_id, kind="due", fire_at=now - timedelta(seconds=1)))
+        await uow.commit()
+
+    assert await TimerLoop(db=database, cipher=CIPHER, poll_seconds=0.1, policy=policy).fire_due(now=now) == 1
+
+    assert await _outbox_types(database) == []
+    async with database.uow() as uow:
+        assert (await uow.session.execute(sa.select(Callback))).scalar_one().state == "scheduled"

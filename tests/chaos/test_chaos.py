@@ -1,0 +1,406 @@
+"""Black-box chaos: the three services as processes on a real broker, agents over HTTP, faults, then a count.
+
+`make test-chaos` runs it (marker `chaos`). Each scenario streams loans, plays agents that send the attempt they
+were given and retry "not yet" answers, kills service processes with -9, kills and restarts the broker, takes the
+webhook receiver down, then counts effects from the topics, the APIs and the receiver: nothing lost, nothing doubled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from cli.devstack import KafkaBroker, free_port
+from services.notifier.channels.webhook import verify
+from shared.crypto import generate_key
+from shared.events import Envelope, encode
+from shared.kafka import create_topics
+from shared.settings import Settings
+from tests.procs import ServiceProcess
+from tests.support import Tap, loan_event, wait_for
+
+pytestmark = pytest.mark.chaos
+
+SERVICES = ("scheduler", "outcomes", "notifier")
+ROLES = ("borrower", "co_borrower", "guarantor")
+SECRET = "chaos-webhook-secret"
+AGENT_KEY = "chaos-agent"
+POLICY = """
+[notice]
+lead = "PT3S"
+quiet_start = "00:00"
+quiet_end = "00:00"
+
+[attempts]
+max_calls = 3
+min_gap = "PT1S"
+day_parts = []
+
+[calling_hours]
+start = "00:00"
+end = "24:00"
+holidays = ""
+"""
+
+
+@dataclass
+class Receiver:
+    """The bank's webhook and SMS endpoints: checks each signature, records each delivery, and can be down."""
+
+    server: HTTPServer
+    down: bool = False
+    deliveries: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (X-Huifang-Id, body)
+    bad_signatures: int = 0
+
+    def handle(self, request: Request) -> Response:
+        if self.down:
+            return Response("down", status=503)
+        raw = request.get_data()
+        headers = request.headers
+        if not verify(SECRET, headers.get("X-Huifang-Id", ""), headers.get("X-Huifang-Timestamp", ""), raw,
+                      headers.get("X-Huifang-Signature", "")):  # fmt: skip
+            self.bad_signatures += 1
+            return Response("bad signature", status=401)
+        self.deliveries.append((headers.get("X-Huifang-Id", ""), json.loads(raw)))
+        return Response("ok")
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = HTTPServer(host="127.0.0.1", port=free_port())
+    found = Receiver(server)
+    server.expect_request("/hooks/huifang", method="POST").respond_with_handler(found.handle)
+    server.expect_request("/hooks/sms", method="POST").respond_with_handler(found.handle)
+    server.start()
+    try:
+        yield found
+    finally:
+        server.clear()
+        server.stop()
+
+
+@dataclass
+class Ack:
+    callback_id: str
+    attempt: int  # what the agent dialled (from callback.due)
+    disposition: str
+    attempt_id: str
+    recorded_attempt: int
+
+
+@dataclass
+class Run:
+    """One scenario's system and what its agents and faults did."""
+
+    name: str
+    settings: Settings
+    broker: KafkaBroker
+    receiver: Receiver
+    replicas: list[ServiceProcess]
+    tap: Tap
+    rng: random.Random
+    acks: list[Ack] = field(default_factory=list)
+    faults: Counter[str] = field(default_factory=Counter)
+    restarts: list[float] = field(default_factory=list)  # seconds from each restart to its first partition
+    unanswered: int = 0
+    watchers: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def outcomes_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{r.env['HUIFANG_OUTCOMES_PORT']}" for r in self.replicas if r.service == "outcomes"]
+
+
+async def play_agents(run: Run, stop: asyncio.Event) -> None:
+    """Answer each callback.due once per attempt, as a desk does: same key on every retry, any replica."""
+    seen: set[tuple[str, int]] = set()
+    desks: set[asyncio.Task[None]] = set()
+    while not stop.is_set():
+        for event in run.tap.events("callback.due"):
+            data = event["data"]
+            ticket = (data["callback_id"], int(data["attempt"]))
+            if ticket not in seen:
+                seen.add(ticket)
+                desks.add(asyncio.create_task(call(run, *ticket)))
+        await asyncio.sleep(0.2)
+    await asyncio.gather(*desks)
+
+
+async def call(run: Run, callback_id: str, attempt: int) -> None:
+    rng = run.rng
+    if attempt == 1 and rng.random() < 0.3:
+        body: dict[str, Any] = {"disposition": "no_answer"}
+    elif rng.random() < 0.3:
+        body = {"disposition": "refused", "reason_code": rng.choice(["distrust", "privacy_concern", "time_conflict"])}
+    else:
+        body = {"disposition": "completed", "verification": {"identity": True}}
+    body |= {"agent_id": "A-chaos", "attempt": attempt}
+    key = f"{callback_id}:{attempt}"
+    # Past the two minutes after which outcomes takes over a key whose request died with its process.
+    give_up = time.monotonic() + 240
+    while time.monotonic() < give_up:
+        url = rng.choice(run.outcomes_urls())
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+                response = await client.post(
+                    f"/v1/callbacks/{callback_id}/attempts",
+                    json=body,
+                    headers={"Authorization": f"Bearer {AGENT_KEY}", "Idempotency-Key": key},
+                )
+        except httpx.TransportError:
+            await asyncio.sleep(1)  # that replica is down: another one, same key
+            continue
+        if response.status_code == 201:
+            out = response.json()
+            run.acks.append(Ack(callback_id, attempt, body["disposition"], out["attempt_id"], out["attempt"]))
+            return
+        if response.status_code in (404, 409) and "Retry-After" in response.headers:
+            await asyncio.sleep(float(response.headers["Retry-After"]))
+            continue
+        if response.status_code == 409 and "already closed" in response.text:
+            return  # closed by an earlier answer (a duplicate due): nothing to record
+        if response.status_code >= 500 or response.status_code == 409:
+            await asyncio.sleep(1)
+            continue
+        raise AssertionError(f"agent got {response.status_code}: {response.text}")
+    run.unanswered += 1
+
+
+async def inject(run: Run, *, kills: int, broker_kills: int, receiver_down_s: float) -> None:
+    """kill -9 random service processes (restarted 1-3 s later), kill the broker, take the receiver down."""
+    plan = ["kill"] * kills + ["broker"] * broker_kills + ["receiver"]
+    run.rng.shuffle(plan)
+    for fault in plan:
+        await asyncio.sleep(run.rng.uniform(2, 5))
+        if fault == "kill":
+            victim = run.rng.choice(run.replicas)
+            await victim.kill()
+            await asyncio.sleep(run.rng.uniform(1, 3))
+            await victim.start()
+            run.watchers.add(asyncio.create_task(time_to_partitions(run, victim)))
+        elif fault == "broker":
+            assert run.broker.process is not None
+            run.broker.process.kill()
+            run.broker.process.wait()
+            await asyncio.sleep(run.rng.uniform(3, 6))
+            await asyncio.to_thread(run.broker.start)
+        else:
+            run.receiver.down = True
+            await asyncio.sleep(receiver_down_s)
+            run.receiver.down = False
+        run.faults[fault] += 1
+
+
+async def supervise(run: Run, stop: asyncio.Event) -> None:
+    """What a process manager does: a replica that exited on its own (say, no broker at start) is started again."""
+    while not stop.is_set():
+        for replica in run.replicas:
+            if replica.wanted and not replica.alive and replica.proc is not None:
+                await replica.proc.wait()
+                replica.note_exit()
+                run.faults["exited_and_restarted"] += 1
+                await replica.start()
+        await asyncio.sleep(1)
+
+
+async def time_to_partitions(run: Run, replica: ServiceProcess) -> None:
+    started = replica.started_at
+    try:
+        await wait_for(lambda: replica.assigned_at or replica.started_at != started, 120, "partitions")
+    except AssertionError:
+        return
+    if replica.started_at == started and replica.assigned_at is not None:
+        run.restarts.append(replica.assigned_at - started)
+
+
+async def publish_loans(run: Run, loans: list[str]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=run.settings.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        for loan in loans:
+            envelope = Envelope(
+                specversion="1.0", id=str(uuid.uuid4()), source="/los/chaos", type="loan.stage.changed",
+                subject=loan, data=loan_event(loan, roles=ROLES),
+            )  # fmt: skip
+            await producer.send_and_wait(run.settings.topic("loan.stage.v1"), encode(envelope), key=loan.encode())
+            await asyncio.sleep(0.3)
+    finally:
+        await producer.stop()
+
+
+def count(run: Run, loans: list[str]) -> dict[str, int]:
+    """Lost and duplicated effects, wrong attempt numbers and calls without notice, from topics and receiver."""
+    tap = run.tap
+    lost = dup = 0
+    per_party: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for e in tap.events("callback.scheduled"):
+        per_party[(e["data"]["loan_id"], e["data"]["party_id"])].add(e["data"]["callback_id"])
+    parties = len(loans) * len(ROLES)
+    lost += parties - len(per_party)
+    dup += sum(len(ids) - 1 for ids in per_party.values())
+    # Acknowledged attempts = recorded attempts (the outcome events, by attempt id).
+    recorded = {e["data"]["attempt_id"]: e["data"] for e in tap.events("callback.outcome.recorded")}
+    acked = {a.attempt_id: a for a in run.acks}
+    lost += len(set(acked) - set(recorded))
+    dup += len(set(recorded) - set(acked))
+    wrong = sum(1 for a in run.acks if a.recorded_attempt != a.attempt)
+    wrong += sum(1 for i, d in recorded.items() if i in acked and d["attempt"] != acked[i].attempt)
+    # One callback.refused and one distinct officer webhook per refusal.
+    refusals = {a.callback_id for a in run.acks if a.disposition == "refused"}
+    refused_events: dict[str, set[str]] = defaultdict(set)
+    for e in tap.events("callback.refused"):
+        refused_events[e["data"]["callback_id"]].add(e["id"])
+    hooks: dict[str, set[str]] = defaultdict(set)
+    for hook_id, body in run.receiver.deliveries:
+        if body.get("type") == "callback.refused":
+            hooks[body["callback_id"]].add(hook_id)
+    for kind in (refused_events, hooks):
+        lost += sum(1 for cb in refusals if not kind.get(cb))
+        dup += sum(len(ids) - 1 for ids in kind.values())
+    # One loan.verification.completed per closed loan.
+    completed: dict[str, set[str]] = defaultdict(set)
+    for e in tap.events("loan.verification.completed"):
+        completed[e["data"]["loan_id"]].add(e["id"])
+    lost += sum(1 for loan in loans if not completed.get(loan))
+    dup += sum(len(ids) - 1 for ids in completed.values())
+    # A call (callback.due) before its callback's advance notice, on the same partition of the same topic.
+    noticed: set[str] = set()
+    without_notice = 0
+    for rec in tap.records:
+        try:
+            event = rec.event
+        except ValueError:
+            continue
+        kind = event.get("type") if isinstance(event, dict) else None
+        if kind == "callback.notice.requested":
+            noticed.add(event["data"]["callback_id"])
+        elif kind == "callback.due" and event["data"]["callback_id"] not in noticed:
+            without_notice += 1
+    return {
+        "loans": len(loans), "parties": parties, "lost": lost, "duplicated": dup, "wrong_attempt": wrong,
+        "without_notice": without_notice, "bad_signatures": run.receiver.bad_signatures,
+        "unanswered": run.unanswered,
+    }  # fmt: skip
+
+
+def env_of(settings: Settings, *, database_url: str, tmp: Path, receiver: Receiver) -> dict[str, str]:
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "DATABASE_URL": database_url,
+        "HUIFANG_TOPIC_PREFIX": settings.huifang_topic_prefix,
+        "HUIFANG_DB_SCHEMA_PREFIX": settings.huifang_db_schema_prefix,
+        "HUIFANG_POLICY_FILE": str(settings.huifang_policy_file),
+        "HUIFANG_API_KEYS": f"agent:{AGENT_KEY}",
+        "HUIFANG_ENV": "test",
+        "HUIFANG_DATA_DIR": str(tmp),
+        "HUIFANG_TIMER_POLL_SECONDS": "0.2",
+        "HUIFANG_NOTIFY_WEBHOOK_URL": receiver.server.url_for("/hooks/huifang"),
+        "HUIFANG_SMS_WEBHOOK_URL": receiver.server.url_for("/hooks/sms"),
+        "HUIFANG_WEBHOOK_SECRET": SECRET,
+        "HUIFANG_NOTIFY_RETRY_BASE_SECONDS": "0.5",
+        "HUIFANG_WEBHOOK_TIMEOUT_SECONDS": "2",
+    }
+
+
+SCENARIOS = {
+    # name: (database, replicas per service, loans, kills, broker kills, receiver down s)
+    "sqlite-kills": ("sqlite", 1, 20, 6, 1, 15.0),
+    "postgres-replicas": ("postgresql", 2, 20, 6, 1, 15.0),
+}
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("name", list(SCENARIOS))
+async def test_chaos(name: str, tmp_path: Path, receiver: Receiver, request: pytest.FixtureRequest) -> None:
+    kind, per_service, n_loans, kills, broker_kills, receiver_down_s = SCENARIOS[name]
+    began = time.monotonic()
+    broker = KafkaBroker(tmp_path / "kafka", port=free_port(), controller_port=free_port(), heap="384m")
+    await asyncio.to_thread(broker.start)
+    token = uuid.uuid4().hex[:8]
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    settings = Settings(
+        kafka_bootstrap_servers=broker.bootstrap, huifang_topic_prefix=f"chaos{token}.",
+        huifang_db_schema_prefix=f"chaos{token}_", huifang_policy_file=policy, huifang_topic_partitions=6,
+    )  # fmt: skip
+    replicas: list[ServiceProcess] = []
+    tap = Tap(settings)
+    stop = asyncio.Event()
+    manager: asyncio.Task[None] | None = None
+    try:
+        await create_topics(settings)
+        key = generate_key()
+        for service in SERVICES:
+            url = (
+                request.getfixturevalue("postgres_url")
+                if kind == "postgresql"
+                else f"sqlite+aiosqlite:///{tmp_path / f'{service}.db'}"
+            )
+            for _ in range(per_service):
+                env = env_of(settings, database_url=url, tmp=tmp_path, receiver=receiver)
+                env |= {"HUIFANG_ENCRYPTION_KEY": key, f"HUIFANG_{service.upper()}_PORT": str(free_port())}
+                replicas.append(ServiceProcess(service, env))
+        for replica in replicas:
+            await replica.start()
+        for replica in replicas:
+            await wait_for(lambda replica=replica: replica.assigned_at, 180, f"{replica.service} partitions")
+        await tap.start()
+        run = Run(name, settings, broker, receiver, replicas, tap, random.Random(token))
+        loans = [f"L-chaos-{token}-{i}" for i in range(n_loans)]
+        agents = asyncio.create_task(play_agents(run, stop))
+        manager = asyncio.create_task(supervise(run, stop))
+        await asyncio.gather(
+            publish_loans(run, loans),
+            inject(run, kills=kills, broker_kills=broker_kills, receiver_down_s=receiver_down_s),
+        )
+        faults_over = time.monotonic()
+
+        def settled() -> bool:
+            done = {e["data"]["loan_id"] for e in tap.events("loan.verification.completed")}
+            refused = {a.callback_id for a in run.acks if a.disposition == "refused"}
+            hooked = {b.get("callback_id") for _, b in receiver.deliveries if b.get("type") == "callback.refused"}
+            return set(loans) <= done and refused <= hooked
+
+        try:
+            await wait_for(settled, 300, "every loan verified and every refusal delivered")
+        except AssertionError:
+            alive = {f"{r.service}:{r.env.get(f'HUIFANG_{r.service.upper()}_PORT')}": r.alive for r in replicas}
+            tapping = "running" if tap._task and not tap._task.done() else "stopped"
+            raise AssertionError(f"not settled: {count(run, loans)}; replicas {alive}; tap {tapping}") from None
+        settle = time.monotonic() - faults_over
+        await asyncio.sleep(3)  # late duplicates, if any, would land now
+        stop.set()
+        await agents
+        await asyncio.gather(*run.watchers)
+        table = count(run, loans) | {
+            "faults": sum(n for f, n in run.faults.items() if f != "exited_and_restarted"),
+            "restarted_by_manager": run.faults["exited_and_restarted"],
+            "longest_blind_spot_s": round(max(run.restarts, default=0.0), 1),
+            "settle_s": round(settle, 1),
+            "runtime_s": round(time.monotonic() - began, 1),
+        }
+        print(f"\nchaos {name}: " + json.dumps(table), flush=True)
+        print("exits on their own: " + json.dumps({f"{r.service}": r.exits for r in replicas if r.exits}))
+        assert table["lost"] == 0 and table["duplicated"] == 0, table
+        assert table["wrong_attempt"] == 0 and table["without_notice"] == 0, table
+        assert table["bad_signatures"] == 0 and table["unanswered"] == 0, table
+    finally:
+        stop.set()
+        if manager is not None:
+            await manager  # no restart behind the stops below
+        await tap.stop()
+        for replica in replicas:
+            await replica.stop()
+        await asyncio.to_thread(broker.stop)
