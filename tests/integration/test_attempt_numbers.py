@@ -17,7 +17,7 @@ async def post(client: httpx.AsyncClient, callback_id: str, body: dict[str, Any]
 
 async def test_an_unknown_callback_is_404_with_retry_after(huifang: Huifang) -> None:
     async with huifang.client("outcomes") as client:
-        response = await post(client, new_id("CB"), {"disposition": "busy", "agent_id": "A-1"}, new_id("K"))
+        response = await post(client, new_id("CB"), {"disposition": "busy"}, new_id("K"))
     assert response.status_code == 404, response.text
     assert response.headers["Retry-After"] == "2"
 
@@ -26,7 +26,7 @@ async def test_an_attempt_ahead_of_outcomes_is_409_with_retry_after_and_records_
     loan, callbacks = await due_callbacks(huifang)
     callback_id = callbacks["borrower"]
     async with huifang.client("outcomes") as client:
-        ahead = await post(client, callback_id, {"disposition": "busy", "agent_id": "A-1", "attempt": 5}, new_id("K"))
+        ahead = await post(client, callback_id, {"disposition": "busy", "attempt": 5}, new_id("K"))
         listed = await client.get(f"/v1/callbacks/{callback_id}/attempts")
     assert ahead.status_code == 409, ahead.text
     assert ahead.headers["Retry-After"] == "2"
@@ -39,11 +39,11 @@ async def test_the_second_call_is_recorded_and_published_as_attempt_2(huifang: H
     callback_id = callbacks["borrower"]
     async with huifang.client("outcomes") as client:
         first = await post(
-            client, callback_id, {"disposition": "no_answer", "agent_id": "A-1", "attempt": 1}, "K1-" + loan
+            client, callback_id, {"disposition": "no_answer", "attempt": 1}, "K1-" + loan
         )
         assert first.status_code == 201, first.text
         second_key = new_id("K")
-        second = {"disposition": "refused", "reason_code": "time_conflict", "agent_id": "A-1", "attempt": 2}
+        second = {"disposition": "refused", "reason_code": "time_conflict", "attempt": 2}
 
         async def dialled() -> httpx.Response | None:
             # What a desk does: a 409 with Retry-After means outcomes has not heard of attempt 2 yet.
@@ -63,11 +63,11 @@ async def test_a_late_result_for_an_earlier_attempt_keeps_that_attempts_number(h
     loan, callbacks = await due_callbacks(huifang)
     callback_id = callbacks["borrower"]
     async with huifang.client("outcomes") as client:
-        first = await post(client, callback_id, {"disposition": "busy", "agent_id": "A-1", "attempt": 1}, new_id("K"))
+        first = await post(client, callback_id, {"disposition": "busy", "attempt": 1}, new_id("K"))
         assert first.status_code == 201, first.text
         await wait_for(lambda: known_attempt(huifang, callback_id, at_least=2), 60, "outcomes to learn of attempt 2")
         # Outcomes now numbers the callback's attempt 2; a result the agent sends for attempt 1 stays attempt 1.
-        late = {"disposition": "refused", "reason_code": "time_conflict", "agent_id": "A-2", "attempt": 1}
+        late = {"disposition": "refused", "reason_code": "time_conflict", "attempt": 1}
         answer = await post(client, callback_id, late, new_id("K"))
     assert answer.status_code == 201, answer.text
     assert answer.json()["attempt"] == 1
