@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
 from services.outcomes.models import CallbackView
+from services.outcomes.statistics import wilson
 from shared.db import UnitOfWork
 
 GroupBy = Literal["reason", "stage", "role", "agent", "branch", "channel", "day", "hour", "minute"]
@@ -45,6 +46,8 @@ class Counts(BaseModel):
     completed: int | None  # None for a refusal reason: completions have no reason
     refused: int
     refusal_rate: float | None  # refused ÷ (completed + refused); None when nothing was completed or refused
+    rate_low: float | None = None  # the rate's 95% Wilson interval; None with the rate
+    rate_high: float | None = None
 
 
 class Group(Counts):
@@ -82,6 +85,23 @@ class StatsRequestError(ValueError):
 def rate(refused: int, completed: int) -> float | None:
     """Refusal rate: refused ÷ (completed + refused)."""
     return refused / (refused + completed) if refused + completed else None
+
+
+def interval(*, refused: int, answered: int) -> dict[str, float | None]:
+    """The rate_low/rate_high fields of refused ÷ answered; both None when nothing was answered."""
+    bounds = wilson(successes=refused, trials=answered)
+    return {"rate_low": bounds[0] if bounds else None, "rate_high": bounds[1] if bounds else None}
+
+
+def counts(*, closed: int, completed: int, refused: int) -> Counts:
+    """Counts of a group with its refusal rate and the rate's interval."""
+    return Counts(
+        closed=closed,
+        completed=completed,
+        refused=refused,
+        refusal_rate=rate(refused, completed),
+        **interval(refused=refused, answered=refused + completed),
+    )
 
 
 def check_range(*, start: datetime, end: datetime, group_by: str) -> None:
@@ -153,12 +173,7 @@ async def period(
     """Totals and per-group counts of the callbacks closed in [start, end)."""
     where = _where(start=start, end=end, branch_id=branch_id)
     total = (await uow.session.execute(sa.select(*_counts()).where(*where))).one()
-    totals = Counts(
-        closed=total.closed,
-        completed=int(total.completed),
-        refused=int(total.refused),
-        refusal_rate=rate(int(total.refused), int(total.completed)),
-    )
+    totals = counts(closed=total.closed, completed=int(total.completed), refused=int(total.refused))
     if group_by == "reason":
         key = COLUMNS["reason"]
         rows = await uow.session.execute(
@@ -170,9 +185,15 @@ async def period(
         denominator = int(total.completed) + int(total.refused)
         groups = [
             # A reason's rate is its share of all answered calls, so the reasons' rates add up to the total.
-            Group(key=r.bucket, closed=r.refused, completed=None, refused=r.refused, refusal_rate=share)
+            Group(
+                key=r.bucket,
+                closed=r.refused,
+                completed=None,
+                refused=r.refused,
+                refusal_rate=r.refused / denominator,
+                **interval(refused=r.refused, answered=denominator),
+            )
             for r in rows
-            for share in [r.refused / denominator]
         ]
         return Period(from_=start, to=end, totals=totals, groups=groups)
     if group_by in TIME_UNITS:
@@ -187,13 +208,7 @@ async def period(
         sa.select(key.label("bucket"), *_counts()).where(*where).group_by(grouping).order_by(*order)
     )
     groups = [
-        Group(
-            key=r.bucket,
-            closed=r.closed,
-            completed=int(r.completed),
-            refused=int(r.refused),
-            refusal_rate=rate(int(r.refused), int(r.completed)),
-        )
+        Group(key=r.bucket, **counts(closed=r.closed, completed=int(r.completed), refused=int(r.refused)).model_dump())
         for r in rows
     ]
     return Period(from_=start, to=end, totals=totals, groups=groups)

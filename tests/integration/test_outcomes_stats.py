@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from services.outcomes.statistics import wilson
 from services.outcomes.stats import period
 from tests.outcomes_support import closed_view, due_callbacks, new_id, outcomes_db, seed
 from tests.support import Huifang
@@ -48,8 +49,16 @@ def dataset(branch: str) -> list[Any]:
     ]
 
 
-def counts(closed: int, completed: int | None, refused: int, rate: float | None) -> dict[str, Any]:
-    return {"closed": closed, "completed": completed, "refused": refused, "refusal_rate": rate}
+def counts(
+    closed: int, completed: int | None, refused: int, rate: float | None, answered: int | None = None
+) -> dict[str, Any]:
+    """A group's counts; its interval is the Wilson interval of refused ÷ answered (completed + refused)."""
+    bounds = wilson(successes=refused, trials=answered if answered is not None else (completed or 0) + refused)
+    low, high = (pytest.approx(bounds[0]), pytest.approx(bounds[1])) if bounds else (None, None)
+    return {"closed": closed, "completed": completed, "refused": refused, "refusal_rate": rate} | {
+        "rate_low": low,
+        "rate_high": high,
+    }
 
 
 def groups(body: dict[str, Any]) -> dict[Any, dict[str, Any]]:
@@ -74,11 +83,13 @@ async def test_totals_and_reasons(huifang: Huifang, branch: str) -> None:
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["totals"] == counts(9, 3, 3, 0.5)
+    # 3 refused of 6 answered: the Wilson interval statsmodels gives
+    assert (body["totals"]["rate_low"], body["totals"]["rate_high"]) == pytest.approx((0.18761, 0.81239), abs=1e-5)
     assert body["from"] == "2026-03-09T00:00:00+08:00" and body["compare"] is None
     # Each reason's rate is its share of answered calls (3 completed + 3 refused); most frequent first.
     assert body["groups"] == [
-        {"key": "distrust", **counts(2, None, 2, pytest.approx(2 / 6))},
-        {"key": "privacy_concern", **counts(1, None, 1, pytest.approx(1 / 6))},
+        {"key": "distrust", **counts(2, None, 2, pytest.approx(2 / 6), answered=6)},
+        {"key": "privacy_concern", **counts(1, None, 1, pytest.approx(1 / 6), answered=6)},
     ]
 
 
@@ -142,8 +153,8 @@ async def test_before_and_after_comparison(huifang: Huifang, branch: str) -> Non
     assert body["compare"]["totals"] == counts(4, 1, 3, 0.75)
     assert body["compare"]["from"] == "2026-03-05T00:00:00+08:00"
     assert body["compare"]["groups"] == [
-        {"key": "distrust", **counts(2, None, 2, 0.5)},
-        {"key": "time_conflict", **counts(1, None, 1, 0.25)},
+        {"key": "distrust", **counts(2, None, 2, 0.5, answered=4)},
+        {"key": "time_conflict", **counts(1, None, 1, 0.25, answered=4)},
     ]
     assert body["change"]["refusal_rate_points"] == pytest.approx(-0.25)
     assert body["change"]["relative"] == pytest.approx(-1 / 3)  # a third fewer refusals, as the issue's bank saw
@@ -196,7 +207,7 @@ async def test_recorded_attempts_show_up_in_the_stats(huifang: Huifang) -> None:
     assert by_agent["totals"] == counts(2, 1, 1, 0.5)  # no_answer leaves the guarantor's callback open
     assert groups(by_agent) == {"AG-1": counts(1, 1, 0, 0.0), "AG-2": counts(1, 0, 1, 1.0)}
     by_reason = (await stats(huifang, branch_id=branch, group_by="reason")).json()
-    assert by_reason["groups"] == [{"key": "emotional_distress", **counts(1, None, 1, 0.5)}]
+    assert by_reason["groups"] == [{"key": "emotional_distress", **counts(1, None, 1, 0.5, answered=2)}]
 
 
 async def test_ten_second_buckets_of_the_live_view(huifang: Huifang) -> None:
