@@ -224,6 +224,8 @@ class CallbackScheduled(CallbackRef):
     # "phone", or "questionnaire" for a party without contact consent (never phoned).
     channel: Literal["phone", "questionnaire"] = "phone"
     flags: list[str] = Field(default_factory=list)
+    # The loan's arm in each running experiment (CONTRACT.md 2.4); {} when none runs.
+    arms: dict[str, str] = Field(default_factory=dict)
 
 
 class PartyAccess(EventData):

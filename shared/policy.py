@@ -87,6 +87,34 @@ class SelfService(_Section):
     slots_offered: int = Field(default=6, ge=0, le=20)
 
 
+ArmName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+
+class Arm(_Section):
+    """One arm of an experiment (CONTRACT.md 2.4): its share of loans and how its parties are told."""
+
+    name: ArmName
+    weight: float = Field(ge=0)
+    caller_code: bool | None = None  # None: as without the experiment
+    self_service: bool | None = None
+    notice_lead: Duration | None = None
+    message: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")
+
+
+class Experiment(_Section):
+    name: ArmName
+    arms: list[Arm] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _arms(self) -> Experiment:
+        if sum(arm.weight for arm in self.arms) <= 0:
+            raise ValueError("the arms' weights must add up to more than 0")
+        names = [arm.name for arm in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError("arm names must be distinct")
+        return self
+
+
 class Policy(_Section):
     stages: dict[Stage, list[Role]] = {"final_check": ["borrower", "co_borrower", "guarantor"]}
     calling_hours: CallingHours = CallingHours()
@@ -95,6 +123,14 @@ class Policy(_Section):
     escalation: Escalation = Escalation()
     bank: Bank = Bank()
     self_service: SelfService = SelfService()
+    experiments: list[Experiment] = []
+
+    @model_validator(mode="after")
+    def _experiments_distinct(self) -> Policy:
+        names = [e.name for e in self.experiments]
+        if len(set(names)) != len(names):
+            raise ValueError("experiments: names must be distinct")
+        return self
 
 
 class PolicyError(RuntimeError):

@@ -10,7 +10,7 @@ from datetime import date, datetime, timedelta
 import sqlalchemy as sa
 from sqlmodel import col, select
 
-from services.scheduler import planner
+from services.scheduler import experiments, planner
 from services.scheduler.models import Callback, CallbackEvent, LoanStage, PersonCall, Timer, TimerKind
 from shared import labels, links
 from shared.crypto import Cipher
@@ -133,12 +133,26 @@ async def busy_days(
     return frozenset(d for d, n in days.items() if n >= policy.attempts.max_calls_per_person_per_day)
 
 
+async def kept_arms(*, uow: UnitOfWork, loan_id: str) -> dict[str, str]:
+    """The arms the loan's callbacks already hold (the earliest callback's assignment wins)."""
+    rows = await uow.session.execute(
+        select(Callback.arms).where(Callback.loan_id == loan_id).order_by(col(Callback.seq).desc())
+    )
+    kept: dict[str, str] = {}
+    for raw in rows.scalars():
+        kept |= experiments.parse(raw)  # newest first, so the earliest overwrites
+    return kept
+
+
 async def schedule_callbacks(
     *, uow: UnitOfWork, event: LoanStageChanged, policy: Policy, cipher: Cipher, now: datetime
 ) -> list[Callback]:
     """Open one callback per party whose role the policy calls at this stage."""
     roles = policy.stages.get(event.stage, [])
     existing = {cb.party_id for cb in await open_callbacks(uow=uow, loan_id=event.loan_id) if cb.stage == event.stage}
+    kept = await kept_arms(uow=uow, loan_id=event.loan_id)
+    arms = experiments.assign(policy=policy, loan_id=event.loan_id, kept=kept)
+    treated = experiments.treatment(policy=policy, arms=arms).policy
     created = []
     for party in event.parties:
         if party.role not in roles or party.party_id in existing:
@@ -153,7 +167,7 @@ async def schedule_callbacks(
                 uow=uow, policy=policy, party_id=party.party_id, phone_index=phone_index,
                 timezone=party.timezone, exclude=None, start=now, end=horizon,
             )  # fmt: skip
-        plan = planner.plan_first_call(policy=policy, party=party, now=now, busy_days=busy)
+        plan = planner.plan_first_call(policy=treated, party=party, now=now, busy_days=busy)
         window = party.preferred_window
         cb = Callback(
             callback_id=str(uuid.uuid4()),
@@ -175,6 +189,7 @@ async def schedule_callbacks(
             flags="",
             window_start=window.start if window else None,
             window_end=window.end if window else None,
+            arms=json.dumps(arms, sort_keys=True),
         )
         if party.contact_consent:
             add_timer(uow, cb.callback_id, "notice", plan.notice_at)
@@ -197,6 +212,7 @@ async def schedule_callbacks(
                 verification_items=list(labels.VERIFICATION_ITEMS),
                 channel="phone" if party.contact_consent else "questionnaire",
                 flags=flags_of(cb),
+                arms=arms,
             ),
         )
         created.append(cb)

@@ -40,6 +40,7 @@ class Callback(SQLModel, table=True):
     window_end: str | None = Field(default=None, max_length=5)
     cancel_note_enc: str | None = Field(default=None, sa_type=sa.Text)  # free text: encrypted, never emitted
     caller_code_enc: str | None = Field(default=None, sa_type=sa.Text)  # six digits: encrypted, personal events only
+    arms: str = Field(default="{}", sa_type=sa.Text)  # JSON experiment → arm, kept from the first assignment
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 import structlog
 from sqlmodel import col, select
 
-from services.scheduler import planner
+from services.scheduler import experiments, planner
 from services.scheduler.callbacks import add_timer, busy_days, cancel_timers, expire, publish, reach, ref
 from services.scheduler.models import Callback, Timer
 from shared import labels, links
@@ -150,7 +150,7 @@ class TimerLoop:
 
     async def _notice_pending(self, uow: UnitOfWork, *, cb: Callback) -> bool:
         """Whether the callback's advance notice is still to go out (and the policy asks for one)."""
-        if self.policy is None or self.policy.notice.lead <= timedelta(0):
+        if self.policy is None or self._treatment(cb).policy.notice.lead <= timedelta(0):
             return False
         pending = await uow.session.scalar(
             select(Timer.id).where(
@@ -177,7 +177,7 @@ class TimerLoop:
         """A notice in quiet hours waits for them to end; one too late for its call re-plans the call."""
         if self.policy is None:
             return False
-        lead = self.policy.notice.lead
+        lead = self._treatment(cb).policy.notice.lead
         send_at = planner.notice_time(policy=self.policy, reach=reach(cb), at=now)
         if send_at >= cb.due_at > now and not late_notice(cb=cb, send_at=now, lead=lead):
             # Quiet hours that last until the call, on time: the planner's "at once" notice goes now,
@@ -215,22 +215,28 @@ class TimerLoop:
         NOTICES_LATE.labels("scheduler").inc()
         log.warning("notice.late", callback_id=cb.callback_id, late_by_s=round(late_by, 1), due_at=slot.isoformat())
 
+    def _treatment(self, cb: Callback) -> experiments.Treatment:
+        """The policy as the callback's experiment arms change it."""
+        assert self.policy is not None
+        return experiments.treatment(policy=self.policy, arms=experiments.parse(cb.arms))
+
     async def _access(self, uow: UnitOfWork, *, cb: Callback, now: datetime) -> PartyAccess:
-        """The caller code, and the party's page link with the slots it may offer."""
+        """The caller code, and the party's page link with the slots it may offer, unless the arm turns them off."""
         if cb.caller_code_enc is None:  # a callback opened before caller codes existed
             cb.caller_code_enc = self.cipher.encrypt(links.caller_code())
             uow.session.add(cb)
-        code = self.cipher.decrypt(cb.caller_code_enc)
-        if self.links is None or self.policy is None or not self.policy.self_service.enabled:
+        treated = self._treatment(cb) if self.policy is not None else None
+        code = self.cipher.decrypt(cb.caller_code_enc) if treated is None or treated.caller_code else None
+        if self.links is None or treated is None or not treated.policy.self_service.enabled:
             return PartyAccess(caller_code=code, deadline=cb.deadline, timezone=cb.timezone)
         token = links.sign(secret=self.links.secret, callback_id=cb.callback_id, expires_at=cb.deadline)
         busy = await busy_days(
-            uow=uow, policy=self.policy, party_id=cb.party_id, phone_index=cb.phone_index, timezone=cb.timezone,
+            uow=uow, policy=treated.policy, party_id=cb.party_id, phone_index=cb.phone_index, timezone=cb.timezone,
             exclude=cb.callback_id, start=now, end=cb.deadline,
         )  # fmt: skip
         slots = planner.offer_slots(
-            policy=self.policy, reach=reach(cb), after=now + SLOT_LEAD, deadline=cb.deadline, busy_days=busy,
-            count=self.policy.self_service.slots_offered,
+            policy=treated.policy, reach=reach(cb), after=now + SLOT_LEAD, deadline=cb.deadline, busy_days=busy,
+            count=treated.policy.self_service.slots_offered,
         )  # fmt: skip
         return PartyAccess(
             caller_code=code,
