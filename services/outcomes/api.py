@@ -15,7 +15,7 @@ from services.outcomes.models import Attempt, CallbackView
 from services.outcomes.stats import GroupBy, RefusalStats, StatsRequestError, refusal_stats
 from services.outcomes.verification import StageVerification, loan_stages
 from shared import idempotency
-from shared.api import CipherDep, DatabaseDep, PathId, QueryId
+from shared.api import CipherDep, DatabaseDep, PathId, PolicyDep, QueryId
 from shared.db import UnitOfWork, utcnow
 from shared.idempotency import IdempotencyKey
 from shared.web import AgentAuth, SupervisorAuth, problem
@@ -81,6 +81,7 @@ def _zone(tz: str) -> str:
 @router.get("/stats/refusals", response_model=RefusalStats, response_model_by_alias=True, tags=["stats"])
 async def stats_refusals(
     db: DatabaseDep,
+    policy: PolicyDep,
     _: SupervisorAuth,
     start: Annotated[AwareDatetime | None, Query(alias="from", description="inclusive; default to − 30 days")] = None,
     end: Annotated[AwareDatetime | None, Query(alias="to", description="end (exclusive); default now")] = None,
@@ -89,6 +90,7 @@ async def stats_refusals(
     compare_to: Annotated[AwareDatetime | None, Query(description="baseline period end")] = None,
     tz: Annotated[str, Query(max_length=64, description="IANA zone of day/hour buckets")] = "Asia/Shanghai",
     branch_id: QueryId = None,
+    experiment: QueryId = None,  # with group_by=arm: the experiment's name
 ) -> RefusalStats:
     """Closed callbacks, completions, refusals and the refusal rate per group, optionally against a baseline."""
     end = end or utcnow()
@@ -96,10 +98,13 @@ async def stats_refusals(
     if (compare_from is None) != (compare_to is None):
         raise problem(422, "give both compare_from and compare_to, or neither")
     compare = (compare_from, compare_to) if compare_from and compare_to else None
+    # The policy's arm order: its first arm is the one the others are tested against.
+    arms = next(([a.name for a in e.arms] for e in policy.experiments if e.name == experiment), [])
     async with db.uow() as uow:
         try:
             return await refusal_stats(
-                uow=uow, start=start, end=end, group_by=group_by, tz=_zone(tz), branch_id=branch_id, compare=compare
-            )
+                uow=uow, start=start, end=end, group_by=group_by, tz=_zone(tz), branch_id=branch_id, compare=compare,
+                experiment=experiment, arm_order=arms,
+            )  # fmt: skip
         except StatsRequestError as exc:
             raise problem(422, str(exc)) from None

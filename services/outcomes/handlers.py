@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.outcomes import escalations, verification
+from services.outcomes import escalations, stats, verification
 from services.outcomes.party import page
 from shared.crypto import Cipher
 from shared.db import UnitOfWork, utcnow
@@ -28,6 +28,12 @@ async def on_lifecycle(*, uow: UnitOfWork, event: Event[CallbackRef]) -> None:
     await verification.track_callback(uow=uow, event=event.data)
 
 
+async def on_scheduled(*, uow: UnitOfWork, event: Event[CallbackScheduled]) -> None:
+    """Mirror the new callback and keep its experiment arms for the statistics."""
+    await verification.track_callback(uow=uow, event=event.data)
+    await stats.keep_arms(uow=uow, callback_id=event.data.callback_id, arms=event.data.arms)
+
+
 async def on_notice(*, uow: UnitOfWork, event: Event[CallbackNoticeRequested], cipher: Cipher) -> None:
     """Keep what the party's own page needs (caller code, masked name, slots), encrypted."""
     await page.keep_page(uow=uow, event=event.data, cipher=cipher)
@@ -46,7 +52,7 @@ async def on_escalation(*, uow: UnitOfWork, event: Event[EscalationEvent]) -> No
 
 # The personal events feed the party's page; of their contact details only the masked name is kept.
 HANDLERS: EventHandlers = {
-    CallbackScheduled: on_lifecycle,
+    CallbackScheduled: on_scheduled,
     CallbackNoticeRequested: on_notice,
     CallbackDue: on_due,
     CallbackRescheduled: on_lifecycle,

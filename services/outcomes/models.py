@@ -40,6 +40,16 @@ class CallbackView(SQLModel, table=True):
     channel: AttemptChannel | None = Field(default=None, sa_type=sa.String(16))
 
 
+class CallbackArm(SQLModel, table=True):
+    """A callback's arm in one experiment, from `callback.scheduled` (CONTRACT.md 2.4)."""
+
+    __tablename__ = "callback_arm"
+
+    callback_id: str = Field(primary_key=True, max_length=64)
+    experiment: str = Field(primary_key=True, max_length=64, index=True)
+    arm: str = Field(max_length=64)
+
+
 class Attempt(SQLModel, table=True):
     __tablename__ = "attempt"
 

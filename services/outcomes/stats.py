@@ -11,11 +11,11 @@ from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
-from services.outcomes.models import CallbackView
-from services.outcomes.statistics import wilson
+from services.outcomes.models import CallbackArm, CallbackView
+from services.outcomes.statistics import p_value, wilson
 from shared.db import UnitOfWork
 
-GroupBy = Literal["reason", "stage", "role", "agent", "branch", "channel", "day", "hour", "minute"]
+GroupBy = Literal["reason", "stage", "role", "agent", "branch", "channel", "day", "hour", "minute", "arm"]
 TIME_UNITS = {
     "day": timedelta(days=1),
     "hour": timedelta(hours=1),
@@ -52,6 +52,8 @@ class Counts(BaseModel):
 
 class Group(Counts):
     key: str | None
+    # With group_by=arm: two-sided p-value of this arm's refusal rate against the experiment's first arm.
+    p_value: float | None = None
 
 
 class Period(BaseModel):
@@ -68,6 +70,7 @@ class Change(BaseModel):
 
 class RefusalStats(BaseModel):
     group_by: str
+    experiment: str | None = None
     timezone: str
     branch_id: str | None
     from_: datetime = Field(serialization_alias="from")
@@ -102,6 +105,38 @@ def counts(*, closed: int, completed: int, refused: int) -> Counts:
         refusal_rate=rate(refused, completed),
         **interval(refused=refused, answered=refused + completed),
     )
+
+
+async def keep_arms(*, uow: UnitOfWork, callback_id: str, arms: dict[str, str]) -> None:
+    """Remember a callback's experiment arms, as `callback.scheduled` gave them; the first assignment stays."""
+    for experiment, arm in arms.items():
+        if await uow.session.get(CallbackArm, (callback_id, experiment)) is None:
+            uow.session.add(CallbackArm(callback_id=callback_id, experiment=experiment, arm=arm))
+
+
+def arm_groups(*, rows: list[Group], arm_order: list[str]) -> list[Group]:
+    """The arms in the policy's order (an arm with no closed callback too), others after by name, with p-values."""
+    found = {g.key: g for g in rows}
+    empty = counts(closed=0, completed=0, refused=0).model_dump()
+    ordered = [found.get(name) or Group(key=name, **empty) for name in arm_order]
+    ordered += sorted((g for g in rows if g.key not in arm_order), key=lambda g: g.key or "")
+    if not ordered:
+        return []
+    first = ordered[0]
+    base_refused, base_trials = first.refused, first.refused + (first.completed or 0)
+    return [
+        g.model_copy(
+            update={
+                "p_value": p_value(
+                    refused=g.refused,
+                    trials=g.refused + (g.completed or 0),
+                    base_refused=base_refused,
+                    base_trials=base_trials,
+                )
+            }
+        )
+        for g in ordered
+    ]
 
 
 def check_range(*, start: datetime, end: datetime, group_by: str) -> None:
@@ -159,6 +194,12 @@ def _counts() -> list[Any]:
     ]
 
 
+def group(row: Any) -> Group:
+    """A result row (bucket, closed, completed, refused) as a group with its rate and interval."""
+    found = counts(closed=row.closed, completed=int(row.completed), refused=int(row.refused))
+    return Group(key=row.bucket, **found.model_dump())
+
+
 def _where(*, start: datetime, end: datetime, branch_id: str | None) -> list[Any]:
     closed = col(CallbackView.closed_at)
     conditions = [closed >= start, closed < end]
@@ -168,10 +209,24 @@ def _where(*, start: datetime, end: datetime, branch_id: str | None) -> list[Any
 
 
 async def period(
-    *, uow: UnitOfWork, start: datetime, end: datetime, group_by: str, tz: str, branch_id: str | None
+    *,
+    uow: UnitOfWork,
+    start: datetime,
+    end: datetime,
+    group_by: str,
+    tz: str,
+    branch_id: str | None,
+    experiment: str | None = None,
+    arm_order: list[str] | None = None,
 ) -> Period:
-    """Totals and per-group counts of the callbacks closed in [start, end)."""
+    """Totals and per-group counts of the callbacks closed in [start, end).
+
+    With group_by=arm, only the callbacks in the experiment count, each under its arm.
+    """
     where = _where(start=start, end=end, branch_id=branch_id)
+    if group_by == "arm":
+        in_experiment = sa.select(col(CallbackArm.callback_id)).where(col(CallbackArm.experiment) == experiment)
+        where.append(col(CallbackView.callback_id).in_(in_experiment))
     total = (await uow.session.execute(sa.select(*_counts()).where(*where))).one()
     totals = counts(closed=total.closed, completed=int(total.completed), refused=int(total.refused))
     if group_by == "reason":
@@ -196,6 +251,16 @@ async def period(
             for r in rows
         ]
         return Period(from_=start, to=end, totals=totals, groups=groups)
+    if group_by == "arm":
+        arm = col(CallbackArm.arm)
+        rows = await uow.session.execute(
+            sa.select(arm.label("bucket"), *_counts())
+            .join(CallbackArm, col(CallbackArm.callback_id) == col(CallbackView.callback_id))
+            .where(*where, col(CallbackArm.experiment) == experiment)
+            .group_by(arm)
+        )
+        found = [group(r) for r in rows]
+        return Period(from_=start, to=end, totals=totals, groups=arm_groups(rows=found, arm_order=arm_order or []))
     if group_by in TIME_UNITS:
         key = bucket_expr(dialect=uow.dialect, unit=group_by, tz=tz)
         # By label: PostgreSQL would not match the select's and the GROUP BY's separately bound parameters.
@@ -207,10 +272,7 @@ async def period(
     rows = await uow.session.execute(
         sa.select(key.label("bucket"), *_counts()).where(*where).group_by(grouping).order_by(*order)
     )
-    groups = [
-        Group(key=r.bucket, **counts(closed=r.closed, completed=int(r.completed), refused=int(r.refused)).model_dump())
-        for r in rows
-    ]
+    groups = [group(r) for r in rows]
     return Period(from_=start, to=end, totals=totals, groups=groups)
 
 
@@ -231,19 +293,31 @@ async def refusal_stats(
     tz: str,
     branch_id: str | None = None,
     compare: tuple[datetime, datetime] | None = None,
+    experiment: str | None = None,
+    arm_order: list[str] | None = None,
 ) -> RefusalStats:
-    """Refusal statistics of a period, optionally against a baseline period (before/after a change)."""
+    """Refusal statistics of a period, optionally against a baseline period (before/after a change).
+
+    With group_by=arm, `experiment` names the experiment and `arm_order` its arms as the policy lists
+    them (the first is the one the others are tested against).
+    """
+    if (group_by == "arm") != (experiment is not None):
+        raise StatsRequestError("group_by=arm and experiment go together: give both or neither")
     check_range(start=start, end=end, group_by=group_by)
     if compare is not None:
         check_range(start=compare[0], end=compare[1], group_by=group_by)
-    current = await period(uow=uow, start=start, end=end, group_by=group_by, tz=tz, branch_id=branch_id)
-    baseline = (
-        await period(uow=uow, start=compare[0], end=compare[1], group_by=group_by, tz=tz, branch_id=branch_id)
-        if compare is not None
-        else None
-    )
+
+    async def of(first: datetime, last: datetime) -> Period:
+        return await period(
+            uow=uow, start=first, end=last, group_by=group_by, tz=tz, branch_id=branch_id,
+            experiment=experiment, arm_order=arm_order,
+        )  # fmt: skip
+
+    current = await of(start, end)
+    baseline = await of(*compare) if compare is not None else None
     return RefusalStats(
         group_by=group_by,
+        experiment=experiment,
         timezone=tz,
         branch_id=branch_id,
         from_=start,

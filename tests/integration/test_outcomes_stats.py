@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from services.outcomes.models import CallbackArm
 from services.outcomes.statistics import wilson
 from services.outcomes.stats import period
 from tests.outcomes_support import closed_view, due_callbacks, new_id, outcomes_db, seed
@@ -61,8 +62,14 @@ def counts(
     }
 
 
+def plain(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Groups other than arms, whose p_value is always null, without it."""
+    assert all(g.pop("p_value") is None for g in found)
+    return found
+
+
 def groups(body: dict[str, Any]) -> dict[Any, dict[str, Any]]:
-    return {g.pop("key"): g for g in body["groups"]}
+    return {g.pop("key"): g for g in plain(body["groups"])}
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +94,7 @@ async def test_totals_and_reasons(huifang: Huifang, branch: str) -> None:
     assert (body["totals"]["rate_low"], body["totals"]["rate_high"]) == pytest.approx((0.18761, 0.81239), abs=1e-5)
     assert body["from"] == "2026-03-09T00:00:00+08:00" and body["compare"] is None
     # Each reason's rate is its share of answered calls (3 completed + 3 refused); most frequent first.
-    assert body["groups"] == [
+    assert plain(body["groups"]) == [
         {"key": "distrust", **counts(2, None, 2, pytest.approx(2 / 6), answered=6)},
         {"key": "privacy_concern", **counts(1, None, 1, pytest.approx(1 / 6), answered=6)},
     ]
@@ -129,7 +136,7 @@ async def test_groups(huifang: Huifang, branch: str, group_by: str, expected: di
 async def test_branch_groups_are_ordered_and_nulls_last(huifang: Huifang, branch: str) -> None:
     by_branch = (await stats(huifang, **RANGE, branch_id=branch, group_by="branch")).json()
     by_agent = (await stats(huifang, **RANGE, branch_id=branch, group_by="agent")).json()
-    assert by_branch["groups"] == [{"key": branch, **counts(9, 3, 3, 0.5)}]
+    assert plain(by_branch["groups"]) == [{"key": branch, **counts(9, 3, 3, 0.5)}]
     assert [g["key"] for g in by_agent["groups"]] == ["A1", "A2", "A3", None]
 
 
@@ -152,7 +159,7 @@ async def test_before_and_after_comparison(huifang: Huifang, branch: str) -> Non
     body = (await stats(huifang, **RANGE, **BASELINE, branch_id=branch, group_by="reason")).json()
     assert body["compare"]["totals"] == counts(4, 1, 3, 0.75)
     assert body["compare"]["from"] == "2026-03-05T00:00:00+08:00"
-    assert body["compare"]["groups"] == [
+    assert plain(body["compare"]["groups"]) == [
         {"key": "distrust", **counts(2, None, 2, 0.5, answered=4)},
         {"key": "time_conflict", **counts(1, None, 1, 0.25, answered=4)},
     ]
@@ -207,7 +214,7 @@ async def test_recorded_attempts_show_up_in_the_stats(huifang: Huifang) -> None:
     assert by_agent["totals"] == counts(2, 1, 1, 0.5)  # no_answer leaves the guarantor's callback open
     assert groups(by_agent) == {"AG-1": counts(1, 1, 0, 0.0), "AG-2": counts(1, 0, 1, 1.0)}
     by_reason = (await stats(huifang, branch_id=branch, group_by="reason")).json()
-    assert by_reason["groups"] == [{"key": "emotional_distress", **counts(1, None, 1, 0.5, answered=2)}]
+    assert plain(by_reason["groups"]) == [{"key": "emotional_distress", **counts(1, None, 1, 0.5, answered=2)}]
 
 
 async def test_ten_second_buckets_of_the_live_view(huifang: Huifang) -> None:
@@ -225,3 +232,51 @@ async def test_ten_second_buckets_of_the_live_view(huifang: Huifang) -> None:
         "2026-03-10T09:00:10": (1, 0),
         "2026-03-10T09:00:50": (1, 1),
     }
+
+
+async def test_arms_of_an_experiment_with_intervals_and_p_values(huifang: Huifang) -> None:
+    """group_by=arm: each arm's counts, rate, interval and p-value against the first arm (by name here,
+    since this experiment is not in the test policy). Reference p-values computed once with scipy/statsmodels."""
+    branch, experiment = new_id("BR-ARMS"), new_id("EXP")
+    plan = {  # arm -> (refused, completed, still open or expired)
+        "a_control": (30, 70, 2),
+        "b_more": (45, 55, 0),  # every cell >= 5: two-proportion z-test
+        "c_small": (5, 1, 0),  # a cell under 5: Fisher's exact test
+    }
+    rows: list[Any] = []
+    for arm, (refused, completed, expired) in plan.items():
+        finals = ["refused"] * refused + ["completed"] * completed + ["expired:deadline"] * expired
+        for n, final in enumerate(finals):
+            view = closed_view(branch=branch, closed_at=at(10, 9, n % 60), final=final, reason_code=None)
+            rows += [view, CallbackArm(callback_id=view.callback_id, experiment=experiment, arm=arm)]
+    # a callback of the same branch outside the experiment, and one in another experiment, count for neither
+    outside = closed_view(branch=branch, closed_at=at(10, 10), final="refused", reason_code="distrust")
+    other = closed_view(branch=branch, closed_at=at(10, 10), final="refused", reason_code="distrust")
+    rows += [outside, other, CallbackArm(callback_id=other.callback_id, experiment=new_id("EXP"), arm="a_control")]
+    await seed(huifang, rows)
+
+    response = await stats(huifang, **RANGE, branch_id=branch, group_by="arm", experiment=experiment)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["experiment"] == experiment
+    assert body["totals"] == counts(208, 126, 80, pytest.approx(80 / 206))
+    found = {g["key"]: g for g in body["groups"]}
+    assert [g["key"] for g in body["groups"]] == ["a_control", "b_more", "c_small"]
+    assert found["a_control"]["p_value"] == pytest.approx(1.0)
+    assert found["b_more"]["p_value"] == pytest.approx(0.02845973691631055, rel=1e-9)  # statsmodels z-test
+    assert found["c_small"]["p_value"] == pytest.approx(0.014462725458646443, rel=1e-9)  # scipy fisher_exact
+    assert (found["a_control"]["rate_low"], found["a_control"]["rate_high"]) == pytest.approx(
+        (0.21894885294932756, 0.39584854633346667), rel=1e-9
+    )  # statsmodels proportion_confint(30, 100, method="wilson")
+    assert {k: (g["closed"], g["refused"], g["completed"]) for k, g in found.items()} == {
+        "a_control": (102, 30, 70),
+        "b_more": (100, 45, 55),
+        "c_small": (6, 5, 1),
+    }
+
+
+@pytest.mark.parametrize("params", [{"group_by": "arm"}, {"group_by": "reason", "experiment": "caller_code"}])
+async def test_arm_and_experiment_go_together(huifang: Huifang, params: dict[str, str]) -> None:
+    response = await stats(huifang, **params)
+    assert response.status_code == 422
+    assert "experiment" in str(response.json()["detail"])
