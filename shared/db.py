@@ -106,6 +106,20 @@ class Database:
                 await conn.execute(text(f'SET LOCAL search_path TO "{self.schema}"'))
             await conn.run_sync(_upgrade, str(migrations), self.cipher, target)
 
+    def seal(self, text: str) -> str:
+        """Text encrypted for rest, marked with ENCRYPTED_PREFIX so that readers know to decrypt it."""
+        if self.cipher is None:
+            raise RuntimeError(f"encrypting at rest in {self.schema} needs the database's cipher")
+        return ENCRYPTED_PREFIX + self.cipher.encrypt(text)
+
+    def unseal(self, stored: str) -> str:
+        """Stored text in the clear: decrypted when sealed, as it is when written plain."""
+        if not stored.startswith(ENCRYPTED_PREFIX):
+            return stored
+        if self.cipher is None:
+            raise RuntimeError(f"decrypting {self.schema}'s sealed text needs the database's cipher")
+        return self.cipher.decrypt(stored.removeprefix(ENCRYPTED_PREFIX))
+
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))

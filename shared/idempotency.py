@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlmodel import Field, SQLModel
 
-from shared.db import ENCRYPTED_PREFIX, Database, UnitOfWork, UTCDateTime, utcnow
+from shared.db import Database, UnitOfWork, UTCDateTime, utcnow
 from shared.web import Principal
 
 KEY_MAX_LENGTH = 255
@@ -145,13 +145,7 @@ async def _run(*, db: Database, claim: Claim | None, status_code: int, run: Run)
 
 def _seal(db: Database, response: str) -> str:
     # A response may show its caller decrypted notes: at rest it is encrypted like every personal field.
-    return ENCRYPTED_PREFIX + db.cipher.encrypt(response) if db.cipher else response
-
-
-def _unseal(db: Database, stored: str) -> str:
-    if db.cipher and stored.startswith(ENCRYPTED_PREFIX):
-        return db.cipher.decrypt(stored.removeprefix(ENCRYPTED_PREFIX))
-    return stored  # stored before responses were encrypted
+    return db.seal(response) if db.cipher else response
 
 
 def _table() -> sa.Table:
@@ -184,7 +178,7 @@ async def claim(*, db: Database, keyed: Keyed) -> Claim | Replay:
         elif earlier.request_hash != keyed.digest:
             raise KeyConflict(422, OTHER_REQUEST)
         elif earlier.state == "done":
-            return Replay(earlier.status_code, json.loads(_unseal(db, earlier.response)))
+            return Replay(earlier.status_code, json.loads(db.unseal(earlier.response)))
         elif earlier.created_at > now - STALE_AFTER:
             raise KeyConflict(409, IN_FLIGHT)
         else:

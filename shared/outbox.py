@@ -13,7 +13,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from sqlmodel import Field, SQLModel
 
-from shared.db import ENCRYPTED_PREFIX, BigIntPK, Database, UnitOfWork, UTCDateTime, utcnow
+from shared.db import BigIntPK, Database, UnitOfWork, UTCDateTime, utcnow
 from shared.events import CONTENT_TYPE, EventData, encode, new_envelope
 from shared.metrics import OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED, OUTBOX_RELAY_ERRORS, Every
 from shared.tracing import end_span, recording, start_publish, trace_context
@@ -65,9 +65,7 @@ def enqueue(uow: UnitOfWork, data: EventData, *, key: str, event_id: str | None 
     payload = encode(envelope).decode()
     if data.personal:
         # Contact details wait in the outbox until sent: encrypted there like everywhere at rest.
-        if db.cipher is None:
-            raise RuntimeError(f"{data.event_type} carries personal data: the database needs a cipher")
-        payload = ENCRYPTED_PREFIX + db.cipher.encrypt(payload)
+        payload = db.seal(payload)
     uow.session.add(
         OutboxMessage(
             event_id=envelope.id, topic=db.topic_prefix + data.topic, key=key, payload=payload, created_at=utcnow()
@@ -187,10 +185,7 @@ class OutboxRelay:
         return [row.id for row, result in zip(rows, results, strict=True) if not isinstance(result, BaseException)]
 
     def _plain(self, payload: str) -> bytes:
-        if payload.startswith(ENCRYPTED_PREFIX):
-            assert self.db.cipher is not None
-            return self.db.cipher.decrypt(payload.removeprefix(ENCRYPTED_PREFIX)).encode()
-        return payload.encode()
+        return self.db.unseal(payload).encode()
 
     async def _mark_sent(self, uow: UnitOfWork, ids: list[int]) -> None:
         if not ids:
