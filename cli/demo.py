@@ -3,6 +3,12 @@
 The story it tells in about a minute: in the first half agents call without much preparation and one of
 them (AG-07) puts borrowers off; halfway through the team is retrained and calls are announced, and the
 refusal rate falls, as the bank in the issue saw.
+
+Agents call a callback when it falls due (`callback.due`), as a real desk does, so a party who answered on
+their own page first is not phoned. With `--experiment` the running policy must have a caller-code
+experiment (`policy.demo.toml`, which `make run` uses): the demo reads each loan's arm from
+`callback.scheduled`, and its parties refuse less when their arm gives them a caller code. That effect is
+made up by the demo (CODE_EFFECT), not measured.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -100,6 +106,34 @@ REASONS = {
 }
 
 
+# With --experiment: a party whose notice carried a caller code refuses this much as often (simulated).
+CODE_EFFECT = 0.5
+SIMULATED = (
+    f"SIMULATED EFFECT: in this demo a party who got a caller code refuses {CODE_EFFECT:.0%} as often as one "
+    "who did not, because the demo says so. The dashboard shows what such an effect looks like; it measures nothing."
+)
+
+
+@dataclass(frozen=True)
+class CodeExperiment:
+    """The running policy's caller-code experiment: its name and which of its arms give parties a code."""
+
+    name: str
+    with_code: frozenset[str]
+    arms: tuple[str, ...]
+
+
+def code_experiment(policy: dict[str, Any]) -> CodeExperiment | None:
+    """The first experiment of a policy (as GET /v1/policy shows it) whose arms differ in `caller_code`."""
+    for experiment in policy.get("experiments") or []:
+        arms = experiment.get("arms") or []
+        # An arm without the override gives the code, as a callback outside any experiment does.
+        coded = frozenset(a["name"] for a in arms if a.get("caller_code") is not False)
+        if coded and len(coded) < len(arms):
+            return CodeExperiment(name=experiment["name"], with_code=coded, arms=tuple(a["name"] for a in arms))
+    return None
+
+
 # Parties who open the link in their notice, and what they do there (the callback is then not phoned).
 PAGE_VISITORS = 0.25
 PAGE_ACTIONS = {"confirm": 62, "reschedule": 20, "decline": 14, "not_me": 4}
@@ -108,7 +142,7 @@ SLOT = re.compile(r'name="slot" value="([^"]+)"')
 ITEM = re.compile(r'name="item" value="([^"]+)"')
 
 
-def pick(rng: random.Random, weights: dict[str, int]) -> str:
+def pick(rng: random.Random, weights: Mapping[str, float]) -> str:
     """One key, drawn by weight."""
     return rng.choices(list(weights), weights=list(weights.values()))[0]
 
@@ -161,16 +195,26 @@ class Demo:
     page_actions: Counter[str] = field(default_factory=Counter)
     statuses: Counter[str] = field(default_factory=Counter)
     phases: dict[str, Counter[str]] = field(default_factory=lambda: {"before": Counter(), "after": Counter()})
+    experiment: CodeExperiment | None = None
+    arm_of: dict[str, str] = field(default_factory=dict)  # callback_id -> its arm, from callback.scheduled
+    by_arm: dict[str, Counter[str]] = field(default_factory=dict)  # arm -> dispositions recorded
 
     def phase(self) -> str:
         return "before" if time.monotonic() - self.started < self.seconds / 2 else "after"
 
-    def attempt_body(self) -> dict[str, Any]:
-        """What an agent records for one call, given the phase and the agent."""
+    def got_code(self, callback_id: str) -> bool:
+        """Whether the callback's arm gave the party a caller code (always, outside an experiment)."""
+        arm = self.arm_of.get(callback_id)
+        return self.experiment is None or arm is None or arm in self.experiment.with_code
+
+    def attempt_body(self, callback_id: str = "") -> dict[str, Any]:
+        """What an agent records for one call, given the phase, the agent and (in an experiment) the arm."""
         phase, agent = self.phase(), self.rng.choice(AGENTS)
-        weights = dict(DISPOSITIONS[phase])
+        weights: dict[str, float] = dict(DISPOSITIONS[phase])
         if agent == WEAK_AGENT and phase == "before":
             weights["refused"] *= 4
+        if self.experiment is not None and self.got_code(callback_id):
+            weights["refused"] *= CODE_EFFECT
         disposition = pick(self.rng, weights)
         body: dict[str, Any] = {
             "disposition": disposition,
@@ -190,9 +234,17 @@ class Demo:
         return body
 
 
-async def run_demo(settings: Settings, *, loans: int, agents: bool, api_key: str | None, seconds: float) -> None:
+async def run_demo(
+    settings: Settings,
+    *,
+    loans: int,
+    agents: bool,
+    api_key: str | None,
+    seconds: float,
+    experiment: CodeExperiment | None = None,
+) -> None:
     """Publish `loans` loans over the first part of `seconds`, and (with an agent key) answer their calls."""
-    demo = Demo(settings=settings, rng=random.Random(), seconds=seconds)
+    demo = Demo(settings=settings, rng=random.Random(), seconds=seconds, experiment=experiment)
     producer = make_producer(settings)
     await producer.start()
     consumer = await _listen(settings) if agents and api_key else None
@@ -201,6 +253,9 @@ async def run_demo(settings: Settings, *, loans: int, agents: bool, api_key: str
         with Progress(*columns) as progress:
             if agents and not api_key:
                 progress.console.print("no agent key (--api-key or HUIFANG_DEMO_API_KEY): publishing loans only")
+            if experiment is not None:
+                progress.console.print(f"experiment {experiment.name!r}: arms {', '.join(experiment.arms)}")
+                progress.console.print(f"[bold yellow]{SIMULATED}[/bold yellow]")
             published = progress.add_task("loans published", total=loans)
             clock = progress.add_task("seconds of agents' work", total=int(seconds) if consumer else 0)
             calls = progress.add_task("calls recorded", total=None)
@@ -273,7 +328,7 @@ async def _play_agents(
     clock: Any,
     calls: Any,
 ) -> None:
-    """Answer each of the demo's callbacks a few seconds after it is scheduled (before its due time)."""
+    """Answer each of the demo's callbacks a second or two after it falls due, unless its party used their page."""
     base = f"http://127.0.0.1:{demo.settings.huifang_outcomes_port}"
     announced = False
     desks: set[asyncio.Task[None]] = set()
@@ -293,7 +348,7 @@ async def _play_agents(
                 _, callback_id, attempt = heapq.heappop(demo.queue)
                 if callback_id in demo.on_page:
                     continue  # the party answered on their own page
-                body = {**demo.attempt_body(), "attempt": attempt}
+                body = {**demo.attempt_body(callback_id), "attempt": attempt}
                 # Each call on its own task: one waiting out a Retry-After holds up no other desk.
                 desks.add(asyncio.create_task(_call(demo, http, callback_id, body, lambda: progress.advance(calls))))
                 desks = {d for d in desks if not d.done()}
@@ -309,6 +364,9 @@ async def _call(
     demo.statuses[str(response.status_code)] += 1
     if response.status_code == 201:
         demo.phases[phase][body["disposition"]] += 1
+        arm = demo.arm_of.get(callback_id)
+        if demo.experiment is not None and arm is not None:
+            demo.by_arm.setdefault(arm, Counter())[body["disposition"]] += 1
     done()
 
 
@@ -327,7 +385,7 @@ async def post_attempt(
 
 
 async def _on_event(demo: Demo, producer: AIOKafkaProducer, event: dict[str, Any]) -> None:
-    """Queue a call for each new callback or retry of the demo's loans; move verified loans on."""
+    """Keep each callback's arm, queue a call for each due callback of the demo's loans; move verified loans on."""
     data = event.get("data") or {}
     loan = demo.loans.get(data.get("loan_id", ""))
     if loan is None:
@@ -346,13 +404,18 @@ async def _on_event(demo: Demo, producer: AIOKafkaProducer, event: dict[str, Any
         path = "/p/" + data["self_service_url"].rsplit("/p/", 1)[1]
         heapq.heappush(demo.visits, (time.monotonic() + demo.rng.uniform(0.2, 1.0), data["callback_id"], path))
         return
-    if kind not in ("callback.scheduled", "callback.rescheduled") or data.get("channel") == "questionnaire":
-        return  # no phone call for a party without contact consent: the questionnaire goes instead
+    if kind == "callback.scheduled":
+        arm = (data.get("arms") or {}).get(demo.experiment.name) if demo.experiment else None
+        if arm is not None:
+            demo.arm_of[data["callback_id"]] = arm
+        return
+    if kind != "callback.due":
+        return  # a desk calls when the call is due: a party without consent gets the questionnaire instead
     ticket = (data["callback_id"], int(data["attempt"]))
     if ticket in demo.answered:
         return
     demo.answered.add(ticket)
-    heapq.heappush(demo.queue, (time.monotonic() + demo.rng.uniform(1.0, 6.0), *ticket))
+    heapq.heappush(demo.queue, (time.monotonic() + demo.rng.uniform(0.5, 2.0), *ticket))
 
 
 async def visit_page(demo: Demo, base_url: str, path: str, actions: dict[str, int] = PAGE_ACTIONS) -> None:
@@ -382,6 +445,15 @@ def _page_form(demo: Demo, html: str, form: str, actions: dict[str, int]) -> dic
     return fields
 
 
+async def running_experiment(settings: Settings, api_key: str) -> CodeExperiment | None:
+    """The caller-code experiment of the policy the running scheduler uses (GET /v1/policy)."""
+    base = f"http://127.0.0.1:{settings.huifang_scheduler_port}"
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {api_key}"}, timeout=10) as http:
+        response = await http.get("/v1/policy")
+    response.raise_for_status()
+    return code_experiment(response.json())
+
+
 def _summary(demo: Demo) -> None:
     """Print what the agents did and where to look."""
     from rich.console import Console
@@ -395,5 +467,12 @@ def _summary(demo: Demo) -> None:
     console.print(f"HTTP answers to recorded attempts: {dict(demo.statuses)}")
     console.print(f"parties on their own page: {dict(demo.page_actions)}")
     console.print(f"refusal rate before retraining {rate(demo.phases['before'])}, after {rate(demo.phases['after'])}")
+    if demo.experiment is not None:
+        for arm in demo.experiment.arms:
+            counts = demo.by_arm.get(arm, Counter())
+            code = "with a caller code" if arm in demo.experiment.with_code else "without a caller code"
+            answered = counts["completed"] + counts["refused"]
+            console.print(f"arm {arm} ({code}): {answered} calls answered, refusal rate {rate(counts)}")
+        console.print(f"[bold yellow]{SIMULATED}[/bold yellow]")
     port = demo.settings.huifang_outcomes_port
     console.print(f"dashboard: http://127.0.0.1:{port}/dashboard?window=10m  (log in with a supervisor key)")
