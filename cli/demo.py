@@ -107,7 +107,7 @@ REASONS = {
 
 
 # With --experiment: a party whose notice carried a caller code refuses this much as often (simulated).
-CODE_EFFECT = 0.5
+CODE_EFFECT = 0.4
 SIMULATED = (
     f"SIMULATED EFFECT: in this demo a party who got a caller code refuses {CODE_EFFECT:.0%} as often as one "
     "who did not, because the demo says so. The dashboard shows what such an effect looks like; it measures nothing."
@@ -136,6 +136,7 @@ def code_experiment(policy: dict[str, Any]) -> CodeExperiment | None:
 
 # Parties who open the link in their notice, and what they do there (the callback is then not phoned).
 PAGE_VISITORS = 0.25
+PAGE_RELOADS = 4  # a page not there yet (outcomes has not read the notice) is reloaded a second later
 PAGE_ACTIONS = {"confirm": 62, "reschedule": 20, "decline": 14, "not_me": 4}
 FORM_FIELD = re.compile(r'name="form" value="([^"]+)"')
 SLOT = re.compile(r'name="slot" value="([^"]+)"')
@@ -161,7 +162,8 @@ def demo_loan(rng: random.Random, stage: str = "final_check") -> dict[str, Any]:
                 "phone": f"+861{rng.randrange(3, 9)}{rng.randrange(10**9):09d}",
                 "timezone": zone,
                 "language": "en" if zone in ("America/New_York", "Australia/Sydney") else "zh-CN",
-                "preferred_window": {"start": "18:00", "end": "20:30"} if rng.random() < 0.3 else None,
+                # Few: a party whose evening window is hours away is not called while the demo runs.
+                "preferred_window": {"start": "18:00", "end": "20:30"} if rng.random() < 0.1 else None,
                 "contact_consent": rng.random() > 0.05,
             }
         )
@@ -342,8 +344,8 @@ async def _play_agents(
                 for record in records:
                     await _on_event(demo, producer, json.loads(record.value))
             while demo.visits and demo.visits[0][0] <= time.monotonic():
-                _, _, path = heapq.heappop(demo.visits)
-                await visit_page(demo, base, path)
+                _, callback_id, path = heapq.heappop(demo.visits)
+                desks.add(asyncio.create_task(visit_page(demo, base, path, callback_id=callback_id)))
             while demo.queue and demo.queue[0][0] <= time.monotonic():
                 _, callback_id, attempt = heapq.heappop(demo.queue)
                 if callback_id in demo.on_page:
@@ -402,7 +404,7 @@ async def _on_event(demo: Demo, producer: AIOKafkaProducer, event: dict[str, Any
     if kind == "callback.notice.requested" and data.get("self_service_url") and demo.rng.random() < PAGE_VISITORS:
         demo.on_page.add(data["callback_id"])
         path = "/p/" + data["self_service_url"].rsplit("/p/", 1)[1]
-        heapq.heappush(demo.visits, (time.monotonic() + demo.rng.uniform(0.2, 1.0), data["callback_id"], path))
+        heapq.heappush(demo.visits, (time.monotonic() + demo.rng.uniform(1.0, 4.0), data["callback_id"], path))
         return
     if kind == "callback.scheduled":
         arm = (data.get("arms") or {}).get(demo.experiment.name) if demo.experiment else None
@@ -418,13 +420,20 @@ async def _on_event(demo: Demo, producer: AIOKafkaProducer, event: dict[str, Any
     heapq.heappush(demo.queue, (time.monotonic() + demo.rng.uniform(0.5, 2.0), *ticket))
 
 
-async def visit_page(demo: Demo, base_url: str, path: str, actions: dict[str, int] = PAGE_ACTIONS) -> None:
+async def visit_page(
+    demo: Demo, base_url: str, path: str, actions: dict[str, int] = PAGE_ACTIONS, callback_id: str | None = None
+) -> None:
     """A party opens their page (no API key: the link is the credential) and takes one action, as a browser would."""
     async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
-        page = await http.get(path)
+        for _ in range(PAGE_RELOADS):
+            page = await http.get(path)
+            if page.status_code != 404:
+                break
+            await asyncio.sleep(1.0)  # outcomes may not have read the notice yet: the party reloads
         form = FORM_FIELD.search(page.text)
         if page.status_code != 200 or form is None:
             demo.page_actions[f"page {page.status_code}"] += 1
+            demo.on_page.discard(callback_id or "")  # no action taken: the agent calls after all
             return
         fields = _page_form(demo, page.text, form.group(1), actions)
         response = await http.post(path, data=fields)

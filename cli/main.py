@@ -318,7 +318,7 @@ def demo(
         bool,
         typer.Option(
             help="run the policy's caller-code experiment (policy.demo.toml, as `make run` uses): parties with a "
-            "code refuse less, a simulated effect; 300 loans over 180 s unless --loans/--seconds say otherwise"
+            "code refuse less, a simulated effect; 450 loans over 240 s unless --loans/--seconds say otherwise"
         ),
     ] = False,
 ) -> None:
@@ -344,7 +344,7 @@ def demo(
             )
             raise typer.Exit(2)
         # Enough answered calls per arm for the panel to call a difference of this size.
-        loans, seconds = (300 if loans == DEMO_LOANS else loans), (180.0 if seconds == DEMO_SECONDS else seconds)
+        loans, seconds = (450 if loans == DEMO_LOANS else loans), (240.0 if seconds == DEMO_SECONDS else seconds)
     asyncio.run(run_demo(settings, loans=loans, agents=agents, api_key=api_key, seconds=seconds, experiment=running))
 
 

@@ -43,9 +43,8 @@ def test_parties_with_a_code_refuse_less_by_the_simulated_effect() -> None:
         cb: Counter(run.attempt_body(cb)["disposition"] for _ in range(draws))["refused"]
         for cb in ("cb-control", "cb-code")
     }
-    # Seeded draws: the with-code arm refuses about CODE_EFFECT times as often (weights, not rates, are halved).
-    assert 0.4 < refused["cb-code"] / refused["cb-control"] < 0.65
-    assert CODE_EFFECT == 0.5
+    # Seeded draws: the refusal weight is scaled by CODE_EFFECT, so the share falls a little less than that.
+    assert CODE_EFFECT * 0.9 < refused["cb-code"] / refused["cb-control"] < CODE_EFFECT + 0.2
 
 
 def test_without_the_experiment_the_arm_changes_nothing() -> None:
