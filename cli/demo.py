@@ -106,11 +106,12 @@ REASONS = {
 }
 
 
-# With --experiment: a party whose notice carried a caller code refuses this much as often (simulated).
+# With --experiment: the refusal weight of a party whose arm gives a caller code is scaled by this (simulated).
 CODE_EFFECT = 0.4
 SIMULATED = (
-    f"SIMULATED EFFECT: in this demo a party who got a caller code refuses {CODE_EFFECT:.0%} as often as one "
-    "who did not, because the demo says so. The dashboard shows what such an effect looks like; it measures nothing."
+    "SIMULATED EFFECT: the demo makes a party who got a caller code refuse less "
+    f"(their refusal weight x {CODE_EFFECT}) because it says so. "
+    "The dashboard shows what such an effect looks like; it measures nothing."
 )
 
 

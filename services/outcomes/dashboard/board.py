@@ -181,7 +181,8 @@ class Board:
 def rates(groups: list[Group]) -> dict[str, list[Any]]:
     """A rate chart's data: each group's rate with its 95% interval (error bar) and n, so small groups look unsure."""
     return {
-        "labels": [f"{g.key or '—'} (n={answered(g)})" for g in groups],
+        # No agent: the party answered on their own page.
+        "labels": [f"{g.key or 'page 自助'} (n={answered(g)})" for g in groups],
         "rate": [_pct(g.refusal_rate) for g in groups],
         "low": [_pct(g.rate_low) for g in groups],
         "high": [_pct(g.rate_high) for g in groups],
