@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 from cli.demo import CODE_EFFECT, CodeExperiment, Demo, _on_event, code_experiment
-from shared.settings import Settings
+from shared.policy import load_policy
+from shared.settings import DEFAULT_POLICY, ROOT, Settings
 
 LEAD = [{"name": "short", "weight": 1, "notice_lead": "PT1H"}, {"name": "long", "weight": 1}]
 POLICY: dict[str, Any] = {
@@ -67,3 +69,14 @@ async def test_agents_call_when_the_callback_falls_due_and_keep_its_arm() -> Non
     assert [(cb, attempt) for _, cb, attempt in run.queue] == [("cb-1", 1)]
     await _on_event(run, producer, {"type": "callback.due", "data": {**ref, "loan_id": "L-other"}})
     assert len(run.queue) == 1  # not this run's loan
+
+
+def test_make_run_uses_the_demo_policy_and_production_keeps_the_shipped_one() -> None:
+    demo_policy = load_policy(ROOT / "policy.demo.toml")
+    assert code_experiment(demo_policy.model_dump(mode="json")) == EXPERIMENT  # what `make demo` runs
+    assert demo_policy.notice.lead <= timedelta(seconds=30)  # notices, page visits and due calls within the demo
+    assert (demo_policy.calling_hours.start, demo_policy.calling_hours.end) == ("00:00", "24:00")
+    assert "HUIFANG_POLICY_FILE=$${HUIFANG_POLICY_FILE:-policy.demo.toml}" in (ROOT / "Makefile").read_text()
+    shipped = load_policy(DEFAULT_POLICY)
+    assert DEFAULT_POLICY.name == "policy.toml" and shipped.experiments == []
+    assert shipped.notice.lead == timedelta(hours=24)
