@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     # Static consumer-group membership: a restarted replica takes its partitions back at once.
     huifang_instance_id: str | None = Field(default=None, min_length=1, max_length=200)
     huifang_session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
+    # `make run` for `huifang demo`: the dashboard says its data and any experiment effect are simulated.
+    huifang_demo: bool = False
 
     @field_validator("huifang_api_keys")
     @classmethod
@@ -208,6 +210,8 @@ def production_problems(settings: Settings) -> list[str]:
         problems.append("HUIFANG_PUBLIC_URL must be an https:// URL")
     if settings.huifang_smtp_tls == "none":
         problems.append("HUIFANG_SMTP_TLS must be starttls or tls")
+    if settings.huifang_demo:
+        problems.append("HUIFANG_DEMO must be off: a bank's dashboard would call its data simulated")
     password = settings.huifang_smtp_password
     if password is not None and (_placeholder(password) or password.get_secret_value() in SHIPPED_SECRETS):
         problems.append("HUIFANG_SMTP_PASSWORD must not be a placeholder")
