@@ -25,6 +25,11 @@ from shared.crypto import Cipher
 T = TypeVar("T")
 
 
+# A pooled connection unused for this long is pinged at checkout; one in steady use is not (the
+# idea of HikariCP's aliveBypassWindowMs): a ping at every checkout was a round trip per request.
+IDLE_PING_AFTER_S = 1.0
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -77,7 +82,14 @@ class Database:
     """Engine and session factory of one service, with its outbox signal."""
 
     def __init__(
-        self, url: str, *, schema: str, source: str, topic_prefix: str = "", cipher: Cipher | None = None
+        self,
+        url: str,
+        *,
+        schema: str,
+        source: str,
+        topic_prefix: str = "",
+        cipher: Cipher | None = None,
+        idle_ping_after_s: float | None = None,
     ) -> None:
         if not _SCHEMA.match(schema):
             raise ValueError(f"invalid schema name {schema!r}")
@@ -88,7 +100,8 @@ class Database:
         self.cipher = cipher
         self.outbox_signal = asyncio.Event()
         self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
-        self.engine: AsyncEngine = _make_engine(url, schema, self.dialect)
+        idle = IDLE_PING_AFTER_S if idle_ping_after_s is None else idle_ping_after_s
+        self.engine: AsyncEngine = _make_engine(url, schema, self.dialect, idle_ping_after_s=idle)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
 
     @asynccontextmanager
@@ -148,7 +161,7 @@ class Database:
         await self.engine.dispose()
 
 
-def _make_engine(url: str, schema: str, dialect: str) -> AsyncEngine:
+def _make_engine(url: str, schema: str, dialect: str, *, idle_ping_after_s: float) -> AsyncEngine:
     if dialect == "sqlite":
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
@@ -174,16 +187,11 @@ def _make_engine(url: str, schema: str, dialect: str) -> AsyncEngine:
         max_overflow=10,
         connect_args={"server_settings": {"search_path": schema, "application_name": f"huifang-{schema}"}},
     )
-    _ping_when_idle(engine)
+    _ping_when_idle(engine, idle_ping_after_s)
     return engine
 
 
-# A pooled connection unused for this long is pinged at checkout; one in steady use is not (the
-# idea of HikariCP's aliveBypassWindowMs): a ping per checkout was a round trip on every request.
-IDLE_PING_AFTER_S = 1.0
-
-
-def _ping_when_idle(engine: AsyncEngine) -> None:
+def _ping_when_idle(engine: AsyncEngine, after_s: float) -> None:
     dialect = engine.sync_engine.dialect
 
     @event.listens_for(engine.sync_engine, "checkin")
@@ -193,7 +201,7 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "checkout")
     def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
         since = record.info.get("idle_since")
-        if since is None or time.monotonic() - since < IDLE_PING_AFTER_S:
+        if since is None or time.monotonic() - since < after_s:
             return
         try:
             dialect.do_ping(dbapi_conn)
