@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 
 import sqlalchemy as sa
@@ -94,8 +95,12 @@ async def open_callbacks(*, uow: UnitOfWork, loan_id: str) -> list[Callback]:
     return list((await uow.session.execute(query)).scalars())
 
 
-async def cancel_timers(*, uow: UnitOfWork, callback_id: str, kinds: tuple[TimerKind, ...] | None = None) -> None:
-    query = sa.update(Timer).where(col(Timer.callback_id) == callback_id, col(Timer.fired_at).is_(None))
+async def cancel_timers(
+    *, uow: UnitOfWork, callback_id: str | Iterable[str], kinds: tuple[TimerKind, ...] | None = None
+) -> None:
+    """Cancel the pending timers of a callback, or of several at once."""
+    ids = [callback_id] if isinstance(callback_id, str) else list(callback_id)
+    query = sa.update(Timer).where(col(Timer.callback_id).in_(ids), col(Timer.fired_at).is_(None))
     if kinds:
         query = query.where(col(Timer.kind).in_(kinds))
     await uow.session.execute(query.values(fired_at=utcnow(), cancelled=True))
@@ -105,6 +110,13 @@ def add_timer(uow: UnitOfWork, callback_id: str, kind: TimerKind, fire_at: datet
     uow.session.add(Timer(callback_id=callback_id, kind=kind, fire_at=fire_at))
 
 
+def _busy(*, policy: Policy, timezone: str, made: Iterable[date], booked: Iterable[datetime]) -> frozenset[date]:
+    """The days that hold the daily cap, from the calls made and the open callbacks' due times."""
+    days = Counter(made)
+    days.update(planner.local_day(at=due, timezone=timezone) for due in booked)
+    return frozenset(d for d, n in days.items() if n >= policy.attempts.max_calls_per_person_per_day)
+
+
 async def busy_days(
     *, uow: UnitOfWork, policy: Policy, party_id: str, phone_index: str, timezone: str,
     exclude: str | None, start: datetime, end: datetime,
@@ -112,8 +124,14 @@ async def busy_days(
     """The person's local days between start and end that already hold their daily cap of calls.
 
     A person is matched by party id or by phone: calls made (from outcomes) and calls booked
-    (open callbacks of theirs due that day) both count.
+    (open callbacks of theirs due that day) both count. Read from the batch's People when it holds them.
     """
+    people = People.of(uow)
+    if people is not None and people.covers(start=start, end=end):
+        return people.busy_days(
+            policy=policy, party_id=party_id, phone_index=phone_index, timezone=timezone, exclude=exclude,
+            start=start, end=end,
+        )  # fmt: skip
     first, last = (planner.local_day(at=t, timezone=timezone) for t in (start, end))
     person = sa.or_(col(PersonCall.party_id) == party_id, col(PersonCall.phone_index) == phone_index)
     made = await uow.session.execute(
@@ -128,20 +146,152 @@ async def busy_days(
             col(Callback.due_at).between(start - timedelta(days=1), end + timedelta(days=1)),
         )
     )
-    days = Counter(made.scalars())
-    days.update(planner.local_day(at=due, timezone=timezone) for due in booked.scalars())
-    return frozenset(d for d, n in days.items() if n >= policy.attempts.max_calls_per_person_per_day)
+    return _busy(policy=policy, timezone=timezone, made=made.scalars(), booked=booked.scalars())
+
+
+class People:
+    """The calls made and the open callbacks of a batch's persons, loaded with one query per table.
+
+    Callbacks are the session's live objects, so what the batch changes (a new callback, a moved or
+    closed one) counts at once, as it would after a flush. Kept in the session's `info` for its transaction.
+    """
+
+    KEY = "scheduler.people"
+
+    def __init__(self, *, start: datetime, end: datetime) -> None:
+        self.start, self.end = start, end  # callbacks due in [start, end], calls made on the local days between
+        self.calls: dict[str, list[tuple[int | None, date]]] = {}  # party id or phone index -> (call id, local day)
+        self.callbacks: dict[str, dict[str, Callback]] = {}  # party id or phone index -> callbacks by id
+
+    @classmethod
+    def of(cls, uow: UnitOfWork) -> People | None:
+        found = uow.session.info.get(cls.KEY)
+        return found if isinstance(found, People) else None
+
+    @classmethod
+    async def load(
+        cls, *, uow: UnitOfWork, persons: Iterable[tuple[str, str]], start: datetime, end: datetime,
+        known: Iterable[Callback] = (),
+    ) -> People:  # fmt: skip
+        """Load for the (party id, phone index) pairs, callbacks due in [start, end]; remembered in the uow."""
+        people = cls(start=start, end=end)
+        pairs = set(persons)
+        party_ids, phones = {p for p, _ in pairs}, {i for _, i in pairs}
+        # Calls by local day: any zone's day of an instant in range lies within a day of its UTC date.
+        first, last = start.date() - timedelta(days=1), end.date() + timedelta(days=1)
+        columns = (col(PersonCall.id), col(PersonCall.party_id), col(PersonCall.phone_index), col(PersonCall.local_day))
+        calls = await uow.session.execute(
+            select(*columns).where(
+                sa.or_(col(PersonCall.party_id).in_(party_ids), col(PersonCall.phone_index).in_(phones)),
+                col(PersonCall.local_day).between(first, last),
+            )
+        )
+        for call_id, party_id, phone_index, day in calls:
+            for key in {party_id, phone_index}:
+                people.calls.setdefault(key, []).append((call_id, day))
+        found = await uow.session.execute(
+            select(Callback).where(
+                sa.or_(col(Callback.party_id).in_(party_ids), col(Callback.phone_index).in_(phones)),
+                col(Callback.state).in_(OPEN_STATES),
+                col(Callback.due_at).between(start, end),
+            )
+        )
+        for cb in [*found.scalars(), *known]:
+            people.add(cb)
+        uow.session.info[cls.KEY] = people
+        return people
+
+    def add(self, cb: Callback) -> None:
+        """A callback of one of these persons (new, or loaded): it counts from now on."""
+        for key in (cb.party_id, cb.phone_index):
+            self.callbacks.setdefault(key, {})[cb.callback_id] = cb
+
+    def covers(self, *, start: datetime, end: datetime) -> bool:
+        """Whether busy_days over [start, end] can be answered from what was loaded."""
+        return self.start <= start - timedelta(days=1) and end + timedelta(days=1) <= self.end
+
+    def busy_days(
+        self, *, policy: Policy, party_id: str, phone_index: str, timezone: str, exclude: str | None,
+        start: datetime, end: datetime,
+    ) -> frozenset[date]:  # fmt: skip
+        """As the module's busy_days, from memory."""
+        first, last = (planner.local_day(at=t, timezone=timezone) for t in (start, end))
+        calls = {**dict(self.calls.get(party_id, ())), **dict(self.calls.get(phone_index, ()))}
+        made = [day for day in calls.values() if first <= day <= last]
+        cbs = {**self.callbacks.get(party_id, {}), **self.callbacks.get(phone_index, {})}
+        low, high = start - timedelta(days=1), end + timedelta(days=1)
+        booked = [
+            cb.due_at
+            for cb in cbs.values()
+            if cb.state in OPEN_STATES and cb.contact_consent and cb.callback_id != exclude and low <= cb.due_at <= high
+        ]
+        return _busy(policy=policy, timezone=timezone, made=made, booked=booked)
 
 
 async def kept_arms(*, uow: UnitOfWork, loan_id: str) -> dict[str, str]:
     """The arms the loan's callbacks already hold (the earliest callback's assignment wins)."""
-    rows = await uow.session.execute(
-        select(Callback.arms).where(Callback.loan_id == loan_id).order_by(col(Callback.seq).desc())
-    )
+    loans = Loans.of(uow)
+    if loans is not None and loan_id in loans.stages:
+        raws: Iterable[str] = [cb.arms for cb in reversed(loans.callbacks.get(loan_id, []))]
+    else:
+        rows = await uow.session.execute(
+            select(Callback.arms).where(Callback.loan_id == loan_id).order_by(col(Callback.seq).desc())
+        )
+        raws = rows.scalars()
     kept: dict[str, str] = {}
-    for raw in rows.scalars():
+    for raw in raws:
         kept |= experiments.parse(raw)  # newest first, so the earliest overwrites
     return kept
+
+
+class Loans:
+    """A batch's loans as loaded at its start: their stage rows and all their callbacks, rows locked.
+
+    Loaded with one query per table (not three per loan) and kept in the session's `info`; what the
+    batch adds is added here, so a later event of the same loan in the batch sees it.
+    """
+
+    KEY = "scheduler.loans"
+
+    def __init__(self) -> None:
+        self.stages: dict[str, LoanStage | None] = {}
+        self.callbacks: dict[str, list[Callback]] = {}  # oldest first
+
+    @classmethod
+    def of(cls, uow: UnitOfWork) -> Loans | None:
+        found = uow.session.info.get(cls.KEY)
+        return found if isinstance(found, Loans) else None
+
+    def open(self, loan_id: str) -> list[Callback]:
+        return [cb for cb in self.callbacks.get(loan_id, []) if cb.state not in CLOSED_STATES]
+
+
+async def load_loans(*, uow: UnitOfWork, events: list[LoanStageChanged], policy: Policy, cipher: Cipher) -> None:
+    """Load what a batch of loan events needs, one query per table: stages, callbacks, and the people's days."""
+    await uow.session.flush()  # what earlier events of the transaction wrote, before reading
+    ids = sorted({e.loan_id for e in events})
+    lock = uow.dialect == "postgresql"
+    loans = Loans()
+    loans.stages = dict.fromkeys(ids)
+    stages = select(LoanStage).where(col(LoanStage.loan_id).in_(ids)).order_by(col(LoanStage.loan_id))
+    for row in (await uow.session.execute(stages.with_for_update() if lock else stages)).scalars():
+        loans.stages[row.loan_id] = row
+    found = select(Callback).where(col(Callback.loan_id).in_(ids)).order_by(col(Callback.seq))
+    for cb in (await uow.session.execute(found.with_for_update() if lock else found)).scalars():
+        loans.callbacks.setdefault(cb.loan_id, []).append(cb)
+    uow.session.info[Loans.KEY] = loans
+    persons = [
+        (party.party_id, cipher.phone_index(party.phone))
+        for e in events
+        for party in e.parties
+        if party.contact_consent and party.role in policy.stages.get(e.stage, [])
+    ]
+    if persons:
+        now = utcnow()
+        # Wide enough for any first call's horizon; busy_days queries itself when a range is not covered.
+        reach = timedelta(days=2 * policy.attempts.deadline_business_days + 21)
+        known = [cb for cbs in loans.callbacks.values() for cb in cbs]
+        await People.load(uow=uow, persons=persons, start=now - timedelta(days=1), end=now + reach, known=known)
 
 
 async def schedule_callbacks(
@@ -149,7 +299,11 @@ async def schedule_callbacks(
 ) -> list[Callback]:
     """Open one callback per party whose role the policy calls at this stage."""
     roles = policy.stages.get(event.stage, [])
-    existing = {cb.party_id for cb in await open_callbacks(uow=uow, loan_id=event.loan_id) if cb.stage == event.stage}
+    loans = Loans.of(uow)
+    cached = loans is not None and event.loan_id in loans.stages
+    opened = loans.open(event.loan_id) if loans and cached else await open_callbacks(uow=uow, loan_id=event.loan_id)
+    existing = {cb.party_id for cb in opened if cb.stage == event.stage}
+    people = People.of(uow)
     kept = await kept_arms(uow=uow, loan_id=event.loan_id)
     arms = experiments.assign(policy=policy, loan_id=event.loan_id, kept=kept)
     treated = experiments.treatment(policy=policy, arms=arms).policy
@@ -190,6 +344,8 @@ async def schedule_callbacks(
             window_start=window.start if window else None,
             window_end=window.end if window else None,
             arms=json.dumps(arms, sort_keys=True),
+            created_at=now,  # given, not defaulted: a default factory costs a signature inspection per row
+            updated_at=now,
         )
         if party.contact_consent:
             add_timer(uow, cb.callback_id, "notice", plan.notice_at)
@@ -200,7 +356,12 @@ async def schedule_callbacks(
             add_flag(cb, "no_consent")
         add_timer(uow, cb.callback_id, "deadline", plan.deadline)
         uow.session.add(cb)
-        await uow.session.flush()  # the next party of this loan may be the same person (shared phone)
+        if loans is not None and cached:
+            loans.callbacks.setdefault(cb.loan_id, []).append(cb)
+        if people is not None:
+            people.add(cb)  # the next party of this loan may be the same person (shared phone)
+        else:
+            await uow.session.flush()  # for the same reason: busy_days reads the table
         publish(
             uow,
             cb,
@@ -242,17 +403,19 @@ async def cancel_by_operator(*, uow: UnitOfWork, callback_id: str, reason: str, 
     return cb
 
 
-async def close(*, uow: UnitOfWork, cb: Callback, state: CallbackState, now: datetime) -> None:
+async def close(*, uow: UnitOfWork, cb: Callback, state: CallbackState, now: datetime, cancel: bool = True) -> None:
+    """Close the callback; `cancel=False` leaves cancelling its timers to the caller (a batch does it once)."""
     cb.state = state
     cb.closed_at = now
     cb.updated_at = now
     uow.session.add(cb)
-    await cancel_timers(uow=uow, callback_id=cb.callback_id)
+    if cancel:
+        await cancel_timers(uow=uow, callback_id=cb.callback_id)
 
 
-async def expire(*, uow: UnitOfWork, cb: Callback, reason: ExpiryReason, now: datetime) -> None:
+async def expire(*, uow: UnitOfWork, cb: Callback, reason: ExpiryReason, now: datetime, cancel: bool = True) -> None:
     """Close a callback as expired: its deadline passed or its attempts ran out."""
-    await close(uow=uow, cb=cb, state="expired", now=now)
+    await close(uow=uow, cb=cb, state="expired", now=now, cancel=cancel)
     publish(uow, cb, CallbackExpired(**ref(cb), reason=reason))
 
 
@@ -261,6 +424,7 @@ async def loan_moved(*, uow: UnitOfWork, event: LoanStageChanged, policy: Policy
     now = utcnow()
     repeat = await note_stage(uow=uow, loan_id=event.loan_id, stage=event.stage, now=now)
     if event.stage in CANCEL_REASON:
+        await uow.session.flush()  # callbacks opened earlier in the batch are read back from the table
         await cancel_loan(uow=uow, loan_id=event.loan_id, reason=CANCEL_REASON[event.stage], now=now)
     elif event.stage in policy.stages and not repeat:
         # Upstream re-sending the stage the loan is already in must not call people again;
@@ -270,10 +434,18 @@ async def loan_moved(*, uow: UnitOfWork, event: LoanStageChanged, policy: Policy
 
 async def note_stage(*, uow: UnitOfWork, loan_id: str, stage: Stage, now: datetime) -> bool:
     """Record the loan's stage; True when it was already in that stage."""
-    current = await uow.session.get(LoanStage, loan_id, with_for_update=uow.dialect == "postgresql")
+    loans = Loans.of(uow)
+    if loans is not None and loan_id in loans.stages:
+        current = loans.stages[loan_id]
+    else:
+        current = await uow.session.get(LoanStage, loan_id, with_for_update=uow.dialect == "postgresql")
     if current is None:
-        uow.session.add(LoanStage(loan_id=loan_id, stage=stage, changed_at=now))
-        await uow.session.flush()
+        added = LoanStage(loan_id=loan_id, stage=stage, changed_at=now)
+        uow.session.add(added)
+        if loans is not None and loan_id in loans.stages:
+            loans.stages[loan_id] = added  # written with the batch
+        else:
+            await uow.session.flush()
         return False
     repeat = current.stage == stage
     current.stage, current.changed_at = stage, now

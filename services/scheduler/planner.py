@@ -77,18 +77,27 @@ def part_of_day(*, policy: Policy, minute: float) -> int:
 
 def calling_spans(*, policy: Policy, window: Window | None) -> list[Span]:
     """Calling hours, narrowed to the preferred window when they overlap, cut at the parts of the day."""
-    hours = [(minutes_of_day(policy.calling_hours.start), minutes_of_day(policy.calling_hours.end))]
+    hours, parts = policy.calling_hours, tuple(policy.attempts.day_parts)
+    return list(_spans(hours.start, hours.end, parts, window.start if window else None, window.end if window else None))
+
+
+@cache
+def _spans(
+    start: str, end: str, parts: tuple[str, ...], window_start: str | None, window_end: str | None
+) -> tuple[Span, ...]:
+    # Cached: the timer loop asks for the same few clocks for every slot it offers.
+    hours = [(minutes_of_day(start), minutes_of_day(end))]
     spans = hours
-    if window is not None:
-        narrowed = _intersect(hours, _window_intervals(window))
+    if window_start is not None and window_end is not None:
+        narrowed = _intersect(hours, _window_intervals(Window(start=window_start, end=window_end)))
         # A window entirely outside calling hours cannot be honoured; calling hours are the hard rule.
         spans = narrowed or hours
-    cuts = sorted({minutes_of_day(b) for b in policy.attempts.day_parts})
-    out = []
-    for start, end in spans:
-        edges = [start, *(c for c in cuts if start < c < end), end]
-        out += [Span(a, b, part_of_day(policy=policy, minute=a)) for a, b in pairwise(edges)]
-    return out
+    cuts = sorted({minutes_of_day(b) for b in parts})
+    out: list[Span] = []
+    for a0, b0 in spans:
+        edges = [a0, *(c for c in cuts if a0 < c < b0), b0]
+        out += [Span(a, b, sum(1 for c in parts if a >= minutes_of_day(c))) for a, b in pairwise(edges)]
+    return tuple(out)
 
 
 def _window_intervals(window: Window) -> list[tuple[int, int]]:
