@@ -59,10 +59,12 @@ H = TypeVar("H", bound=Callable[..., Awaitable[None]])
 LOADER = "batch_loader"
 
 
-def batch_loader(load: Callable[..., Awaitable[None]]) -> Callable[[H], H]:
+def batch_loader(load: Callable[..., Awaitable[Callable[[], Awaitable[None]] | None]]) -> Callable[[H], H]:
     """Give a handler a loader. For each run of consecutive events of its type in a batch, the runner
     calls `load(uow=, events=)` once with their data, then the handler per event, all in the batch's
-    transaction: the loader fetches with one query per table what the handler would query per event."""
+    transaction: the loader fetches with one query per table what the handler would query per event.
+    A loader may return an awaitable callable: the runner awaits it after the handlers, before the commit
+    (to write in bulk what the handlers left for it)."""
 
     def mark(handler: H) -> H:
         setattr(handler, LOADER, load)
@@ -348,6 +350,7 @@ class ConsumerRunner:
         async with self.db.uow() as uow:
             seen = await self._already_processed(uow, [e.id for _, e in batch])
             todo = []
+            finishing: list[Callable[[], Awaitable[None]]] = []  # what loaders hand back, awaited before commit
             for record, event in batch:
                 if event.id in seen:
                     results.append((record.topic, event.type, "duplicate"))
@@ -358,7 +361,9 @@ class ConsumerRunner:
                 handler = self.handlers.get(type(event.data))
                 load = getattr(handler, LOADER, None)
                 if load is not None and (index == 0 or type(todo[index - 1][1].data) is not type(event.data)):
-                    await load(uow=uow, events=_run_from(todo, index))
+                    finish = await load(uow=uow, events=_run_from(todo, index))
+                    if finish is not None:
+                        finishing.append(finish)
                 if handler is not None:
                     # The handler's span continues the producer's trace; what it enqueues carries it on.
                     with continued(
@@ -370,6 +375,8 @@ class ConsumerRunner:
                         await handler(uow=uow, event=event)
                 done.append(event.id)
                 results.append((record.topic, event.type, "handled" if handler else "ignored"))
+            for finish in finishing:
+                await finish()
             if done:
                 # One multi-row insert for the batch's dedupe rows, in the same transaction as the effects.
                 table = ProcessedEvent.__table__  # type: ignore[attr-defined]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import date, datetime, timedelta
+from functools import partial
 
 import sqlalchemy as sa
 from sqlmodel import col, select
@@ -69,12 +70,57 @@ def add_flag(cb: Callback, flag: str) -> None:
         cb.flags = ",".join([*flags_of(cb), flag])
 
 
+class Rows:
+    """Timer and timeline rows of a batch, written with one multi-row INSERT per table by `flush`.
+
+    An ORM object per row costs more than the row's write; nothing in a batch reads these rows back
+    before `flush`. Kept in the session's `info` while a batch (a poll's loans, a pass of timers) runs.
+    """
+
+    KEY = "scheduler.rows"
+
+    def __init__(self) -> None:
+        self.timers: list[dict[str, object]] = []
+        self.timeline: list[dict[str, object]] = []
+
+    @classmethod
+    def of(cls, uow: UnitOfWork) -> Rows | None:
+        found = uow.session.info.get(cls.KEY)
+        return found if isinstance(found, Rows) else None
+
+    @classmethod
+    def start(cls, uow: UnitOfWork) -> Rows:
+        rows = uow.session.info[cls.KEY] = cls()
+        return rows
+
+    async def write(self, uow: UnitOfWork) -> None:
+        tables: list[tuple[sa.Table, list[dict[str, object]]]] = [
+            (Timer.__table__, self.timers),  # type: ignore[attr-defined]
+            (CallbackEvent.__table__, self.timeline),  # type: ignore[attr-defined]
+        ]
+        for table, pending in tables:
+            if pending:
+                await uow.session.execute(sa.insert(table), pending)
+                pending.clear()
+
+
+async def flush(uow: UnitOfWork) -> None:
+    """Write what the unit of work holds so far (ORM objects and a batch's rows), before reading it back."""
+    rows = Rows.of(uow)
+    if rows is not None:
+        await rows.write(uow)
+    await uow.session.flush()
+
+
 def note(uow: UnitOfWork, *, callback_id: str, data: CallbackRef, at: datetime | None = None) -> None:
     """Add a line to the callback's timeline."""
-    detail = data.model_dump(mode="json", include=TIMELINE_FIELDS)
-    uow.session.add(
-        CallbackEvent(callback_id=callback_id, type=data.event_type, at=at or utcnow(), detail=json.dumps(detail))
-    )
+    at = at or utcnow()
+    detail = json.dumps(data.model_dump(mode="json", include=TIMELINE_FIELDS))
+    rows = Rows.of(uow)
+    if rows is not None:
+        rows.timeline.append({"callback_id": callback_id, "type": data.event_type, "at": at, "detail": detail})
+    else:
+        uow.session.add(CallbackEvent(callback_id=callback_id, type=data.event_type, at=at, detail=detail))
 
 
 def publish(uow: UnitOfWork, cb: Callback, data: CallbackRef) -> None:
@@ -107,7 +153,13 @@ async def cancel_timers(
 
 
 def add_timer(uow: UnitOfWork, callback_id: str, kind: TimerKind, fire_at: datetime) -> None:
-    uow.session.add(Timer(callback_id=callback_id, kind=kind, fire_at=fire_at))
+    rows = Rows.of(uow)
+    if rows is not None:
+        rows.timers.append(
+            {"callback_id": callback_id, "kind": kind, "fire_at": fire_at, "fired_at": None, "cancelled": False}
+        )
+    else:
+        uow.session.add(Timer(callback_id=callback_id, kind=kind, fire_at=fire_at))
 
 
 def _busy(*, policy: Policy, timezone: str, made: Iterable[date], booked: Iterable[datetime]) -> frozenset[date]:
@@ -132,6 +184,8 @@ async def busy_days(
             policy=policy, party_id=party_id, phone_index=phone_index, timezone=timezone, exclude=exclude,
             start=start, end=end,
         )  # fmt: skip
+    if people is not None:
+        await flush(uow)  # the batch's new and moved callbacks count
     first, last = (planner.local_day(at=t, timezone=timezone) for t in (start, end))
     person = sa.or_(col(PersonCall.party_id) == party_id, col(PersonCall.phone_index) == phone_index)
     made = await uow.session.execute(
@@ -266,9 +320,15 @@ class Loans:
         return [cb for cb in self.callbacks.get(loan_id, []) if cb.state not in CLOSED_STATES]
 
 
-async def load_loans(*, uow: UnitOfWork, events: list[LoanStageChanged], policy: Policy, cipher: Cipher) -> None:
-    """Load what a batch of loan events needs, one query per table: stages, callbacks, and the people's days."""
-    await uow.session.flush()  # what earlier events of the transaction wrote, before reading
+async def load_loans(
+    *, uow: UnitOfWork, events: list[LoanStageChanged], policy: Policy, cipher: Cipher
+) -> Callable[[], Awaitable[None]]:
+    """Load what a batch of loan events needs, one query per table: stages, callbacks, and the people's days.
+
+    Returns what writes the batch's timer and timeline rows, for the runner to await before it commits.
+    """
+    await flush(uow)  # what earlier events of the transaction wrote, before reading
+    Rows.start(uow)
     ids = sorted({e.loan_id for e in events})
     lock = uow.dialect == "postgresql"
     loans = Loans()
@@ -292,6 +352,7 @@ async def load_loans(*, uow: UnitOfWork, events: list[LoanStageChanged], policy:
         reach = timedelta(days=2 * policy.attempts.deadline_business_days + 21)
         known = [cb for cbs in loans.callbacks.values() for cb in cbs]
         await People.load(uow=uow, persons=persons, start=now - timedelta(days=1), end=now + reach, known=known)
+    return partial(flush, uow)
 
 
 async def schedule_callbacks(
@@ -424,7 +485,7 @@ async def loan_moved(*, uow: UnitOfWork, event: LoanStageChanged, policy: Policy
     now = utcnow()
     repeat = await note_stage(uow=uow, loan_id=event.loan_id, stage=event.stage, now=now)
     if event.stage in CANCEL_REASON:
-        await uow.session.flush()  # callbacks opened earlier in the batch are read back from the table
+        await flush(uow)  # callbacks and timers added earlier in the batch are read back from the tables
         await cancel_loan(uow=uow, loan_id=event.loan_id, reason=CANCEL_REASON[event.stage], now=now)
     elif event.stage in policy.stages and not repeat:
         # Upstream re-sending the stage the loan is already in must not call people again;

@@ -12,7 +12,18 @@ import structlog
 from sqlmodel import col, select
 
 from services.scheduler import experiments, planner
-from services.scheduler.callbacks import People, add_timer, busy_days, cancel_timers, expire, publish, reach, ref
+from services.scheduler.callbacks import (
+    People,
+    Rows,
+    add_timer,
+    busy_days,
+    cancel_timers,
+    expire,
+    flush,
+    publish,
+    reach,
+    ref,
+)
 from services.scheduler.models import Callback, Timer
 from shared import labels, links
 from shared.claims import claim
@@ -68,6 +79,7 @@ class TimerLoop:
         self._replanned: set[str] = set()  # callbacks whose call a late notice moved, in the batch in hand
         self._closing: set[str] | None = None  # closed in the batch in hand: their timers cancelled at its end
         self._notices: set[str] | None = None  # the batch's callbacks with a notice still to go out
+        self._treatments: dict[str, experiments.Treatment] = {}  # by the callback's stored arms
 
     async def run(self) -> None:
         while True:
@@ -128,6 +140,7 @@ class TimerLoop:
             self._closing = None if isolate else set()
             self._notices = None if isolate else await self._pending_notices(uow, ids)
             if not isolate and rows:
+                Rows.start(uow)
                 await self._load_people(uow, list(by_id.values()), now=now)
             for row in rows:
                 # Each firing starts a trace of its own; the events it emits carry it on.
@@ -136,8 +149,8 @@ class TimerLoop:
                         await self._fire_isolated(uow, row=row, cb=by_id.get(row.callback_id), now=now)
                     else:
                         await self._fire(uow, kind=row.kind, cb=by_id.get(row.callback_id), now=now)
+            await flush(uow)  # the batch's rows, before its closed callbacks' timers (those too) are cancelled
             if self._closing:
-                await uow.session.flush()  # timers added in this batch are cancelled with the rest
                 await cancel_timers(uow=uow, callback_id=self._closing)
             await uow.commit()
         return rows
@@ -263,7 +276,7 @@ class TimerLoop:
         cb.notice_at, cb.due_at, cb.updated_at = send_at, slot, now
         uow.session.add(cb)
         self._replanned.add(cb.callback_id)
-        await uow.session.flush()  # a due timer added earlier in the batch is cancelled too
+        await flush(uow)  # a due timer added earlier in the batch is cancelled too
         await cancel_timers(uow=uow, callback_id=cb.callback_id, kinds=("due",))
         add_timer(uow, cb.callback_id, "due", slot)
         publish(uow, cb, CallbackRescheduled(**ref(cb), due_at=slot, reason="late_notice"))
@@ -273,7 +286,12 @@ class TimerLoop:
     def _treatment(self, cb: Callback) -> experiments.Treatment:
         """The policy as the callback's experiment arms change it."""
         assert self.policy is not None
-        return experiments.treatment(policy=self.policy, arms=experiments.parse(cb.arms))
+        found = self._treatments.get(cb.arms)
+        if found is None:  # a few arms combinations, and the policy is the loop's: worked out once each
+            found = self._treatments[cb.arms] = experiments.treatment(
+                policy=self.policy, arms=experiments.parse(cb.arms)
+            )
+        return found
 
     async def _access(self, uow: UnitOfWork, *, cb: Callback, now: datetime) -> PartyAccess:
         """The caller code, and the party's page link with the slots it may offer, unless the arm turns them off."""
