@@ -6,6 +6,7 @@ import json
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import partial
 
@@ -32,6 +33,7 @@ from shared.events import (
     ExpiryReason,
     LoanStageChanged,
     RescheduleReason,
+    Role,
     Stage,
     Window,
 )
@@ -47,7 +49,7 @@ TIMELINE_FIELDS = {
 }  # fmt: skip
 
 
-def ref(cb: Callback) -> CallbackFields:
+def ref(cb: AnyCallback) -> CallbackFields:
     """The fields every callback event carries."""
     return CallbackFields(
         loan_id=cb.loan_id, callback_id=cb.callback_id, party_id=cb.party_id, role=cb.role, stage=cb.stage,
@@ -61,17 +63,57 @@ def reach(cb: Callback) -> planner.Reach:
     return planner.Reach(timezone=cb.timezone, window=window)
 
 
-def flags_of(cb: Callback) -> list[str]:
+def flags_of(cb: AnyCallback) -> list[str]:
     return [f for f in cb.flags.split(",") if f]
 
 
-def add_flag(cb: Callback, flag: str) -> None:
+def add_flag(cb: AnyCallback, flag: str) -> None:
     if flag not in flags_of(cb):
         cb.flags = ",".join([*flags_of(cb), flag])
 
 
+@dataclass(slots=True)
+class Planned:
+    """A callback a batch opens, written as a row by `Rows` (an ORM object costs more than its INSERT).
+
+    It has the attributes the rules read (`ref`, `flags_of`, busy days, a loan's open callbacks).
+    """
+
+    callback_id: str
+    loan_id: str
+    stage: Stage
+    branch_id: str
+    party_id: str
+    role: Role
+    state: CallbackState
+    contact_enc: str
+    caller_code_enc: str | None
+    phone_index: str
+    timezone: str
+    language: str
+    contact_consent: bool
+    due_at: datetime
+    deadline: datetime
+    notice_at: datetime
+    flags: str
+    window_start: str | None
+    window_end: str | None
+    arms: str
+    created_at: datetime
+    updated_at: datetime
+    attempt: int = 1
+    calls_made: int = 0
+
+    def row(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+# A callback as the rules read it: a row of the table, or one a batch is about to write.
+AnyCallback = Callback | Planned
+
+
 class Rows:
-    """Timer and timeline rows of a batch, written with one multi-row INSERT per table by `flush`.
+    """Callback, timer and timeline rows of a batch, written with one multi-row INSERT per table by `flush`.
 
     An ORM object per row costs more than the row's write; nothing in a batch reads these rows back
     before `flush`. Kept in the session's `info` while a batch (a poll's loans, a pass of timers) runs.
@@ -80,6 +122,7 @@ class Rows:
     KEY = "scheduler.rows"
 
     def __init__(self) -> None:
+        self.callbacks: list[dict[str, object]] = []
         self.timers: list[dict[str, object]] = []
         self.timeline: list[dict[str, object]] = []
 
@@ -95,6 +138,7 @@ class Rows:
 
     async def write(self, uow: UnitOfWork) -> None:
         tables: list[tuple[sa.Table, list[dict[str, object]]]] = [
+            (Callback.__table__, self.callbacks),  # type: ignore[attr-defined]
             (Timer.__table__, self.timers),  # type: ignore[attr-defined]
             (CallbackEvent.__table__, self.timeline),  # type: ignore[attr-defined]
         ]
@@ -102,6 +146,12 @@ class Rows:
             if pending:
                 await uow.session.execute(sa.insert(table), pending)
                 pending.clear()
+
+
+def forget(uow: UnitOfWork) -> None:
+    """Drop what the batch loaded (People, Loans): the rules read the tables again (after a `flush`)."""
+    for key in (People.KEY, Loans.KEY):
+        uow.session.info.pop(key, None)
 
 
 async def flush(uow: UnitOfWork) -> None:
@@ -123,7 +173,7 @@ def note(uow: UnitOfWork, *, callback_id: str, data: CallbackRef, at: datetime |
         uow.session.add(CallbackEvent(callback_id=callback_id, type=data.event_type, at=at, detail=detail))
 
 
-def publish(uow: UnitOfWork, cb: Callback, data: CallbackRef) -> None:
+def publish(uow: UnitOfWork, cb: AnyCallback, data: CallbackRef) -> None:
     """Emit a lifecycle event through the outbox and note it on the callback's timeline."""
     enqueue(uow, data, key=cb.loan_id)
     note(uow, callback_id=cb.callback_id, data=data)
@@ -131,6 +181,7 @@ def publish(uow: UnitOfWork, cb: Callback, data: CallbackRef) -> None:
 
 async def open_callbacks(*, uow: UnitOfWork, loan_id: str) -> list[Callback]:
     """The loan's open callbacks, their rows locked (in id order) until the transaction ends."""
+    await flush(uow)  # a batch's new callbacks are rows until then
     query = (
         select(Callback)
         .where(Callback.loan_id == loan_id, col(Callback.state).not_in(CLOSED_STATES))
@@ -184,8 +235,7 @@ async def busy_days(
             policy=policy, party_id=party_id, phone_index=phone_index, timezone=timezone, exclude=exclude,
             start=start, end=end,
         )  # fmt: skip
-    if people is not None:
-        await flush(uow)  # the batch's new and moved callbacks count
+    await flush(uow)  # the batch's new and moved callbacks count
     first, last = (planner.local_day(at=t, timezone=timezone) for t in (start, end))
     person = sa.or_(col(PersonCall.party_id) == party_id, col(PersonCall.phone_index) == phone_index)
     made = await uow.session.execute(
@@ -215,7 +265,7 @@ class People:
     def __init__(self, *, start: datetime, end: datetime) -> None:
         self.start, self.end = start, end  # callbacks due in [start, end], calls made on the local days between
         self.calls: dict[str, list[tuple[int | None, date]]] = {}  # party id or phone index -> (call id, local day)
-        self.callbacks: dict[str, dict[str, Callback]] = {}  # party id or phone index -> callbacks by id
+        self.callbacks: dict[str, dict[str, AnyCallback]] = {}  # party id or phone index -> callbacks by id
 
     @classmethod
     def of(cls, uow: UnitOfWork) -> People | None:
@@ -225,7 +275,7 @@ class People:
     @classmethod
     async def load(
         cls, *, uow: UnitOfWork, persons: Iterable[tuple[str, str]], start: datetime, end: datetime,
-        known: Iterable[Callback] = (),
+        known: Iterable[AnyCallback] = (),
     ) -> People:  # fmt: skip
         """Load for the (party id, phone index) pairs, callbacks due in [start, end]; remembered in the uow."""
         people = cls(start=start, end=end)
@@ -255,7 +305,7 @@ class People:
         uow.session.info[cls.KEY] = people
         return people
 
-    def add(self, cb: Callback) -> None:
+    def add(self, cb: AnyCallback) -> None:
         """A callback of one of these persons (new, or loaded): it counts from now on."""
         for key in (cb.party_id, cb.phone_index):
             self.callbacks.setdefault(key, {})[cb.callback_id] = cb
@@ -288,10 +338,11 @@ async def kept_arms(*, uow: UnitOfWork, loan_id: str) -> dict[str, str]:
     if loans is not None and loan_id in loans.stages:
         raws: Iterable[str] = [cb.arms for cb in reversed(loans.callbacks.get(loan_id, []))]
     else:
-        rows = await uow.session.execute(
+        await flush(uow)
+        found = await uow.session.execute(
             select(Callback.arms).where(Callback.loan_id == loan_id).order_by(col(Callback.seq).desc())
         )
-        raws = rows.scalars()
+        raws = found.scalars()
     kept: dict[str, str] = {}
     for raw in raws:
         kept |= experiments.parse(raw)  # newest first, so the earliest overwrites
@@ -309,14 +360,14 @@ class Loans:
 
     def __init__(self) -> None:
         self.stages: dict[str, LoanStage | None] = {}
-        self.callbacks: dict[str, list[Callback]] = {}  # oldest first
+        self.callbacks: dict[str, list[AnyCallback]] = {}  # oldest first
 
     @classmethod
     def of(cls, uow: UnitOfWork) -> Loans | None:
         found = uow.session.info.get(cls.KEY)
         return found if isinstance(found, Loans) else None
 
-    def open(self, loan_id: str) -> list[Callback]:
+    def open(self, loan_id: str) -> list[AnyCallback]:
         return [cb for cb in self.callbacks.get(loan_id, []) if cb.state not in CLOSED_STATES]
 
 
@@ -357,18 +408,18 @@ async def load_loans(
 
 async def schedule_callbacks(
     *, uow: UnitOfWork, event: LoanStageChanged, policy: Policy, cipher: Cipher, now: datetime
-) -> list[Callback]:
+) -> list[AnyCallback]:
     """Open one callback per party whose role the policy calls at this stage."""
     roles = policy.stages.get(event.stage, [])
     loans = Loans.of(uow)
     cached = loans is not None and event.loan_id in loans.stages
     opened = loans.open(event.loan_id) if loans and cached else await open_callbacks(uow=uow, loan_id=event.loan_id)
     existing = {cb.party_id for cb in opened if cb.stage == event.stage}
-    people = People.of(uow)
+    people, rows = People.of(uow), Rows.of(uow)
     kept = await kept_arms(uow=uow, loan_id=event.loan_id)
     arms = experiments.assign(policy=policy, loan_id=event.loan_id, kept=kept)
     treated = experiments.treatment(policy=policy, arms=arms).policy
-    created = []
+    created: list[AnyCallback] = []
     for party in event.parties:
         if party.role not in roles or party.party_id in existing:
             continue
@@ -384,7 +435,7 @@ async def schedule_callbacks(
             )  # fmt: skip
         plan = planner.plan_first_call(policy=treated, party=party, now=now, busy_days=busy)
         window = party.preferred_window
-        cb = Callback(
+        cb = (Callback if rows is None else Planned)(
             callback_id=str(uuid.uuid4()),
             loan_id=event.loan_id,
             stage=event.stage,
@@ -416,13 +467,16 @@ async def schedule_callbacks(
             cb.due_at = cb.notice_at = now
             add_flag(cb, "no_consent")
         add_timer(uow, cb.callback_id, "deadline", plan.deadline)
-        uow.session.add(cb)
+        if isinstance(cb, Planned) and rows is not None:
+            rows.callbacks.append(cb.row())
+        else:
+            uow.session.add(cb)
         if loans is not None and cached:
             loans.callbacks.setdefault(cb.loan_id, []).append(cb)
         if people is not None:
             people.add(cb)  # the next party of this loan may be the same person (shared phone)
         else:
-            await uow.session.flush()  # for the same reason: busy_days reads the table
+            await flush(uow)  # for the same reason: busy_days reads the table
         publish(
             uow,
             cb,
@@ -485,7 +539,10 @@ async def loan_moved(*, uow: UnitOfWork, event: LoanStageChanged, policy: Policy
     now = utcnow()
     repeat = await note_stage(uow=uow, loan_id=event.loan_id, stage=event.stage, now=now)
     if event.stage in CANCEL_REASON:
-        await flush(uow)  # callbacks and timers added earlier in the batch are read back from the tables
+        # Callbacks opened earlier in the batch are read back from the table as rows to close: from here
+        # on the batch reads the tables, not what it loaded.
+        await flush(uow)
+        forget(uow)
         await cancel_loan(uow=uow, loan_id=event.loan_id, reason=CANCEL_REASON[event.stage], now=now)
     elif event.stage in policy.stages and not repeat:
         # Upstream re-sending the stage the loan is already in must not call people again;
