@@ -293,11 +293,14 @@ class People:
         for call_id, party_id, phone_index, day in calls:
             for key in {party_id, phone_index}:
                 people.calls.setdefault(key, []).append((call_id, day))
+        known = list(known)
         found = await uow.session.execute(
             select(Callback).where(
                 sa.or_(col(Callback.party_id).in_(party_ids), col(Callback.phone_index).in_(phones)),
                 col(Callback.state).in_(OPEN_STATES),
                 col(Callback.due_at).between(start, end),
+                # Those in hand are live already; loading them again would only cost their rows.
+                col(Callback.callback_id).not_in([cb.callback_id for cb in known]),
             )
         )
         for cb in [*found.scalars(), *known]:

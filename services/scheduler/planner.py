@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from itertools import pairwise
 from zoneinfo import ZoneInfo
 
@@ -327,18 +327,36 @@ def offer_slots(
 ) -> list[datetime]:
     """Up to `count` times a party may pick on their page: starts of the parts of calling days, never a busy day."""
     zone = _zone(reach.timezone)
-    anywhere = Reach(timezone=reach.timezone)  # the party picks: their preferred window does not narrow it
     out: list[datetime] = []
     if count <= 0:
         return out
+    hours = policy.calling_hours
+    parts = tuple(policy.attempts.day_parts)
     for day in _days(after.astimezone(zone).date(), deadline.astimezone(zone).date()):
         if day in busy_days or not is_calling_day(policy=policy, day=day):
             continue
-        for span in calling_spans(policy=policy, window=None):
-            slot = local_instant(day=day, minute=span.start, zone=zone)
-            # The round trip through is_allowed guards against wall times a daylight-saving jump skips.
-            if after <= slot < deadline and is_allowed(policy=policy, reach=anywhere, at=slot, use_window=False):
+        for slot in _day_starts(reach.timezone, day, hours.start, hours.end, parts, hours.holidays):
+            if after <= slot < deadline:
                 out.append(slot)
                 if len(out) >= count:
                     return out
     return out
+
+
+@lru_cache(maxsize=4096)
+def _day_starts(
+    timezone: str, day: date, start: str, end: str, parts: tuple[str, ...], holidays_code: str
+) -> tuple[datetime, ...]:
+    """The starts of a calling day's parts as instants (cached: every page link of the day offers them)."""
+    zone = _zone(timezone)
+    spans = _spans(start, end, parts, None, None)
+    out = []
+    for span in spans:
+        slot = local_instant(day=day, minute=span.start, zone=zone)
+        # The round trip guards against wall times a daylight-saving jump skips (the party picks:
+        # their preferred window does not narrow it).
+        local, minute = _local_minute(slot, zone)
+        calling = not holidays_code or bool(_calendar(holidays_code).is_working_day(local))
+        if calling and any(s.start <= minute < s.end for s in spans):
+            out.append(slot)
+    return tuple(out)
