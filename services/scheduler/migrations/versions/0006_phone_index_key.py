@@ -41,13 +41,11 @@ def upgrade() -> None:
         last = rows[-1][0]
     full = sa.table("callback", sa.column("callback_id"), sa.column("phone_index"))
     conn.execute(
-        sa.update(person_call)
-        .values(
+        sa.update(person_call).values(
             phone_index=sa.select(full.c.phone_index)
             .where(full.c.callback_id == person_call.c.callback_id)
             .scalar_subquery()
-        )
-        .where(sa.exists().where(full.c.callback_id == person_call.c.callback_id))
+        ).where(sa.exists().where(full.c.callback_id == person_call.c.callback_id))
     )
 
 
