@@ -55,17 +55,53 @@ Handlers = Mapping[type[EventData], Handler[Any]]
 EventHandlers = dict[type[EventData], Callable[..., Awaitable[None]]]
 
 
+H = TypeVar("H", bound=Callable[..., Awaitable[None]])
+LOADER = "batch_loader"
+
+
+def batch_loader(load: Callable[..., Awaitable[Callable[[], Awaitable[None]] | None]]) -> Callable[[H], H]:
+    """Give a handler a loader. For each run of consecutive events of its type in a batch, the runner
+    calls `load(uow=, events=)` once with their data, then the handler per event, all in the batch's
+    transaction: the loader fetches with one query per table what the handler would query per event.
+    A loader may return an awaitable callable: the runner awaits it after the handlers, before the commit
+    (to write in bulk what the handlers left for it)."""
+
+    def mark(handler: H) -> H:
+        setattr(handler, LOADER, load)
+        return handler
+
+    return mark
+
+
+def _inject(model: type[EventData], fn: Callable[..., Awaitable[None]], dependencies: Mapping[str, object]) -> Any:
+    wanted = [p for p in inspect.signature(fn).parameters if p not in ("uow", "event", "events")]
+    missing = [p for p in wanted if p not in dependencies]
+    if missing:
+        raise TypeError(f"handler {fn.__name__} for {model.event_type} needs {', '.join(missing)}")
+    return partial(fn, **{p: dependencies[p] for p in wanted})
+
+
 def bind(handlers: EventHandlers, **dependencies: object) -> dict[type[EventData], Handler[Any]]:
-    """Give each handler the dependencies its signature names beyond `uow` and `event` (cosmicpython's
-    `inject_dependencies`); a dependency nobody supplied stops the service at start, naming it."""
+    """Give each handler (and its loader) the dependencies its signature names beyond `uow` and `event`
+    (cosmicpython's `inject_dependencies`); a dependency nobody supplied stops the service at start, naming it."""
     bound: dict[type[EventData], Handler[Any]] = {}
     for model, handler in handlers.items():
-        wanted = [p for p in inspect.signature(handler).parameters if p not in ("uow", "event")]
-        missing = [p for p in wanted if p not in dependencies]
-        if missing:
-            raise TypeError(f"handler {handler.__name__} for {model.event_type} needs {', '.join(missing)}")
-        bound[model] = partial(handler, **{p: dependencies[p] for p in wanted})
+        bound[model] = _inject(model, handler, dependencies)
+        load = getattr(handler, LOADER, None)
+        if load is not None:
+            setattr(bound[model], LOADER, _inject(model, load, dependencies))
     return bound
+
+
+def _run_from(todo: Sequence[tuple[ConsumerRecord, Event[EventData]]], start: int) -> list[Any]:
+    """The data of the consecutive events of one type from `start` on."""
+    kind = type(todo[start][1].data)
+    run = []
+    for _, event in todo[start:]:
+        if type(event.data) is not kind:
+            break
+        run.append(event.data)
+    return run
 
 
 class ProcessedEvent(SQLModel, table=True):
@@ -313,12 +349,21 @@ class ConsumerRunner:
         done: list[str] = []
         async with self.db.uow() as uow:
             seen = await self._already_processed(uow, [e.id for _, e in batch])
+            todo = []
+            finishing: list[Callable[[], Awaitable[None]]] = []  # what loaders hand back, awaited before commit
             for record, event in batch:
                 if event.id in seen:
                     results.append((record.topic, event.type, "duplicate"))
                     continue
                 seen.add(event.id)
+                todo.append((record, event))
+            for index, (record, event) in enumerate(todo):
                 handler = self.handlers.get(type(event.data))
+                load = getattr(handler, LOADER, None)
+                if load is not None and (index == 0 or type(todo[index - 1][1].data) is not type(event.data)):
+                    finish = await load(uow=uow, events=_run_from(todo, index))
+                    if finish is not None:
+                        finishing.append(finish)
                 if handler is not None:
                     # The handler's span continues the producer's trace; what it enqueues carries it on.
                     with continued(
@@ -330,6 +375,8 @@ class ConsumerRunner:
                         await handler(uow=uow, event=event)
                 done.append(event.id)
                 results.append((record.topic, event.type, "handled" if handler else "ignored"))
+            for finish in finishing:
+                await finish()
             if done:
                 # One multi-row insert for the batch's dedupe rows, in the same transaction as the effects.
                 table = ProcessedEvent.__table__  # type: ignore[attr-defined]

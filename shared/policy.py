@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from datetime import timedelta
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -21,6 +22,7 @@ def _non_negative(value: timedelta) -> timedelta:
 Duration = Annotated[timedelta, AfterValidator(_non_negative)]
 
 
+@cache  # called for every slot the planner weighs
 def minutes_of_day(clock: str) -> int:
     hours, minutes = clock.split(":")
     return int(hours) * 60 + int(minutes)

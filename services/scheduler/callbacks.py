@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import partial
 
 import sqlalchemy as sa
 from sqlmodel import col, select
@@ -30,6 +33,7 @@ from shared.events import (
     ExpiryReason,
     LoanStageChanged,
     RescheduleReason,
+    Role,
     Stage,
     Window,
 )
@@ -45,7 +49,7 @@ TIMELINE_FIELDS = {
 }  # fmt: skip
 
 
-def ref(cb: Callback) -> CallbackFields:
+def ref(cb: AnyCallback) -> CallbackFields:
     """The fields every callback event carries."""
     return CallbackFields(
         loan_id=cb.loan_id, callback_id=cb.callback_id, party_id=cb.party_id, role=cb.role, stage=cb.stage,
@@ -59,24 +63,117 @@ def reach(cb: Callback) -> planner.Reach:
     return planner.Reach(timezone=cb.timezone, window=window)
 
 
-def flags_of(cb: Callback) -> list[str]:
+def flags_of(cb: AnyCallback) -> list[str]:
     return [f for f in cb.flags.split(",") if f]
 
 
-def add_flag(cb: Callback, flag: str) -> None:
+def add_flag(cb: AnyCallback, flag: str) -> None:
     if flag not in flags_of(cb):
         cb.flags = ",".join([*flags_of(cb), flag])
 
 
+@dataclass(slots=True)
+class Planned:
+    """A callback a batch opens, written as a row by `Rows` (an ORM object costs more than its INSERT).
+
+    It has the attributes the rules read (`ref`, `flags_of`, busy days, a loan's open callbacks).
+    """
+
+    callback_id: str
+    loan_id: str
+    stage: Stage
+    branch_id: str
+    party_id: str
+    role: Role
+    state: CallbackState
+    contact_enc: str
+    caller_code_enc: str | None
+    phone_index: str
+    timezone: str
+    language: str
+    contact_consent: bool
+    due_at: datetime
+    deadline: datetime
+    notice_at: datetime
+    flags: str
+    window_start: str | None
+    window_end: str | None
+    arms: str
+    created_at: datetime
+    updated_at: datetime
+    attempt: int = 1
+    calls_made: int = 0
+
+    def row(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+# A callback as the rules read it: a row of the table, or one a batch is about to write.
+AnyCallback = Callback | Planned
+
+
+class Rows:
+    """Callback, timer and timeline rows of a batch, written with one multi-row INSERT per table by `flush`.
+
+    An ORM object per row costs more than the row's write; nothing in a batch reads these rows back
+    before `flush`. Kept in the session's `info` while a batch (a poll's loans, a pass of timers) runs.
+    """
+
+    KEY = "scheduler.rows"
+
+    def __init__(self) -> None:
+        self.callbacks: list[dict[str, object]] = []
+        self.timers: list[dict[str, object]] = []
+        self.timeline: list[dict[str, object]] = []
+
+    @classmethod
+    def of(cls, uow: UnitOfWork) -> Rows | None:
+        found = uow.session.info.get(cls.KEY)
+        return found if isinstance(found, Rows) else None
+
+    @classmethod
+    def start(cls, uow: UnitOfWork) -> Rows:
+        rows = uow.session.info[cls.KEY] = cls()
+        return rows
+
+    async def write(self, uow: UnitOfWork) -> None:
+        tables: list[tuple[sa.Table, list[dict[str, object]]]] = [
+            (Callback.__table__, self.callbacks),  # type: ignore[attr-defined]
+            (Timer.__table__, self.timers),  # type: ignore[attr-defined]
+            (CallbackEvent.__table__, self.timeline),  # type: ignore[attr-defined]
+        ]
+        for table, pending in tables:
+            if pending:
+                await uow.session.execute(sa.insert(table), pending)
+                pending.clear()
+
+
+def forget(uow: UnitOfWork) -> None:
+    """Drop what the batch loaded (People, Loans): the rules read the tables again (after a `flush`)."""
+    for key in (People.KEY, Loans.KEY):
+        uow.session.info.pop(key, None)
+
+
+async def flush(uow: UnitOfWork) -> None:
+    """Write what the unit of work holds so far (ORM objects and a batch's rows), before reading it back."""
+    rows = Rows.of(uow)
+    if rows is not None:
+        await rows.write(uow)
+    await uow.session.flush()
+
+
 def note(uow: UnitOfWork, *, callback_id: str, data: CallbackRef, at: datetime | None = None) -> None:
     """Add a line to the callback's timeline."""
-    detail = data.model_dump(mode="json", include=TIMELINE_FIELDS)
-    uow.session.add(
-        CallbackEvent(callback_id=callback_id, type=data.event_type, at=at or utcnow(), detail=json.dumps(detail))
-    )
+    at = at or utcnow()
+    detail = json.dumps(data.model_dump(mode="json", include=TIMELINE_FIELDS))
+    rows = Rows.of(uow)
+    if rows is not None:
+        rows.timeline.append({"callback_id": callback_id, "type": data.event_type, "at": at, "detail": detail})
+    else:
+        uow.session.add(CallbackEvent(callback_id=callback_id, type=data.event_type, at=at, detail=detail))
 
 
-def publish(uow: UnitOfWork, cb: Callback, data: CallbackRef) -> None:
+def publish(uow: UnitOfWork, cb: AnyCallback, data: CallbackRef) -> None:
     """Emit a lifecycle event through the outbox and note it on the callback's timeline."""
     enqueue(uow, data, key=cb.loan_id)
     note(uow, callback_id=cb.callback_id, data=data)
@@ -84,6 +181,7 @@ def publish(uow: UnitOfWork, cb: Callback, data: CallbackRef) -> None:
 
 async def open_callbacks(*, uow: UnitOfWork, loan_id: str) -> list[Callback]:
     """The loan's open callbacks, their rows locked (in id order) until the transaction ends."""
+    await flush(uow)  # a batch's new callbacks are rows until then
     query = (
         select(Callback)
         .where(Callback.loan_id == loan_id, col(Callback.state).not_in(CLOSED_STATES))
@@ -94,15 +192,32 @@ async def open_callbacks(*, uow: UnitOfWork, loan_id: str) -> list[Callback]:
     return list((await uow.session.execute(query)).scalars())
 
 
-async def cancel_timers(*, uow: UnitOfWork, callback_id: str, kinds: tuple[TimerKind, ...] | None = None) -> None:
-    query = sa.update(Timer).where(col(Timer.callback_id) == callback_id, col(Timer.fired_at).is_(None))
+async def cancel_timers(
+    *, uow: UnitOfWork, callback_id: str | Iterable[str], kinds: tuple[TimerKind, ...] | None = None
+) -> None:
+    """Cancel the pending timers of a callback, or of several at once."""
+    ids = [callback_id] if isinstance(callback_id, str) else list(callback_id)
+    query = sa.update(Timer).where(col(Timer.callback_id).in_(ids), col(Timer.fired_at).is_(None))
     if kinds:
         query = query.where(col(Timer.kind).in_(kinds))
     await uow.session.execute(query.values(fired_at=utcnow(), cancelled=True))
 
 
 def add_timer(uow: UnitOfWork, callback_id: str, kind: TimerKind, fire_at: datetime) -> None:
-    uow.session.add(Timer(callback_id=callback_id, kind=kind, fire_at=fire_at))
+    rows = Rows.of(uow)
+    if rows is not None:
+        rows.timers.append(
+            {"callback_id": callback_id, "kind": kind, "fire_at": fire_at, "fired_at": None, "cancelled": False}
+        )
+    else:
+        uow.session.add(Timer(callback_id=callback_id, kind=kind, fire_at=fire_at))
+
+
+def _busy(*, policy: Policy, timezone: str, made: Iterable[date], booked: Iterable[datetime]) -> frozenset[date]:
+    """The days that hold the daily cap, from the calls made and the open callbacks' due times."""
+    days = Counter(made)
+    days.update(planner.local_day(at=due, timezone=timezone) for due in booked)
+    return frozenset(d for d, n in days.items() if n >= policy.attempts.max_calls_per_person_per_day)
 
 
 async def busy_days(
@@ -112,8 +227,15 @@ async def busy_days(
     """The person's local days between start and end that already hold their daily cap of calls.
 
     A person is matched by party id or by phone: calls made (from outcomes) and calls booked
-    (open callbacks of theirs due that day) both count.
+    (open callbacks of theirs due that day) both count. Read from the batch's People when it holds them.
     """
+    people = People.of(uow)
+    if people is not None and people.covers(start=start, end=end):
+        return people.busy_days(
+            policy=policy, party_id=party_id, phone_index=phone_index, timezone=timezone, exclude=exclude,
+            start=start, end=end,
+        )  # fmt: skip
+    await flush(uow)  # the batch's new and moved callbacks count
     first, last = (planner.local_day(at=t, timezone=timezone) for t in (start, end))
     person = sa.or_(col(PersonCall.party_id) == party_id, col(PersonCall.phone_index) == phone_index)
     made = await uow.session.execute(
@@ -128,32 +250,179 @@ async def busy_days(
             col(Callback.due_at).between(start - timedelta(days=1), end + timedelta(days=1)),
         )
     )
-    days = Counter(made.scalars())
-    days.update(planner.local_day(at=due, timezone=timezone) for due in booked.scalars())
-    return frozenset(d for d, n in days.items() if n >= policy.attempts.max_calls_per_person_per_day)
+    return _busy(policy=policy, timezone=timezone, made=made.scalars(), booked=booked.scalars())
+
+
+class People:
+    """The calls made and the open callbacks of a batch's persons, loaded with one query per table.
+
+    Callbacks are the session's live objects, so what the batch changes (a new callback, a moved or
+    closed one) counts at once, as it would after a flush. Kept in the session's `info` for its transaction.
+    """
+
+    KEY = "scheduler.people"
+
+    def __init__(self, *, start: datetime, end: datetime) -> None:
+        self.start, self.end = start, end  # callbacks due in [start, end], calls made on the local days between
+        self.calls: dict[str, list[tuple[int | None, date]]] = {}  # party id or phone index -> (call id, local day)
+        self.callbacks: dict[str, dict[str, AnyCallback]] = {}  # party id or phone index -> callbacks by id
+
+    @classmethod
+    def of(cls, uow: UnitOfWork) -> People | None:
+        found = uow.session.info.get(cls.KEY)
+        return found if isinstance(found, People) else None
+
+    @classmethod
+    async def load(
+        cls, *, uow: UnitOfWork, persons: Iterable[tuple[str, str]], start: datetime, end: datetime,
+        known: Iterable[AnyCallback] = (),
+    ) -> People:  # fmt: skip
+        """Load for the (party id, phone index) pairs, callbacks due in [start, end]; remembered in the uow."""
+        people = cls(start=start, end=end)
+        pairs = set(persons)
+        party_ids, phones = {p for p, _ in pairs}, {i for _, i in pairs}
+        # Calls by local day: any zone's day of an instant in range lies within a day of its UTC date.
+        first, last = start.date() - timedelta(days=1), end.date() + timedelta(days=1)
+        columns = (col(PersonCall.id), col(PersonCall.party_id), col(PersonCall.phone_index), col(PersonCall.local_day))
+        calls = await uow.session.execute(
+            select(*columns).where(
+                sa.or_(col(PersonCall.party_id).in_(party_ids), col(PersonCall.phone_index).in_(phones)),
+                col(PersonCall.local_day).between(first, last),
+            )
+        )
+        for call_id, party_id, phone_index, day in calls:
+            for key in {party_id, phone_index}:
+                people.calls.setdefault(key, []).append((call_id, day))
+        known = list(known)
+        found = await uow.session.execute(
+            select(Callback).where(
+                sa.or_(col(Callback.party_id).in_(party_ids), col(Callback.phone_index).in_(phones)),
+                col(Callback.state).in_(OPEN_STATES),
+                col(Callback.due_at).between(start, end),
+                # Those in hand are live already; loading them again would only cost their rows.
+                col(Callback.callback_id).not_in([cb.callback_id for cb in known]),
+            )
+        )
+        for cb in [*found.scalars(), *known]:
+            people.add(cb)
+        uow.session.info[cls.KEY] = people
+        return people
+
+    def add(self, cb: AnyCallback) -> None:
+        """A callback of one of these persons (new, or loaded): it counts from now on."""
+        for key in (cb.party_id, cb.phone_index):
+            self.callbacks.setdefault(key, {})[cb.callback_id] = cb
+
+    def covers(self, *, start: datetime, end: datetime) -> bool:
+        """Whether busy_days over [start, end] can be answered from what was loaded."""
+        return self.start <= start - timedelta(days=1) and end + timedelta(days=1) <= self.end
+
+    def busy_days(
+        self, *, policy: Policy, party_id: str, phone_index: str, timezone: str, exclude: str | None,
+        start: datetime, end: datetime,
+    ) -> frozenset[date]:  # fmt: skip
+        """As the module's busy_days, from memory."""
+        first, last = (planner.local_day(at=t, timezone=timezone) for t in (start, end))
+        calls = {**dict(self.calls.get(party_id, ())), **dict(self.calls.get(phone_index, ()))}
+        made = [day for day in calls.values() if first <= day <= last]
+        cbs = {**self.callbacks.get(party_id, {}), **self.callbacks.get(phone_index, {})}
+        low, high = start - timedelta(days=1), end + timedelta(days=1)
+        booked = [
+            cb.due_at
+            for cb in cbs.values()
+            if cb.state in OPEN_STATES and cb.contact_consent and cb.callback_id != exclude and low <= cb.due_at <= high
+        ]
+        return _busy(policy=policy, timezone=timezone, made=made, booked=booked)
 
 
 async def kept_arms(*, uow: UnitOfWork, loan_id: str) -> dict[str, str]:
     """The arms the loan's callbacks already hold (the earliest callback's assignment wins)."""
-    rows = await uow.session.execute(
-        select(Callback.arms).where(Callback.loan_id == loan_id).order_by(col(Callback.seq).desc())
-    )
+    loans = Loans.of(uow)
+    if loans is not None and loan_id in loans.stages:
+        raws: Iterable[str] = [cb.arms for cb in reversed(loans.callbacks.get(loan_id, []))]
+    else:
+        await flush(uow)
+        found = await uow.session.execute(
+            select(Callback.arms).where(Callback.loan_id == loan_id).order_by(col(Callback.seq).desc())
+        )
+        raws = found.scalars()
     kept: dict[str, str] = {}
-    for raw in rows.scalars():
+    for raw in raws:
         kept |= experiments.parse(raw)  # newest first, so the earliest overwrites
     return kept
 
 
+class Loans:
+    """A batch's loans as loaded at its start: their stage rows and all their callbacks, rows locked.
+
+    Loaded with one query per table (not three per loan) and kept in the session's `info`; what the
+    batch adds is added here, so a later event of the same loan in the batch sees it.
+    """
+
+    KEY = "scheduler.loans"
+
+    def __init__(self) -> None:
+        self.stages: dict[str, LoanStage | None] = {}
+        self.callbacks: dict[str, list[AnyCallback]] = {}  # oldest first
+
+    @classmethod
+    def of(cls, uow: UnitOfWork) -> Loans | None:
+        found = uow.session.info.get(cls.KEY)
+        return found if isinstance(found, Loans) else None
+
+    def open(self, loan_id: str) -> list[AnyCallback]:
+        return [cb for cb in self.callbacks.get(loan_id, []) if cb.state not in CLOSED_STATES]
+
+
+async def load_loans(
+    *, uow: UnitOfWork, events: list[LoanStageChanged], policy: Policy, cipher: Cipher
+) -> Callable[[], Awaitable[None]]:
+    """Load what a batch of loan events needs, one query per table: stages, callbacks, and the people's days.
+
+    Returns what writes the batch's timer and timeline rows, for the runner to await before it commits.
+    """
+    await flush(uow)  # what earlier events of the transaction wrote, before reading
+    Rows.start(uow)
+    ids = sorted({e.loan_id for e in events})
+    lock = uow.dialect == "postgresql"
+    loans = Loans()
+    loans.stages = dict.fromkeys(ids)
+    stages = select(LoanStage).where(col(LoanStage.loan_id).in_(ids)).order_by(col(LoanStage.loan_id))
+    for row in (await uow.session.execute(stages.with_for_update() if lock else stages)).scalars():
+        loans.stages[row.loan_id] = row
+    found = select(Callback).where(col(Callback.loan_id).in_(ids)).order_by(col(Callback.seq))
+    for cb in (await uow.session.execute(found.with_for_update() if lock else found)).scalars():
+        loans.callbacks.setdefault(cb.loan_id, []).append(cb)
+    uow.session.info[Loans.KEY] = loans
+    persons = [
+        (party.party_id, cipher.phone_index(party.phone))
+        for e in events
+        for party in e.parties
+        if party.contact_consent and party.role in policy.stages.get(e.stage, [])
+    ]
+    if persons:
+        now = utcnow()
+        # Wide enough for any first call's horizon; busy_days queries itself when a range is not covered.
+        reach = timedelta(days=2 * policy.attempts.deadline_business_days + 21)
+        known = [cb for cbs in loans.callbacks.values() for cb in cbs]
+        await People.load(uow=uow, persons=persons, start=now - timedelta(days=1), end=now + reach, known=known)
+    return partial(flush, uow)
+
+
 async def schedule_callbacks(
     *, uow: UnitOfWork, event: LoanStageChanged, policy: Policy, cipher: Cipher, now: datetime
-) -> list[Callback]:
+) -> list[AnyCallback]:
     """Open one callback per party whose role the policy calls at this stage."""
     roles = policy.stages.get(event.stage, [])
-    existing = {cb.party_id for cb in await open_callbacks(uow=uow, loan_id=event.loan_id) if cb.stage == event.stage}
+    loans = Loans.of(uow)
+    cached = loans is not None and event.loan_id in loans.stages
+    opened = loans.open(event.loan_id) if loans and cached else await open_callbacks(uow=uow, loan_id=event.loan_id)
+    existing = {cb.party_id for cb in opened if cb.stage == event.stage}
+    people, rows = People.of(uow), Rows.of(uow)
     kept = await kept_arms(uow=uow, loan_id=event.loan_id)
     arms = experiments.assign(policy=policy, loan_id=event.loan_id, kept=kept)
     treated = experiments.treatment(policy=policy, arms=arms).policy
-    created = []
+    created: list[AnyCallback] = []
     for party in event.parties:
         if party.role not in roles or party.party_id in existing:
             continue
@@ -169,7 +438,7 @@ async def schedule_callbacks(
             )  # fmt: skip
         plan = planner.plan_first_call(policy=treated, party=party, now=now, busy_days=busy)
         window = party.preferred_window
-        cb = Callback(
+        cb = (Callback if rows is None else Planned)(
             callback_id=str(uuid.uuid4()),
             loan_id=event.loan_id,
             stage=event.stage,
@@ -190,6 +459,8 @@ async def schedule_callbacks(
             window_start=window.start if window else None,
             window_end=window.end if window else None,
             arms=json.dumps(arms, sort_keys=True),
+            created_at=now,  # given, not defaulted: a default factory costs a signature inspection per row
+            updated_at=now,
         )
         if party.contact_consent:
             add_timer(uow, cb.callback_id, "notice", plan.notice_at)
@@ -199,8 +470,16 @@ async def schedule_callbacks(
             cb.due_at = cb.notice_at = now
             add_flag(cb, "no_consent")
         add_timer(uow, cb.callback_id, "deadline", plan.deadline)
-        uow.session.add(cb)
-        await uow.session.flush()  # the next party of this loan may be the same person (shared phone)
+        if isinstance(cb, Planned) and rows is not None:
+            rows.callbacks.append(cb.row())
+        else:
+            uow.session.add(cb)
+        if loans is not None and cached:
+            loans.callbacks.setdefault(cb.loan_id, []).append(cb)
+        if people is not None:
+            people.add(cb)  # the next party of this loan may be the same person (shared phone)
+        else:
+            await flush(uow)  # for the same reason: busy_days reads the table
         publish(
             uow,
             cb,
@@ -242,17 +521,19 @@ async def cancel_by_operator(*, uow: UnitOfWork, callback_id: str, reason: str, 
     return cb
 
 
-async def close(*, uow: UnitOfWork, cb: Callback, state: CallbackState, now: datetime) -> None:
+async def close(*, uow: UnitOfWork, cb: Callback, state: CallbackState, now: datetime, cancel: bool = True) -> None:
+    """Close the callback; `cancel=False` leaves cancelling its timers to the caller (a batch does it once)."""
     cb.state = state
     cb.closed_at = now
     cb.updated_at = now
     uow.session.add(cb)
-    await cancel_timers(uow=uow, callback_id=cb.callback_id)
+    if cancel:
+        await cancel_timers(uow=uow, callback_id=cb.callback_id)
 
 
-async def expire(*, uow: UnitOfWork, cb: Callback, reason: ExpiryReason, now: datetime) -> None:
+async def expire(*, uow: UnitOfWork, cb: Callback, reason: ExpiryReason, now: datetime, cancel: bool = True) -> None:
     """Close a callback as expired: its deadline passed or its attempts ran out."""
-    await close(uow=uow, cb=cb, state="expired", now=now)
+    await close(uow=uow, cb=cb, state="expired", now=now, cancel=cancel)
     publish(uow, cb, CallbackExpired(**ref(cb), reason=reason))
 
 
@@ -261,6 +542,10 @@ async def loan_moved(*, uow: UnitOfWork, event: LoanStageChanged, policy: Policy
     now = utcnow()
     repeat = await note_stage(uow=uow, loan_id=event.loan_id, stage=event.stage, now=now)
     if event.stage in CANCEL_REASON:
+        # Callbacks opened earlier in the batch are read back from the table as rows to close: from here
+        # on the batch reads the tables, not what it loaded.
+        await flush(uow)
+        forget(uow)
         await cancel_loan(uow=uow, loan_id=event.loan_id, reason=CANCEL_REASON[event.stage], now=now)
     elif event.stage in policy.stages and not repeat:
         # Upstream re-sending the stage the loan is already in must not call people again;
@@ -270,10 +555,18 @@ async def loan_moved(*, uow: UnitOfWork, event: LoanStageChanged, policy: Policy
 
 async def note_stage(*, uow: UnitOfWork, loan_id: str, stage: Stage, now: datetime) -> bool:
     """Record the loan's stage; True when it was already in that stage."""
-    current = await uow.session.get(LoanStage, loan_id, with_for_update=uow.dialect == "postgresql")
+    loans = Loans.of(uow)
+    if loans is not None and loan_id in loans.stages:
+        current = loans.stages[loan_id]
+    else:
+        current = await uow.session.get(LoanStage, loan_id, with_for_update=uow.dialect == "postgresql")
     if current is None:
-        uow.session.add(LoanStage(loan_id=loan_id, stage=stage, changed_at=now))
-        await uow.session.flush()
+        added = LoanStage(loan_id=loan_id, stage=stage, changed_at=now)
+        uow.session.add(added)
+        if loans is not None and loan_id in loans.stages:
+            loans.stages[loan_id] = added  # written with the batch
+        else:
+            await uow.session.flush()
         return False
     repeat = current.stage == stage
     current.stage, current.changed_at = stage, now

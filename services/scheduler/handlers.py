@@ -6,10 +6,12 @@ from services.scheduler import callbacks
 from shared.crypto import Cipher
 from shared.db import UnitOfWork
 from shared.events import CallbackOutcomeRecorded, Event, LoanStageChanged
-from shared.kafka import EventHandlers
+from shared.kafka import EventHandlers, batch_loader
 from shared.policy import Policy
 
 
+# A poll's loans are loaded together (stages, callbacks, the people's calls), then handled one by one.
+@batch_loader(callbacks.load_loans)
 async def on_loan_stage(*, uow: UnitOfWork, event: Event[LoanStageChanged], policy: Policy, cipher: Cipher) -> None:
     """A loan moved: open callbacks for a calling stage, cancel them for rejected/withdrawn."""
     await callbacks.loan_moved(uow=uow, event=event.data, policy=policy, cipher=cipher)

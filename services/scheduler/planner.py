@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from itertools import pairwise
 from zoneinfo import ZoneInfo
 
@@ -77,18 +77,27 @@ def part_of_day(*, policy: Policy, minute: float) -> int:
 
 def calling_spans(*, policy: Policy, window: Window | None) -> list[Span]:
     """Calling hours, narrowed to the preferred window when they overlap, cut at the parts of the day."""
-    hours = [(minutes_of_day(policy.calling_hours.start), minutes_of_day(policy.calling_hours.end))]
+    hours, parts = policy.calling_hours, tuple(policy.attempts.day_parts)
+    return list(_spans(hours.start, hours.end, parts, window.start if window else None, window.end if window else None))
+
+
+@cache
+def _spans(
+    start: str, end: str, parts: tuple[str, ...], window_start: str | None, window_end: str | None
+) -> tuple[Span, ...]:
+    # Cached: the timer loop asks for the same few clocks for every slot it offers.
+    hours = [(minutes_of_day(start), minutes_of_day(end))]
     spans = hours
-    if window is not None:
-        narrowed = _intersect(hours, _window_intervals(window))
+    if window_start is not None and window_end is not None:
+        narrowed = _intersect(hours, _window_intervals(Window(start=window_start, end=window_end)))
         # A window entirely outside calling hours cannot be honoured; calling hours are the hard rule.
         spans = narrowed or hours
-    cuts = sorted({minutes_of_day(b) for b in policy.attempts.day_parts})
-    out = []
-    for start, end in spans:
-        edges = [start, *(c for c in cuts if start < c < end), end]
-        out += [Span(a, b, part_of_day(policy=policy, minute=a)) for a, b in pairwise(edges)]
-    return out
+    cuts = sorted({minutes_of_day(b) for b in parts})
+    out: list[Span] = []
+    for a0, b0 in spans:
+        edges = [a0, *(c for c in cuts if a0 < c < b0), b0]
+        out += [Span(a, b, sum(1 for c in parts if a >= minutes_of_day(c))) for a, b in pairwise(edges)]
+    return tuple(out)
 
 
 def _window_intervals(window: Window) -> list[tuple[int, int]]:
@@ -318,18 +327,36 @@ def offer_slots(
 ) -> list[datetime]:
     """Up to `count` times a party may pick on their page: starts of the parts of calling days, never a busy day."""
     zone = _zone(reach.timezone)
-    anywhere = Reach(timezone=reach.timezone)  # the party picks: their preferred window does not narrow it
     out: list[datetime] = []
     if count <= 0:
         return out
+    hours = policy.calling_hours
+    parts = tuple(policy.attempts.day_parts)
     for day in _days(after.astimezone(zone).date(), deadline.astimezone(zone).date()):
         if day in busy_days or not is_calling_day(policy=policy, day=day):
             continue
-        for span in calling_spans(policy=policy, window=None):
-            slot = local_instant(day=day, minute=span.start, zone=zone)
-            # The round trip through is_allowed guards against wall times a daylight-saving jump skips.
-            if after <= slot < deadline and is_allowed(policy=policy, reach=anywhere, at=slot, use_window=False):
+        for slot in _day_starts(reach.timezone, day, hours.start, hours.end, parts, hours.holidays):
+            if after <= slot < deadline:
                 out.append(slot)
                 if len(out) >= count:
                     return out
     return out
+
+
+@lru_cache(maxsize=4096)
+def _day_starts(
+    timezone: str, day: date, start: str, end: str, parts: tuple[str, ...], holidays_code: str
+) -> tuple[datetime, ...]:
+    """The starts of a calling day's parts as instants (cached: every page link of the day offers them)."""
+    zone = _zone(timezone)
+    spans = _spans(start, end, parts, None, None)
+    out = []
+    for span in spans:
+        slot = local_instant(day=day, minute=span.start, zone=zone)
+        # The round trip guards against wall times a daylight-saving jump skips (the party picks:
+        # their preferred window does not narrow it).
+        local, minute = _local_minute(slot, zone)
+        calling = not holidays_code or bool(_calendar(holidays_code).is_working_day(local))
+        if calling and any(s.start <= minute < s.end for s in spans):
+            out.append(slot)
+    return tuple(out)

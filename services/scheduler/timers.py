@@ -5,13 +5,25 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
 from sqlmodel import col, select
 
 from services.scheduler import experiments, planner
-from services.scheduler.callbacks import add_timer, busy_days, cancel_timers, expire, publish, reach, ref
+from services.scheduler.callbacks import (
+    People,
+    Rows,
+    add_timer,
+    busy_days,
+    cancel_timers,
+    expire,
+    flush,
+    publish,
+    reach,
+    ref,
+)
 from services.scheduler.models import Callback, Timer
 from shared import labels, links
 from shared.claims import claim
@@ -65,6 +77,9 @@ class TimerLoop:
         self.poll_seconds = poll_seconds
         self.batch = batch
         self._replanned: set[str] = set()  # callbacks whose call a late notice moved, in the batch in hand
+        self._closing: set[str] | None = None  # closed in the batch in hand: their timers cancelled at its end
+        self._notices: set[str] | None = None  # the batch's callbacks with a notice still to go out
+        self._treatments: dict[str, experiments.Treatment] = {}  # by the callback's stored arms
 
     async def run(self) -> None:
         while True:
@@ -87,6 +102,22 @@ class TimerLoop:
     async def fire_due(self, now: datetime | None = None) -> int:
         """Fire every timer whose time has come (by `now`, the clock unless a test sets it); returns how many."""
         now = now or utcnow()
+        try:
+            rows = await self._pass(now, isolate=False)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            # One broken timer (say, undecryptable contact details) must not stop the others: the batch
+            # was rolled back; claim again and fire one by one, so that only the broken one is put back.
+            log.warning("timer.batch_failed", error=type(exc).__name__)
+            rows = await self._pass(now, isolate=True)
+        for row in rows:
+            TIMERS_FIRED.labels("scheduler", row.kind).inc()
+            TIMER_LATENESS.labels("scheduler", row.kind).observe(max(0.0, (now - row.fire_at).total_seconds()))
+        return len(rows)
+
+    async def _pass(self, now: datetime, *, isolate: bool) -> list[sa.Row[Any]]:
+        """Claim a batch and fire it in one transaction: set-based, or with a savepoint per timer (`isolate`)."""
         self._replanned.clear()
         table = Timer.__table__  # type: ignore[attr-defined]
         callbacks = Callback.__table__  # type: ignore[attr-defined]
@@ -106,26 +137,56 @@ class TimerLoop:
             ids = {row.callback_id for row in rows}
             found = await uow.session.execute(select(Callback).where(col(Callback.callback_id).in_(ids)))
             by_id = {cb.callback_id: cb for cb in found.scalars()}
+            self._closing = None if isolate else set()
+            self._notices = None if isolate else await self._pending_notices(uow, ids)
+            if not isolate and rows:
+                Rows.start(uow)
+                await self._load_people(uow, list(by_id.values()), now=now)
             for row in rows:
-                try:
-                    # Each firing starts a trace of its own; the events it emits carry it on.
-                    with span(f"timer {row.kind}", attributes=timer_attributes(row.kind, row.callback_id)):
-                        async with uow.session.begin_nested():
-                            await self._fire(uow, kind=row.kind, cb=by_id.get(row.callback_id), now=now)
-                except Exception as exc:
-                    if is_transient(exc):
-                        raise
-                    # One broken timer (say, undecryptable contact details) must not stop the others:
-                    # it is put back to try again later, and the log says which.
-                    log.error("timer.failed", timer_id=row.id, kind=row.kind, error=type(exc).__name__)
-                    await uow.session.execute(
-                        sa.update(table).where(table.c.id == row.id).values(fired_at=None, fire_at=now + RETRY_AFTER)
-                    )
+                # Each firing starts a trace of its own; the events it emits carry it on.
+                with span(f"timer {row.kind}", attributes=timer_attributes(row.kind, row.callback_id)):
+                    if isolate:
+                        await self._fire_isolated(uow, row=row, cb=by_id.get(row.callback_id), now=now)
+                    else:
+                        await self._fire(uow, kind=row.kind, cb=by_id.get(row.callback_id), now=now)
+            await flush(uow)  # the batch's rows, before its closed callbacks' timers (those too) are cancelled
+            if self._closing:
+                await cancel_timers(uow=uow, callback_id=self._closing)
             await uow.commit()
-        for row in rows:
-            TIMERS_FIRED.labels("scheduler", row.kind).inc()
-            TIMER_LATENESS.labels("scheduler", row.kind).observe(max(0.0, (now - row.fire_at).total_seconds()))
-        return len(rows)
+        return rows
+
+    async def _fire_isolated(self, uow: UnitOfWork, *, row: sa.Row[Any], cb: Callback | None, now: datetime) -> None:
+        table = Timer.__table__  # type: ignore[attr-defined]
+        try:
+            async with uow.session.begin_nested():
+                await self._fire(uow, kind=row.kind, cb=cb, now=now)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            # Put back to try again later, and the log says which.
+            log.error("timer.failed", timer_id=row.id, kind=row.kind, error=type(exc).__name__)
+            await uow.session.execute(
+                sa.update(table).where(table.c.id == row.id).values(fired_at=None, fire_at=now + RETRY_AFTER)
+            )
+
+    async def _pending_notices(self, uow: UnitOfWork, ids: set[str]) -> set[str]:
+        """The batch's callbacks whose notice is still to go out: one query, not one per due timer."""
+        if self.policy is None or not ids:
+            return set()
+        found = await uow.session.execute(
+            select(Timer.callback_id).where(
+                col(Timer.callback_id).in_(ids), col(Timer.kind) == "notice", col(Timer.fired_at).is_(None)
+            )
+        )
+        return set(found.scalars())
+
+    async def _load_people(self, uow: UnitOfWork, cbs: list[Callback], *, now: datetime) -> None:
+        """The batch's persons' calls and open callbacks, when the page's slots need their busy days."""
+        if self.links is None or self.policy is None or not cbs:
+            return
+        persons = [(cb.party_id, cb.phone_index) for cb in cbs]
+        end = max(cb.deadline for cb in cbs) + timedelta(days=1)
+        await People.load(uow=uow, persons=persons, start=now - timedelta(days=1), end=end, known=cbs)
 
     async def _fire(self, uow: UnitOfWork, *, kind: str, cb: Callback | None, now: datetime) -> None:
         if cb is None or cb.state in CLOSED_STATES:
@@ -146,12 +207,16 @@ class TimerLoop:
             uow.session.add(cb)
             publish(uow, cb, self._due(cb, await self._access(uow, cb=cb, now=now)))
         elif kind == "deadline":
-            await expire(uow=uow, cb=cb, reason="deadline", now=now)
+            await expire(uow=uow, cb=cb, reason="deadline", now=now, cancel=self._closing is None)
+            if self._closing is not None:
+                self._closing.add(cb.callback_id)
 
     async def _notice_pending(self, uow: UnitOfWork, *, cb: Callback) -> bool:
         """Whether the callback's advance notice is still to go out (and the policy asks for one)."""
         if self.policy is None or self._treatment(cb).policy.notice.lead <= timedelta(0):
             return False
+        if self._notices is not None:
+            return cb.callback_id in self._notices
         pending = await uow.session.scalar(
             select(Timer.id).where(
                 col(Timer.callback_id) == cb.callback_id, col(Timer.kind) == "notice", col(Timer.fired_at).is_(None)
@@ -192,6 +257,8 @@ class TimerLoop:
         if send_at <= now:
             return False
         add_timer(uow, cb.callback_id, "notice", send_at)
+        if self._notices is not None:
+            self._notices.add(cb.callback_id)
         return True
 
     async def _replan_after_notice(
@@ -209,6 +276,7 @@ class TimerLoop:
         cb.notice_at, cb.due_at, cb.updated_at = send_at, slot, now
         uow.session.add(cb)
         self._replanned.add(cb.callback_id)
+        await flush(uow)  # a due timer added earlier in the batch is cancelled too
         await cancel_timers(uow=uow, callback_id=cb.callback_id, kinds=("due",))
         add_timer(uow, cb.callback_id, "due", slot)
         publish(uow, cb, CallbackRescheduled(**ref(cb), due_at=slot, reason="late_notice"))
@@ -218,7 +286,12 @@ class TimerLoop:
     def _treatment(self, cb: Callback) -> experiments.Treatment:
         """The policy as the callback's experiment arms change it."""
         assert self.policy is not None
-        return experiments.treatment(policy=self.policy, arms=experiments.parse(cb.arms))
+        found = self._treatments.get(cb.arms)
+        if found is None:  # a few arms combinations, and the policy is the loop's: worked out once each
+            found = self._treatments[cb.arms] = experiments.treatment(
+                policy=self.policy, arms=experiments.parse(cb.arms)
+            )
+        return found
 
     async def _access(self, uow: UnitOfWork, *, cb: Callback, now: datetime) -> PartyAccess:
         """The caller code, and the party's page link with the slots it may offer, unless the arm turns them off."""

@@ -69,6 +69,26 @@ async def test_bind_gives_each_handler_the_dependencies_it_names() -> None:
     assert seen == {"uow": "uow", "event": "event", "policy": "the policy"}
 
 
+async def test_bind_gives_a_handlers_loader_its_dependencies_and_refuses_a_missing_one() -> None:
+    from shared.events import Event, LoanStageChanged
+    from shared.kafka import LOADER, batch_loader, bind
+
+    loaded: dict[str, object] = {}
+
+    async def load(*, uow: object, events: list[LoanStageChanged], cipher: str) -> None:
+        loaded.update(uow=uow, events=events, cipher=cipher)
+
+    @batch_loader(load)
+    async def on_stage(*, uow: object, event: Event[LoanStageChanged], policy: str) -> None:
+        raise AssertionError("not called here")
+
+    bound = bind({LoanStageChanged: on_stage}, policy="the policy", cipher="the cipher")
+    await getattr(bound[LoanStageChanged], LOADER)(uow="uow", events=["e1", "e2"])
+    assert loaded == {"uow": "uow", "events": ["e1", "e2"], "cipher": "the cipher"}
+    with pytest.raises(TypeError, match=r"load for loan.stage.changed needs cipher"):
+        bind({LoanStageChanged: on_stage}, policy="the policy")
+
+
 def test_bind_refuses_a_handler_whose_dependency_nobody_supplies() -> None:
     from shared.events import CallbackRefused, Event
     from shared.kafka import bind
