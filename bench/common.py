@@ -37,6 +37,7 @@ from shared.kafka import create_topics  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+LOGS = RESULTS / "logs"  # each service's log of the last runs, to look into a surprising figure
 POLICY = ROOT / "policy.toml"
 HUIFANG = ROOT / ".venv" / "bin" / "huifang"
 API_KEY = "bench-agent-key-0123456789abcdef"
@@ -47,7 +48,7 @@ WAIT = 300.0  # seconds any one measured run may take before the bench gives up
 
 @dataclass
 class Figure:
-    """One row of the table: `ratio` is value / baseline when both are rates, else None."""
+    """One row of the table: `ratio` is value / baseline when both are rates (unit …/s), else None."""
 
     name: str
     value: float
@@ -57,7 +58,7 @@ class Figure:
     ratio: float | None = None
 
     def __post_init__(self) -> None:
-        if self.baseline and self.ratio is None:
+        if self.baseline and self.ratio is None and self.unit.endswith("/s"):
             self.ratio = round(self.value / self.baseline, 3)
         self.value = round(self.value, 3)
         self.baseline = None if self.baseline is None else round(self.baseline, 3)
@@ -173,7 +174,8 @@ async def service(st: Stack, kind: str, prefix: str, name: str, **env: str) -> A
 
 def _spawn(st: Stack, kind: str, prefix: str, name: str, env: dict[str, str]) -> Service:
     port = free_port()
-    with open(st.workdir / f"{prefix}{name}.log", "ab") as log:  # the child keeps its own handle
+    LOGS.mkdir(parents=True, exist_ok=True)
+    with open(LOGS / f"{prefix}{name}.log", "ab") as log:  # the child keeps its own handle
         process = subprocess.Popen(
             [str(HUIFANG), "run", name],
             env=st.env(kind, prefix, **{f"HUIFANG_{name.upper()}_PORT": str(port)}, **env),
