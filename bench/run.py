@@ -15,12 +15,13 @@ import argparse
 import asyncio
 import importlib
 import logging
+import shutil
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
 
-from bench.common import Figure, Stack, print_table, stack, write_summary
+from bench.common import LOGS, Figure, Stack, print_table, stack, write_summary
 from shared.logs import configure_logging
 
 # Each part is a module of bench/ with `async def measure(stack) -> list[Figure]`, in the order they run.
@@ -28,13 +29,17 @@ PARTS = {"ingest": "ingest", "timers": "timers", "post": "attempts", "outbox": "
          "300k": "big_tables"}  # fmt: skip
 
 
-async def run(st: Stack, parts: list[str]) -> list[Figure]:
+async def run(st: Stack, parts: list[str], failed: dict[str, str]) -> list[Figure]:
     figures: list[Figure] = []
     for part in parts:
         began = time.perf_counter()
         print(f"{part}:", flush=True)
         measure: Callable[[Stack], Awaitable[list[Figure]]] = importlib.import_module(f"bench.{PARTS[part]}").measure
-        figures += await measure(st)
+        try:
+            figures += await measure(st)
+        except Exception as exc:  # one broken part must not cost the others' figures
+            print(f"  {part} failed: {type(exc).__name__}: {exc}", flush=True)
+            failed[part] = f"{type(exc).__name__}: {str(exc)[:300]}"
         print(f"  ({time.perf_counter() - began:.0f}s)", flush=True)
     return figures
 
@@ -54,16 +59,22 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, interrupted)
     began = time.perf_counter()
+    shutil.rmtree(LOGS, ignore_errors=True)
+    failed: dict[str, str] = {}
     try:
         with stack() as st:
-            figures = asyncio.run(run(st, parts))
+            figures = asyncio.run(run(st, parts, failed))
     except KeyboardInterrupt:
         print("interrupted: stopping the broker and PostgreSQL", file=sys.stderr)
         return 130
-    path = write_summary(figures, {"parts": parts, "wall_seconds": round(time.perf_counter() - began)})
+    extra = {"parts": parts, "failed": failed, "load_generator": "wrk" if shutil.which("wrk") else "python",
+             "wall_seconds": round(time.perf_counter() - began)}  # fmt: skip
+    path = write_summary(figures, extra)
     print_table(figures)
+    for part, error in failed.items():
+        print(f"FAILED {part}: {error}")
     print(f"\nsummary: {path}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

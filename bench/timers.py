@@ -37,7 +37,7 @@ POLL = 0.5  # HUIFANG_TIMER_POLL_SECONDS, the default
 BATCH = 200
 MIN_PAUSE = 0.05
 BURST = 1000
-BACKLOG = 4000
+BACKLOG = 2000
 LINK_SECRET = b"bench-link-secret-0123456789abcdef0123"
 TABLE = {m.__tablename__: m.__table__ for m in (Callback, Timer, CallbackEvent, OutboxMessage)}  # type: ignore[attr-defined]
 
@@ -211,5 +211,10 @@ def figures(huifang: dict[str, float], baseline: dict[str, float], label: str = 
     ]  # fmt: skip
 
 
+LAST: dict[str, float] = {}  # the small-table figures of this run, for the 300k run to compare with
+
+
 async def measure(st: Stack) -> list[Figure]:
-    return figures(await huifang_side(st), await baseline_side(st))
+    huifang = await huifang_side(st)
+    LAST.update(huifang)
+    return figures(huifang, await baseline_side(st))
