@@ -249,13 +249,18 @@ def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}
 
 
+def number(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+
+
 def print_table(figures: Sequence[Figure]) -> None:
-    print(f"\n{'figure':58}{'value':>12}{'baseline':>12}{'ratio':>8}  {'unit':12}goal")
+    """The figures as a Markdown table (the README quotes it)."""
+    print("\n| figure | value | baseline | ratio | unit | goal |\n|---|---:|---:|---:|---|---|")
     for f in figures:
-        base = "" if f.baseline is None else f"{f.baseline:,.3g}" if f.baseline < 10 else f"{f.baseline:,.0f}"
-        value = f"{f.value:,.3g}" if f.value < 10 else f"{f.value:,.0f}"
         ratio = "" if f.ratio is None else f"{f.ratio:.3f}"
-        print(f"{f.name:58}{value:>12}{base:>12}{ratio:>8}  {f.unit:12}{f.goal}")
+        print(f"| {f.name} | {number(f.value)} | {number(f.baseline)} | {ratio} | {f.unit} | {f.goal} |")
 
 
 def write_summary(figures: Sequence[Figure], extra: dict[str, Any]) -> Path:
