@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from bench import attempts, timers
-from bench.common import Figure, Stack, local_noon_zone
+from bench.common import Figure, Stack, timer_policy
 from shared.db import Database
 
 OPEN = 300_000
@@ -33,7 +33,7 @@ async def bulk_timers(st: Stack, db: Database) -> None:
                 " now(), now()"
                 " FROM generate_series(1, :n) AS i"
             ),
-            {"contact": contact, "zone": local_noon_zone(), "n": OPEN},
+            {"contact": contact, "zone": timer_policy(st), "n": OPEN},
         )
         await conn.execute(
             sa.text(

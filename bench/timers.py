@@ -1,8 +1,8 @@
 """Timers: the scheduler's timer loop (policy on) against a set-based raw-SQL loop doing the same writes.
 
 PostgreSQL only: claiming with SKIP LOCKED is what a timer loop of several replicas needs.
-Both sides fire `due` timers of open callbacks in a zone where it is now about 13:00 (inside calling
-hours, outside quiet hours, so the policy lets each one go and neither side defers any):
+Both sides fire `due` timers of open callbacks in a zone where the policy lets a call go now (calling
+hours on a calling day, the nearest to 13:00 local), so neither side defers any:
 
 - burst: 1,000 timers due at one instant; lateness is from `fire_at` until the bench sees the timer
   fired (committed), polled every 20 ms on both sides; `fired_at < fire_at` counts as early;
@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from bench.common import ROOT, Figure, Stack, drop, local_noon_zone, quantile, scalar, service, wait_until
+from bench.common import ROOT, Figure, Stack, drop, quantile, scalar, service, timer_policy, wait_until
 from services.scheduler.models import Callback, CallbackEvent, Timer
 from shared import labels, links
 from shared.db import Database
@@ -46,7 +46,7 @@ TABLE = {m.__tablename__: m.__table__ for m in (Callback, Timer, CallbackEvent, 
 
 async def seed(st: Stack, db: Database, *, count: int, fire_at: datetime, tag: str) -> int:
     """`count` open callbacks, each with one `due` timer at `fire_at`; returns the highest timer id."""
-    cipher, now, zone = st.cipher, datetime.now(UTC), local_noon_zone()
+    cipher, now, zone = st.cipher, datetime.now(UTC), timer_policy(st)
     contact = cipher.encrypt_json({"name": "张伟", "phone": "+8613800138000", "email": None})
     code = cipher.encrypt("123456")
     callbacks, timers = [], []
@@ -117,6 +117,7 @@ async def scalar_max(db: Database) -> int:
 async def huifang_side(st: Stack, prepare: Callable[[Database], Awaitable[None]] | None = None) -> dict[str, float]:
     prefix = st.prefix()
     db = st.database("postgresql", prefix, "scheduler")
+    timer_policy(st)  # before the service starts: it may swap the policy file
     try:
         async with service(st, "postgresql", prefix, "scheduler", HUIFANG_TIMER_POLL_SECONDS=str(POLL)):
             if prepare:
