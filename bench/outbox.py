@@ -3,9 +3,9 @@
 The relay under test is the scheduler's own (`huifang run scheduler`, nothing else for it to do):
 the bench writes EVENTS `callback.scheduled` rows into its outbox in one transaction, as `enqueue`
 writes them, and times from the first row seen gone (sent, acked and deleted) to the last, polling
-every 20 ms. The baseline is an AIOKafkaProducer(acks=all, enable_idempotence=True) sending the
-same encoded envelopes in chunks of the relay's batch (500), each chunk's acks gathered, from the
-first send to the last ack. Both on PostgreSQL and SQLite.
+every 20 ms. The baseline is the producer the relay gets (`make_producer`: acks=all, idempotence,
+the same linger and batch size) sending the same encoded envelopes in chunks of the relay's batch
+(500), each chunk's acks gathered, from the first send to the last ack. Both on PostgreSQL and SQLite.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from bench.common import Figure, Stack, drop, scalar, service, wait_until
 from shared.db import Database
 from shared.events import CONTENT_TYPE, CallbackScheduled, encode, new_envelope
-from shared.kafka import client_options, create_topics
+from shared.kafka import create_topics, make_producer
 from shared.outbox import OutboxMessage
 
 EVENTS = 20_000
@@ -80,7 +80,7 @@ async def raw_side(st: Stack) -> float:
     settings = st.settings(prefix)
     await create_topics(settings)
     rows = envelopes(prefix, EVENTS)
-    producer = AIOKafkaProducer(**client_options(settings), acks="all", enable_idempotence=True)
+    producer = make_producer(settings)  # the relay's own: acks=all, idempotence, the same batching
     await producer.start()
     try:
         await send_chunk(producer, envelopes(prefix, CHUNK))  # warm: metadata, leaders, connections
