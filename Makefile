@@ -9,7 +9,7 @@ DEV_ENV := HUIFANG_API_KEYS=$${HUIFANG_API_KEYS:-agent:dev-agent,supervisor:dev-
 	HUIFANG_WEBHOOK_SECRET=$${HUIFANG_WEBHOOK_SECRET:-dev-webhook-secret} \
 	HUIFANG_SMS_WEBHOOK_URL=$${HUIFANG_SMS_WEBHOOK_URL:-http://127.0.0.1:8009/sms}
 
-.PHONY: asyncapi-parser schemas setup run demo test test-fault test-load test-chaos test-unit test-props lint kafka-jars clean bench-timers bench-pipeline lock
+.PHONY: asyncapi-parser schemas setup run demo test test-fault test-load test-chaos test-unit test-props lint kafka-jars clean bench bench-timers lock
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -81,13 +81,20 @@ test-load: setup
 test-chaos: setup
 	$(BIN)/python -m pytest -p no:cacheprovider -q -s -m chaos tests/chaos
 
-# Timer lateness (p50/p99) of the scheduler's timer loop against a raw-SQL polling baseline; report in bench/results/.
-bench-timers: setup
-	$(BIN)/python bench/timer_lateness.py
+# Every issue-13 figure against its fair baseline (ingest, timers, attempt POST, outbox, end to end, 300k tables),
+# on its own broker and PostgreSQL; prints the table and writes bench/results/summary.json (~15 min on 2 cores).
+bench: setup wrk
+	$(BIN)/python -m bench.run
 
-# Consumer runner and outbox relay throughput (SQLite, PostgreSQL) against raw aiokafka + raw SQL on the same broker and database.
-bench-pipeline: setup
-	$(BIN)/python bench/pipeline_throughput.py
+# The timer part alone: backlog rate and lateness of a burst of 1,000, policy on, against the raw-SQL loop.
+bench-timers: setup
+	$(BIN)/python -m bench.run --only timers
+
+# wrk, the HTTP load generator of the attempt POST figure, from Debian (the bench falls back to a Python client).
+.PHONY: wrk
+wrk:
+	@test -x /usr/bin/wrk || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update && $$SUDO apt-get install -y wrk; } || echo "wrk not installed: the bench uses its Python client"
 
 # Browser tests drive Debian's chromium through Playwright (never `playwright install`); CJK fonts for the page.
 .PHONY: chromium

@@ -36,7 +36,7 @@ LOANS = 1000  # three parties each: 3000 callbacks, 6000 timers (notice and due)
 ROLES = ("borrower", "co_borrower", "guarantor")
 # The lead leaves room for a loaded machine: a notice that fires after its call is due is dropped
 # by design, and this test is about each callback being dispatched once, not about lateness
-# (bench/timer_lateness.py measures that).
+# (`make bench-timers` measures that).
 POLICY = """
 [notice]
 lead = "PT45S"

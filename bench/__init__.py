@@ -1,0 +1,1 @@
+"""`make bench`: Huifang against fair raw baselines on the same broker and database."""
