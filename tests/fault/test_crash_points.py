@@ -24,7 +24,7 @@ from shared.kafka import create_topics
 from shared.settings import Settings
 from tests.blackbox import AGENT_KEY, POLICY, SERVICES, Receiver, env_of, receiving
 from tests.procs import ServiceProcess
-from tests.support import Tap, Tapped, loan_event, wait_for
+from tests.support import Tap, loan_event, wait_for
 
 pytestmark = pytest.mark.fault
 
@@ -118,10 +118,6 @@ def distinct(deliveries: list[tuple[str, dict[str, Any]]], keep: Callable[[dict[
     return {hook_id for hook_id, body in deliveries if keep(body)}
 
 
-def records_of(tap: Tap, topic: str) -> list[Tapped]:
-    return [r for r in tap.records if r.topic == topic]
-
-
 @pytest.mark.timeout(300)
 async def test_relay_killed_between_publish_and_delete_sends_twice_and_the_refusal_reaches_the_officer_once(
     kafka_bootstrap: str, tmp_path: Path
@@ -179,4 +175,5 @@ async def test_consumers_killed_between_database_and_offset_commit_redeliver_and
         await wait_for(lambda: len(found.receiver.sms) >= len(roles), 90, "one notice SMS per party")
         await found.tap.wait_events("callback.due", loan, count=len(roles), within=60)
         assert len({hook_id for hook_id, _ in found.receiver.sms}) == len(roles)
-        assert len({e["data"]["callback_id"] for e in found.tap.events("callback.notice.requested", loan)}) == len(roles)
+        noticed = {e["data"]["callback_id"] for e in found.tap.events("callback.notice.requested", loan)}
+        assert len(noticed) == len(roles)
