@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -78,7 +80,44 @@ def receiving() -> Iterator[Receiver]:
         server.stop()
 
 
-def env_of(settings: Settings, *, database_url: str, tmp: Path, receiver: Receiver) -> dict[str, str]:
+@dataclass
+class Mailbox:
+    """The bank's SMTP server: records each message's Message-ID, and can be down (451, try again later)."""
+
+    port: int
+    down: bool = False
+    message_ids: list[str] = field(default_factory=list)
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if self.down:
+            return "451 4.3.0 down for the test"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        self.message_ids.append(str(parsed["Message-ID"]))
+        return "250 Message accepted"
+
+
+@contextmanager
+def mailbox() -> Iterator[Mailbox]:
+    from aiosmtpd.controller import Controller
+
+    found = Mailbox(free_port())
+    controller = Controller(found, hostname="127.0.0.1", port=found.port)
+    controller.start()
+    try:
+        yield found
+    finally:
+        controller.stop()
+
+
+def env_of(
+    settings: Settings, *, database_url: str, tmp: Path, receiver: Receiver, smtp: Mailbox | None = None
+) -> dict[str, str]:
     return {
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
         "DATABASE_URL": database_url,
@@ -94,4 +133,8 @@ def env_of(settings: Settings, *, database_url: str, tmp: Path, receiver: Receiv
         "HUIFANG_WEBHOOK_SECRET": SECRET,
         "HUIFANG_NOTIFY_RETRY_BASE_SECONDS": "0.5",
         "HUIFANG_WEBHOOK_TIMEOUT_SECONDS": "2",
-    }
+    } | (smtp_env(smtp) if smtp else {})
+
+
+def smtp_env(smtp: Mailbox) -> dict[str, str]:
+    return {"HUIFANG_SMTP_HOST": "127.0.0.1", "HUIFANG_SMTP_PORT": str(smtp.port), "HUIFANG_SMTP_TLS": "none"}

@@ -84,6 +84,10 @@ class ServiceProcess:
             if self._reader is not None:
                 await self._reader
 
+    def fault_hits(self) -> int:
+        """How many of this replica's processes died at a crash point so far."""
+        return sum(1 for line in self.log if line.get("event") == "fault.point")
+
     def died_at(self, point: str) -> bool:
         """This process ended by the crash point `point` (shared/faults.py)."""
         ended = self.proc is not None and self.proc.returncode == -signal.SIGKILL
