@@ -34,6 +34,7 @@ from shared.web import Principal
 
 KEY_MAX_LENGTH = 255
 STALE_AFTER = timedelta(minutes=2)
+IN_FLIGHT_RETRY_AFTER = "1"
 IN_FLIGHT = "a request with this Idempotency-Key is still in flight; retry later to get its result"
 OTHER_REQUEST = "Idempotency-Key was already used with a different request"
 
@@ -78,6 +79,11 @@ def create_idempotency_table(op: object) -> None:
 
 class KeyConflict(HTTPException):
     """The key cannot serve this request now: 409 while its first request runs, 422 for another request."""
+
+    @classmethod
+    def in_flight(cls) -> KeyConflict:
+        # The first request usually ends within a second; one that died is taken over after STALE_AFTER.
+        return cls(409, IN_FLIGHT, headers={"Retry-After": IN_FLIGHT_RETRY_AFTER})
 
 
 @dataclass(frozen=True)
@@ -180,16 +186,16 @@ async def claim(*, db: Database, keyed: Keyed) -> Claim | Replay:
         elif earlier.state == "done":
             return Replay(earlier.status_code, json.loads(db.unseal(earlier.response)))
         elif earlier.created_at > now - STALE_AFTER:
-            raise KeyConflict(409, IN_FLIGHT)
+            raise KeyConflict.in_flight()
         else:
             stale = Claim(keyed=keyed, at=earlier.created_at)
             taken = await uow.session.execute(sa.update(_table()).where(_ours(stale)).values(created_at=now))
             if taken.rowcount != 1:  # type: ignore[attr-defined]
-                raise KeyConflict(409, IN_FLIGHT)  # another retry took it over first
+                raise KeyConflict.in_flight()  # another retry took it over first
         try:
             await uow.commit()
         except sa.exc.IntegrityError:
-            raise KeyConflict(409, IN_FLIGHT) from None  # a concurrent request claimed it first
+            raise KeyConflict.in_flight() from None  # a concurrent request claimed it first
     return Claim(keyed=keyed, at=now)
 
 
@@ -199,7 +205,7 @@ async def _finish(*, uow: UnitOfWork, claim: Claim, status_code: int, response: 
         sa.update(_table()).where(_ours(claim)).values(state="done", status_code=status_code, response=response)
     )
     if done.rowcount != 1:  # type: ignore[attr-defined]
-        raise KeyConflict(409, IN_FLIGHT)
+        raise KeyConflict.in_flight()
 
 
 async def release(*, db: Database, claim: Claim) -> None:
