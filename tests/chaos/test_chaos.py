@@ -377,13 +377,6 @@ def count(run: Run, loans: list[str]) -> dict[str, int]:
     }  # fmt: skip
 
 
-SCENARIOS = {
-    # name: (database, replicas per service, loans, kills, broker kills, receiver down s)
-    "sqlite-kills": ("sqlite", 1, 20, 6, 1, 15.0),
-    "postgres-replicas": ("postgresql", 2, 20, 6, 1, 15.0),
-}
-
-
 async def own_postgres(request: pytest.FixtureRequest, scenario: Scenario) -> tuple[Postgres | None, str]:
     """The session's PostgreSQL, or one of the scenario's own when it is to be stopped."""
     if not scenario.pg_stops:
