@@ -67,13 +67,12 @@ FULL = {
     "slow-handler": Scenario("postgresql", 2, 200, slow_batches=3),
     "receivers-down": Scenario("sqlite", 1, 200, receivers_down_s=60.0),
 }
+# CI's budget has room for two system starts, not six: the short run gives each kind of fault a few turns in two.
 SHORT = {
-    "sqlite-kills": Scenario("sqlite", 1, 20, kills=3, broker_kills=1, crash_points=True),
-    "postgres-replicas": Scenario("postgresql", 2, 20, kills=3, crash_points=True),
-    "postgres-immediate-stop": Scenario("postgresql", 1, 20, pg_stops=1),
-    "replica-churn": Scenario("postgresql", 2, 20, churns=4),
-    "slow-handler": Scenario("postgresql", 2, 20, slow_batches=1),
-    "receivers-down": Scenario("sqlite", 1, 20, receivers_down_s=20.0),
+    "short-sqlite": Scenario("sqlite", 1, 20, kills=2, broker_kills=1, crash_points=True, receivers_down_s=15.0),
+    "short-postgres": Scenario(
+        "postgresql", 2, 20, kills=2, crash_points=True, pg_stops=1, churns=2, slow_batches=1
+    ),
 }
 SCENARIOS = SHORT if os.environ.get("HUIFANG_CHAOS_SCALE") == "short" else FULL
 MAX_POLL_INTERVAL_MS = 6_000  # the slow-handler scenario's, so that a held batch outlasts it soon
@@ -185,8 +184,9 @@ async def inject(run: Run, scenario: Scenario) -> None:
     """The scenario's faults in a random order, 2-5 s apart."""
     plan = ["kill"] * scenario.kills + ["broker"] * scenario.broker_kills + ["postgres"] * scenario.pg_stops
     plan += ["slow"] * scenario.slow_batches + (["receivers"] if scenario.receivers_down_s else [])
-    plan += list(CRASH_POINTS) if scenario.crash_points else []
     run.rng.shuffle(plan)
+    # The crash points first, while loans still stream: a point nothing passes cannot be landed on.
+    plan = (list(CRASH_POINTS) if scenario.crash_points else []) + plan
     for fault in plan:
         await asyncio.sleep(run.rng.uniform(2, 5))
         if fault == "kill":
