@@ -77,7 +77,8 @@ test-load: setup
 test-chaos: setup
 	$(BIN)/python -m pytest -p no:cacheprovider -q -s -m chaos tests/chaos
 
-# The same scenarios at a smaller scale (20 loans, a few faults each): what CI runs.
+# Every kind of fault at a smaller scale, in two systems (SQLite; PostgreSQL with two replicas), 20 loans each:
+# what CI runs (about 6 minutes here).
 test-chaos-short: setup
 	HUIFANG_CHAOS_SCALE=short $(BIN)/python -m pytest -p no:cacheprovider -q -s -m chaos tests/chaos
 

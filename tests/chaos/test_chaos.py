@@ -1,7 +1,7 @@
 """Black-box chaos: the three services as processes on a real broker, agents over HTTP, faults, then a count.
 
 `make test-chaos` runs it (marker `chaos`) at the issue's scale (200 loans, 20 kills); HUIFANG_CHAOS_SCALE=short
-(`make test-chaos-short`, in CI) runs every scenario smaller. Each scenario streams loans, plays agents that send
+(`make test-chaos-short`, in CI) gives every kind of fault a few turns in two systems of 20 loans. Each scenario streams loans, plays agents that send
 the attempt they were given and retry "not yet" answers, and injects its faults: kill -9 of service processes
 (some at the crash points between the relay's publish and its delete, and between a consumer's database commit
 and its offset commit), broker kills, PostgreSQL stopped -m immediate, a replica joining and leaving every 10 s,
