@@ -22,11 +22,16 @@ setup: $(STAMP) kafka-jars
 kafka-jars: $(STAMP)
 	$(BIN)/python -c "from cli.devstack import ensure_kafka_jars; from shared.settings import ROOT; print(ensure_kafka_jars(ROOT / '.local'))"
 
+# The local run is for the demo: its policy (a short notice lead, calls at any hour, the caller-code experiment),
+# and the dashboard's "simulated" banner. Production takes policy.toml or the bank's own file.
 run: setup
-	$(DEV_ENV) $(BIN)/huifang dev
+	$(DEV_ENV) HUIFANG_POLICY_FILE=$${HUIFANG_POLICY_FILE:-policy.demo.toml} HUIFANG_DEMO=$${HUIFANG_DEMO:-true} \
+		$(BIN)/huifang dev
 
+# `make demo` runs the caller-code experiment; `make demo DEMO_ARGS=` the plain demo.
+DEMO_ARGS ?= --experiment
 demo: $(STAMP)
-	$(DEV_ENV) HUIFANG_DEMO_API_KEY=$${HUIFANG_DEMO_API_KEY:-dev-agent} $(BIN)/huifang demo
+	$(DEV_ENV) HUIFANG_DEMO_API_KEY=$${HUIFANG_DEMO_API_KEY:-dev-agent} $(BIN)/huifang demo $(DEMO_ARGS)
 
 test: setup asyncapi-parser
 	$(BIN)/python -m pytest -p no:cacheprovider -q tests/unit tests/integration

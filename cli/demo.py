@@ -3,6 +3,12 @@
 The story it tells in about a minute: in the first half agents call without much preparation and one of
 them (AG-07) puts borrowers off; halfway through the team is retrained and calls are announced, and the
 refusal rate falls, as the bank in the issue saw.
+
+Agents call a callback when it falls due (`callback.due`), as a real desk does, so a party who answered on
+their own page first is not phoned. With `--experiment` the running policy must have a caller-code
+experiment (`policy.demo.toml`, which `make run` uses): the demo reads each loan's arm from
+`callback.scheduled`, and its parties refuse less when their arm gives them a caller code. That effect is
+made up by the demo (CODE_EFFECT), not measured.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -100,15 +106,45 @@ REASONS = {
 }
 
 
+# With --experiment: the refusal weight of a party whose arm gives a caller code is scaled by this (simulated).
+CODE_EFFECT = 0.4
+SIMULATED = (
+    "SIMULATED EFFECT: the demo makes a party who got a caller code refuse less "
+    f"(their refusal weight x {CODE_EFFECT}) because it says so. "
+    "The dashboard shows what such an effect looks like; it measures nothing."
+)
+
+
+@dataclass(frozen=True)
+class CodeExperiment:
+    """The running policy's caller-code experiment: its name and which of its arms give parties a code."""
+
+    name: str
+    with_code: frozenset[str]
+    arms: tuple[str, ...]
+
+
+def code_experiment(policy: dict[str, Any]) -> CodeExperiment | None:
+    """The first experiment of a policy (as GET /v1/policy shows it) whose arms differ in `caller_code`."""
+    for experiment in policy.get("experiments") or []:
+        arms = experiment.get("arms") or []
+        # An arm without the override gives the code, as a callback outside any experiment does.
+        coded = frozenset(a["name"] for a in arms if a.get("caller_code") is not False)
+        if coded and len(coded) < len(arms):
+            return CodeExperiment(name=experiment["name"], with_code=coded, arms=tuple(a["name"] for a in arms))
+    return None
+
+
 # Parties who open the link in their notice, and what they do there (the callback is then not phoned).
 PAGE_VISITORS = 0.25
+PAGE_RELOADS = 4  # a page not there yet (outcomes has not read the notice) is reloaded a second later
 PAGE_ACTIONS = {"confirm": 62, "reschedule": 20, "decline": 14, "not_me": 4}
 FORM_FIELD = re.compile(r'name="form" value="([^"]+)"')
 SLOT = re.compile(r'name="slot" value="([^"]+)"')
 ITEM = re.compile(r'name="item" value="([^"]+)"')
 
 
-def pick(rng: random.Random, weights: dict[str, int]) -> str:
+def pick(rng: random.Random, weights: Mapping[str, float]) -> str:
     """One key, drawn by weight."""
     return rng.choices(list(weights), weights=list(weights.values()))[0]
 
@@ -127,7 +163,8 @@ def demo_loan(rng: random.Random, stage: str = "final_check") -> dict[str, Any]:
                 "phone": f"+861{rng.randrange(3, 9)}{rng.randrange(10**9):09d}",
                 "timezone": zone,
                 "language": "en" if zone in ("America/New_York", "Australia/Sydney") else "zh-CN",
-                "preferred_window": {"start": "18:00", "end": "20:30"} if rng.random() < 0.3 else None,
+                # Few: a party whose evening window is hours away is not called while the demo runs.
+                "preferred_window": {"start": "18:00", "end": "20:30"} if rng.random() < 0.1 else None,
                 "contact_consent": rng.random() > 0.05,
             }
         )
@@ -161,16 +198,26 @@ class Demo:
     page_actions: Counter[str] = field(default_factory=Counter)
     statuses: Counter[str] = field(default_factory=Counter)
     phases: dict[str, Counter[str]] = field(default_factory=lambda: {"before": Counter(), "after": Counter()})
+    experiment: CodeExperiment | None = None
+    arm_of: dict[str, str] = field(default_factory=dict)  # callback_id -> its arm, from callback.scheduled
+    by_arm: dict[str, Counter[str]] = field(default_factory=dict)  # arm -> dispositions recorded
 
     def phase(self) -> str:
         return "before" if time.monotonic() - self.started < self.seconds / 2 else "after"
 
-    def attempt_body(self) -> dict[str, Any]:
-        """What an agent records for one call, given the phase and the agent."""
+    def got_code(self, callback_id: str) -> bool:
+        """Whether the callback's arm gave the party a caller code (always, outside an experiment)."""
+        arm = self.arm_of.get(callback_id)
+        return self.experiment is None or arm is None or arm in self.experiment.with_code
+
+    def attempt_body(self, callback_id: str = "") -> dict[str, Any]:
+        """What an agent records for one call, given the phase, the agent and (in an experiment) the arm."""
         phase, agent = self.phase(), self.rng.choice(AGENTS)
-        weights = dict(DISPOSITIONS[phase])
+        weights: dict[str, float] = dict(DISPOSITIONS[phase])
         if agent == WEAK_AGENT and phase == "before":
             weights["refused"] *= 4
+        if self.experiment is not None and self.got_code(callback_id):
+            weights["refused"] *= CODE_EFFECT
         disposition = pick(self.rng, weights)
         body: dict[str, Any] = {
             "disposition": disposition,
@@ -190,9 +237,17 @@ class Demo:
         return body
 
 
-async def run_demo(settings: Settings, *, loans: int, agents: bool, api_key: str | None, seconds: float) -> None:
+async def run_demo(
+    settings: Settings,
+    *,
+    loans: int,
+    agents: bool,
+    api_key: str | None,
+    seconds: float,
+    experiment: CodeExperiment | None = None,
+) -> None:
     """Publish `loans` loans over the first part of `seconds`, and (with an agent key) answer their calls."""
-    demo = Demo(settings=settings, rng=random.Random(), seconds=seconds)
+    demo = Demo(settings=settings, rng=random.Random(), seconds=seconds, experiment=experiment)
     producer = make_producer(settings)
     await producer.start()
     consumer = await _listen(settings) if agents and api_key else None
@@ -201,6 +256,9 @@ async def run_demo(settings: Settings, *, loans: int, agents: bool, api_key: str
         with Progress(*columns) as progress:
             if agents and not api_key:
                 progress.console.print("no agent key (--api-key or HUIFANG_DEMO_API_KEY): publishing loans only")
+            if experiment is not None:
+                progress.console.print(f"experiment {experiment.name!r}: arms {', '.join(experiment.arms)}")
+                progress.console.print(f"[bold yellow]{SIMULATED}[/bold yellow]")
             published = progress.add_task("loans published", total=loans)
             clock = progress.add_task("seconds of agents' work", total=int(seconds) if consumer else 0)
             calls = progress.add_task("calls recorded", total=None)
@@ -273,7 +331,7 @@ async def _play_agents(
     clock: Any,
     calls: Any,
 ) -> None:
-    """Answer each of the demo's callbacks a few seconds after it is scheduled (before its due time)."""
+    """Answer each of the demo's callbacks a second or two after it falls due, unless its party used their page."""
     base = f"http://127.0.0.1:{demo.settings.huifang_outcomes_port}"
     announced = False
     desks: set[asyncio.Task[None]] = set()
@@ -287,13 +345,13 @@ async def _play_agents(
                 for record in records:
                     await _on_event(demo, producer, json.loads(record.value))
             while demo.visits and demo.visits[0][0] <= time.monotonic():
-                _, _, path = heapq.heappop(demo.visits)
-                await visit_page(demo, base, path)
+                _, callback_id, path = heapq.heappop(demo.visits)
+                desks.add(asyncio.create_task(visit_page(demo, base, path, callback_id=callback_id)))
             while demo.queue and demo.queue[0][0] <= time.monotonic():
                 _, callback_id, attempt = heapq.heappop(demo.queue)
                 if callback_id in demo.on_page:
                     continue  # the party answered on their own page
-                body = {**demo.attempt_body(), "attempt": attempt}
+                body = {**demo.attempt_body(callback_id), "attempt": attempt}
                 # Each call on its own task: one waiting out a Retry-After holds up no other desk.
                 desks.add(asyncio.create_task(_call(demo, http, callback_id, body, lambda: progress.advance(calls))))
                 desks = {d for d in desks if not d.done()}
@@ -309,6 +367,9 @@ async def _call(
     demo.statuses[str(response.status_code)] += 1
     if response.status_code == 201:
         demo.phases[phase][body["disposition"]] += 1
+        arm = demo.arm_of.get(callback_id)
+        if demo.experiment is not None and arm is not None:
+            demo.by_arm.setdefault(arm, Counter())[body["disposition"]] += 1
     done()
 
 
@@ -327,7 +388,7 @@ async def post_attempt(
 
 
 async def _on_event(demo: Demo, producer: AIOKafkaProducer, event: dict[str, Any]) -> None:
-    """Queue a call for each new callback or retry of the demo's loans; move verified loans on."""
+    """Keep each callback's arm, queue a call for each due callback of the demo's loans; move verified loans on."""
     data = event.get("data") or {}
     loan = demo.loans.get(data.get("loan_id", ""))
     if loan is None:
@@ -344,24 +405,36 @@ async def _on_event(demo: Demo, producer: AIOKafkaProducer, event: dict[str, Any
     if kind == "callback.notice.requested" and data.get("self_service_url") and demo.rng.random() < PAGE_VISITORS:
         demo.on_page.add(data["callback_id"])
         path = "/p/" + data["self_service_url"].rsplit("/p/", 1)[1]
-        heapq.heappush(demo.visits, (time.monotonic() + demo.rng.uniform(0.2, 1.0), data["callback_id"], path))
+        heapq.heappush(demo.visits, (time.monotonic() + demo.rng.uniform(1.0, 4.0), data["callback_id"], path))
         return
-    if kind not in ("callback.scheduled", "callback.rescheduled") or data.get("channel") == "questionnaire":
-        return  # no phone call for a party without contact consent: the questionnaire goes instead
+    if kind == "callback.scheduled":
+        arm = (data.get("arms") or {}).get(demo.experiment.name) if demo.experiment else None
+        if arm is not None:
+            demo.arm_of[data["callback_id"]] = arm
+        return
+    if kind != "callback.due":
+        return  # a desk calls when the call is due: a party without consent gets the questionnaire instead
     ticket = (data["callback_id"], int(data["attempt"]))
     if ticket in demo.answered:
         return
     demo.answered.add(ticket)
-    heapq.heappush(demo.queue, (time.monotonic() + demo.rng.uniform(1.0, 6.0), *ticket))
+    heapq.heappush(demo.queue, (time.monotonic() + demo.rng.uniform(0.5, 2.0), *ticket))
 
 
-async def visit_page(demo: Demo, base_url: str, path: str, actions: dict[str, int] = PAGE_ACTIONS) -> None:
+async def visit_page(
+    demo: Demo, base_url: str, path: str, actions: dict[str, int] = PAGE_ACTIONS, callback_id: str | None = None
+) -> None:
     """A party opens their page (no API key: the link is the credential) and takes one action, as a browser would."""
     async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
-        page = await http.get(path)
+        for _ in range(PAGE_RELOADS):
+            page = await http.get(path)
+            if page.status_code != 404:
+                break
+            await asyncio.sleep(1.0)  # outcomes may not have read the notice yet: the party reloads
         form = FORM_FIELD.search(page.text)
         if page.status_code != 200 or form is None:
             demo.page_actions[f"page {page.status_code}"] += 1
+            demo.on_page.discard(callback_id or "")  # no action taken: the agent calls after all
             return
         fields = _page_form(demo, page.text, form.group(1), actions)
         response = await http.post(path, data=fields)
@@ -382,6 +455,15 @@ def _page_form(demo: Demo, html: str, form: str, actions: dict[str, int]) -> dic
     return fields
 
 
+async def running_experiment(settings: Settings, api_key: str) -> CodeExperiment | None:
+    """The caller-code experiment of the policy the running scheduler uses (GET /v1/policy)."""
+    base = f"http://127.0.0.1:{settings.huifang_scheduler_port}"
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {api_key}"}, timeout=10) as http:
+        response = await http.get("/v1/policy")
+    response.raise_for_status()
+    return code_experiment(response.json())
+
+
 def _summary(demo: Demo) -> None:
     """Print what the agents did and where to look."""
     from rich.console import Console
@@ -395,5 +477,12 @@ def _summary(demo: Demo) -> None:
     console.print(f"HTTP answers to recorded attempts: {dict(demo.statuses)}")
     console.print(f"parties on their own page: {dict(demo.page_actions)}")
     console.print(f"refusal rate before retraining {rate(demo.phases['before'])}, after {rate(demo.phases['after'])}")
+    if demo.experiment is not None:
+        for arm in demo.experiment.arms:
+            counts = demo.by_arm.get(arm, Counter())
+            code = "with a caller code" if arm in demo.experiment.with_code else "without a caller code"
+            answered = counts["completed"] + counts["refused"]
+            console.print(f"arm {arm} ({code}): {answered} calls answered, refusal rate {rate(counts)}")
+        console.print(f"[bold yellow]{SIMULATED}[/bold yellow]")
     port = demo.settings.huifang_outcomes_port
     console.print(f"dashboard: http://127.0.0.1:{port}/dashboard?window=10m  (log in with a supervisor key)")

@@ -21,6 +21,7 @@ topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(topics_app, name="topics")
 SERVICES = ("scheduler", "outcomes", "notifier")
+DEMO_LOANS, DEMO_SECONDS = 80, 60.0
 
 
 def _settings() -> Settings:
@@ -311,20 +312,42 @@ def dlq_replay(topic: str) -> None:
 
 @app.command()
 def demo(
-    loans: Annotated[int, typer.Option(min=1, max=10_000, help="how many loans to publish")] = 80,
+    loans: Annotated[int, typer.Option(min=1, max=10_000, help="how many loans to publish")] = DEMO_LOANS,
     agents: Annotated[bool, typer.Option(help="play agents answering due calls over HTTP")] = True,
     api_key: Annotated[str | None, typer.Option(envvar="HUIFANG_DEMO_API_KEY", help="an agent key")] = None,
-    seconds: Annotated[float, typer.Option(help="how long agents keep answering")] = 60.0,
+    seconds: Annotated[float, typer.Option(help="how long agents keep answering")] = DEMO_SECONDS,
+    experiment: Annotated[
+        bool,
+        typer.Option(
+            help="run the policy's caller-code experiment (policy.demo.toml, as `make run` uses): parties with a "
+            "code refuse less, a simulated effect; 450 loans over 240 s unless --loans/--seconds say otherwise"
+        ),
+    ] = False,
 ) -> None:
     """Publish a realistic stream of loan events and play agents answering them."""
-    from cli.demo import run_demo
+    from cli.demo import run_demo, running_experiment
 
     settings = _settings()
     if settings.huifang_env == "production":
         # The demo makes up valid-looking mobile numbers: never to be loaded into a bank's real system.
         typer.echo("huifang: demo refuses to run with HUIFANG_ENV=production", err=True)
         raise typer.Exit(2)
-    asyncio.run(run_demo(settings, loans=loans, agents=agents, api_key=api_key, seconds=seconds))
+    running = None
+    if experiment:
+        if not api_key:
+            typer.echo("huifang: demo --experiment needs an agent key (--api-key or HUIFANG_DEMO_API_KEY)", err=True)
+            raise typer.Exit(2)
+        running = asyncio.run(running_experiment(settings, api_key))
+        if running is None:
+            typer.echo(
+                "huifang: the running policy has no caller-code experiment (arms that differ in caller_code); "
+                "start the stack with `make run`, which uses policy.demo.toml, or set HUIFANG_POLICY_FILE to it",
+                err=True,
+            )
+            raise typer.Exit(2)
+        # Enough answered calls per arm for the panel to call a difference of this size.
+        loans, seconds = (450 if loans == DEMO_LOANS else loans), (240.0 if seconds == DEMO_SECONDS else seconds)
+    asyncio.run(run_demo(settings, loans=loans, agents=agents, api_key=api_key, seconds=seconds, experiment=running))
 
 
 @app.command()

@@ -22,17 +22,19 @@ ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 CURSOR_PATTERN = r"^\d{1,18}$"
 
 
-def _database(request: Request) -> Database:
+# Async, though they only read app state: FastAPI runs a plain `def` dependency in its thread pool,
+# a thread hop per dependency per request.
+async def _database(request: Request) -> Database:
     db: Database = request.app.state.runtime.db
     return db
 
 
-def _cipher(request: Request) -> Cipher:
+async def _cipher(request: Request) -> Cipher:
     cipher: Cipher = request.app.state.runtime.cipher
     return cipher
 
 
-def _policy(request: Request) -> Policy:
+async def _policy(request: Request) -> Policy:
     policy: Policy = request.app.state.policy
     return policy
 

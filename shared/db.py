@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from aiokafka.errors import KafkaError
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
 from shared.crypto import Cipher
+
+T = TypeVar("T")
+
+
+# A pooled connection unused for this long is pinged at checkout; one in steady use is not (the
+# idea of HikariCP's aliveBypassWindowMs): a ping at every checkout was a round trip per request.
+IDLE_PING_AFTER_S = 1.0
 
 
 def utcnow() -> datetime:
@@ -73,7 +82,14 @@ class Database:
     """Engine and session factory of one service, with its outbox signal."""
 
     def __init__(
-        self, url: str, *, schema: str, source: str, topic_prefix: str = "", cipher: Cipher | None = None
+        self,
+        url: str,
+        *,
+        schema: str,
+        source: str,
+        topic_prefix: str = "",
+        cipher: Cipher | None = None,
+        idle_ping_after_s: float | None = None,
     ) -> None:
         if not _SCHEMA.match(schema):
             raise ValueError(f"invalid schema name {schema!r}")
@@ -84,7 +100,8 @@ class Database:
         self.cipher = cipher
         self.outbox_signal = asyncio.Event()
         self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
-        self.engine: AsyncEngine = _make_engine(url, schema, self.dialect)
+        idle = IDLE_PING_AFTER_S if idle_ping_after_s is None else idle_ping_after_s
+        self.engine: AsyncEngine = _make_engine(url, schema, self.dialect, idle_ping_after_s=idle)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
 
     @asynccontextmanager
@@ -120,6 +137,22 @@ class Database:
             raise RuntimeError(f"decrypting {self.schema}'s sealed text needs the database's cipher")
         return self.cipher.decrypt(stored.removeprefix(ENCRYPTED_PREFIX))
 
+    async def once_more_if_stale(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+        """`work` in a unit of work, run again in a fresh one if the database had dropped its connection.
+
+        Optimistic disconnect handling (instead of a ping at every checkout): the failed statement
+        invalidates the pool, so the second run gets a new connection. Never after a commit was
+        tried, since that commit may have landed.
+        """
+        async with self.uow() as uow:
+            try:
+                return await work(uow)
+            except sa.exc.DBAPIError as exc:
+                if not exc.connection_invalidated or uow.commit_tried:
+                    raise
+        async with self.uow() as uow:
+            return await work(uow)
+
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
@@ -128,7 +161,7 @@ class Database:
         await self.engine.dispose()
 
 
-def _make_engine(url: str, schema: str, dialect: str) -> AsyncEngine:
+def _make_engine(url: str, schema: str, dialect: str, *, idle_ping_after_s: float) -> AsyncEngine:
     if dialect == "sqlite":
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
@@ -148,13 +181,39 @@ def _make_engine(url: str, schema: str, dialect: str) -> AsyncEngine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=10,
         max_overflow=10,
-        pool_pre_ping=True,
         connect_args={"server_settings": {"search_path": schema, "application_name": f"huifang-{schema}"}},
     )
+    _ping_when_idle(engine, idle_ping_after_s)
+    return engine
+
+
+def _ping_when_idle(engine: AsyncEngine, after_s: float) -> None:
+    dialect = engine.sync_engine.dialect
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < after_s:
+            return
+        try:
+            dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            # The pool drops this connection and checks out a fresh one.
+            raise sa.exc.DisconnectionError("pooled connection was closed") from exc
+
+
+def insert_new(table: sa.Table, dialect: str) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING on either database: a row whose key exists is left as it is."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(table).on_conflict_do_nothing()
 
 
 def _upgrade(sync_conn: sa.Connection, script_location: str, cipher: Cipher | None, target: str) -> None:
@@ -184,6 +243,7 @@ class UnitOfWork:
         self.session = session
         self.db = db
         self.committed = False
+        self.commit_tried = False  # a commit that fails may still have landed: never run the work again
         self.emitted = 0  # outbox rows added (outbox.enqueue): commit wakes the relay when there are any
 
     @property
@@ -191,6 +251,7 @@ class UnitOfWork:
         return self.db.dialect
 
     async def commit(self) -> None:
+        self.commit_tried = True
         await self.session.commit()
         self.committed = True
         if self.emitted:

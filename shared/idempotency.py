@@ -6,12 +6,13 @@ names one request. The request hash covers the operation (e.g. "scheduler.cancel
 parameters and the validated body (defaults filled in, so `{}` and `{"note": ""}` are one
 request): the same key sent to another callback, another action or with another body is 422, never a second request.
 
-The first request claims the key in its own committed transaction (state "in_flight"), so a
-duplicate arriving meanwhile sees the claim and gets 409. Its result (status and JSON body) is
-stored in the request's own transaction, with its effects (state "done"), and replayed for every
-repeat. A request that fails or is rejected deletes its claim, so a retry runs afresh. A claim
-older than STALE_AFTER belongs to a request that died between claim and result: a retry takes it
-over, and should the old request still finish, storing its result fails and its effects roll back.
+A request claims its key, runs and stores its result (status and JSON body, state "done") in one
+transaction, so a request that fails or is rejected leaves no claim behind and a retry runs afresh.
+Every repeat replays the stored result. A duplicate arriving while the first still runs gets 409:
+on PostgreSQL the claim also takes a transaction-scoped advisory lock on the key, which the duplicate
+tries without waiting; SQLite runs one writer at a time, so there it waits and then replays.
+`claim` commits a claim on its own, standing for a request that is running elsewhere; a claim
+older than STALE_AFTER belongs to a request that died: a retry takes it over.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlmodel import Field, SQLModel
 
-from shared.db import Database, UnitOfWork, UTCDateTime, utcnow
+from shared.db import Database, UnitOfWork, UTCDateTime, insert_new, utcnow
 from shared.web import Principal
 
 KEY_MAX_LENGTH = 255
@@ -125,28 +126,23 @@ async def once(*, db: Database, keyed: Keyed | None, status_code: int, run: Run)
     """Replay the key's stored response, or run the request and store its response with its effects.
 
     `run` makes the request's changes in the unit of work it is given and returns the response body;
-    it raises (an HTTPException for a rejection) to change nothing. This function commits.
+    it raises (an HTTPException for a rejection) to change nothing. One transaction, which this commits.
     """
-    if keyed is None:
-        return await _run(db=db, claim=None, status_code=status_code, run=run)
-    claimed = await claim(db=db, keyed=keyed)
-    if isinstance(claimed, Replay):
-        return JSONResponse(claimed.body, status_code=claimed.status_code)
-    try:
-        return await _run(db=db, claim=claimed, status_code=status_code, run=run)
-    except BaseException:
-        await release(db=db, claim=claimed)
-        raise
 
-
-async def _run(*, db: Database, claim: Claim | None, status_code: int, run: Run) -> JSONResponse:
-    """One transaction: the request's effects and, with a key, its stored response."""
-    async with db.uow() as uow:
+    async def request(uow: UnitOfWork) -> JSONResponse:
+        claimed = None
+        if keyed is not None:
+            got = await _claim(uow, keyed)
+            if isinstance(got, Replay):
+                return JSONResponse(got.body, status_code=got.status_code)
+            claimed = got
         body = (await run(uow)).model_dump(mode="json")
-        if claim is not None:
-            await _finish(uow=uow, claim=claim, status_code=status_code, response=_seal(db, json.dumps(body)))
+        if claimed is not None:
+            await _finish(uow=uow, claim=claimed, status_code=status_code, response=_seal(db, json.dumps(body)))
         await uow.commit()
-    return JSONResponse(body, status_code=status_code)
+        return JSONResponse(body, status_code=status_code)
+
+    return await db.once_more_if_stale(request)
 
 
 def _seal(db: Database, response: str) -> str:
@@ -170,33 +166,63 @@ def _ours(claim: Claim) -> sa.ColumnElement[bool]:
     )
 
 
-async def claim(*, db: Database, keyed: Keyed) -> Claim | Replay:
-    """Claim the key in its own committed transaction, or return the first response; raise KeyConflict."""
+# The key's advisory lock, tried without waiting, then the claim if the lock was free: one round trip.
+_CLAIM_POSTGRES = sa.text(
+    """
+    WITH gate AS (SELECT pg_try_advisory_xact_lock(hashtextextended(:lock, 0)) AS free),
+    claimed AS (
+        INSERT INTO idempotency_key (scope, key, request_hash, state, status_code, response, created_at)
+        SELECT :scope, :key, :digest, 'in_flight', 0, '', :now FROM gate WHERE gate.free
+        ON CONFLICT DO NOTHING RETURNING 1
+    )
+    SELECT gate.free, EXISTS (SELECT 1 FROM claimed) AS claimed FROM gate
+    """
+).bindparams(sa.bindparam("now", type_=UTCDateTime()))
+
+
+async def _claim(uow: UnitOfWork, keyed: Keyed) -> Claim | Replay:
+    """Claim the key in the unit of work, or return the first response; raise KeyConflict."""
     now = utcnow()
-    async with db.uow() as uow:
-        earlier = await uow.session.get(IdempotencyRecord, (keyed.scope, keyed.key))
-        if earlier is None:
-            uow.session.add(
-                IdempotencyRecord(
-                    scope=keyed.scope, key=keyed.key, request_hash=keyed.digest, state="in_flight", created_at=now
-                )
-            )
-        elif earlier.request_hash != keyed.digest:
-            raise KeyConflict(422, OTHER_REQUEST)
-        elif earlier.state == "done":
-            return Replay(earlier.status_code, json.loads(db.unseal(earlier.response)))
-        elif earlier.created_at > now - STALE_AFTER:
-            raise KeyConflict.in_flight()
-        else:
-            stale = Claim(keyed=keyed, at=earlier.created_at)
-            taken = await uow.session.execute(sa.update(_table()).where(_ours(stale)).values(created_at=now))
-            if taken.rowcount != 1:  # type: ignore[attr-defined]
-                raise KeyConflict.in_flight()  # another retry took it over first
-        try:
-            await uow.commit()
-        except sa.exc.IntegrityError:
-            raise KeyConflict.in_flight() from None  # a concurrent request claimed it first
+    if uow.dialect == "postgresql":
+        lock = f"idempotency:{uow.db.schema}:{keyed.scope}:{keyed.key}"
+        params = {"lock": lock, "scope": keyed.scope, "key": keyed.key, "digest": keyed.digest, "now": now}
+        free, claimed = (await uow.session.execute(_CLAIM_POSTGRES, params)).one()
+        if not free:
+            raise KeyConflict.in_flight()  # its first request holds the lock until it ends
+    else:
+        values = {"scope": keyed.scope, "key": keyed.key, "request_hash": keyed.digest, "state": "in_flight"}
+        insert = insert_new(_table(), uow.dialect).values(**values, status_code=0, response="", created_at=now)
+        claimed = (await uow.session.execute(insert)).rowcount == 1  # type: ignore[attr-defined]
+    if claimed:
+        return Claim(keyed=keyed, at=now)
+    return await _earlier(uow, keyed, now)
+
+
+async def _earlier(uow: UnitOfWork, keyed: Keyed, now: datetime) -> Claim | Replay:
+    """The key was used before: its stored response, 422, 409, or a takeover of an abandoned claim."""
+    table = _table()
+    where = sa.and_(table.c.scope == keyed.scope, table.c.key == keyed.key)
+    columns = (table.c.request_hash, table.c.state, table.c.status_code, table.c.response, table.c.created_at)
+    earlier = (await uow.session.execute(sa.select(*columns).where(where))).one()
+    if earlier.request_hash != keyed.digest:
+        raise KeyConflict(422, OTHER_REQUEST)
+    if earlier.state == "done":
+        return Replay(earlier.status_code, json.loads(uow.db.unseal(earlier.response)))
+    if earlier.created_at > now - STALE_AFTER:
+        raise KeyConflict.in_flight()
+    stale = Claim(keyed=keyed, at=earlier.created_at)
+    taken = await uow.session.execute(sa.update(table).where(_ours(stale)).values(created_at=now))
+    if taken.rowcount != 1:  # type: ignore[attr-defined]
+        raise KeyConflict.in_flight()  # another retry took it over first
     return Claim(keyed=keyed, at=now)
+
+
+async def claim(*, db: Database, keyed: Keyed) -> Claim | Replay:
+    """Claim the key in a committed transaction of its own: a request running elsewhere, as its duplicates see it."""
+    async with db.uow() as uow:
+        got = await _claim(uow, keyed)
+        await uow.commit()
+    return got
 
 
 async def _finish(*, uow: UnitOfWork, claim: Claim, status_code: int, response: str) -> None:
@@ -209,7 +235,7 @@ async def _finish(*, uow: UnitOfWork, claim: Claim, status_code: int, response: 
 
 
 async def release(*, db: Database, claim: Claim) -> None:
-    """Give the key back after a request that changed nothing, so a retry runs afresh."""
+    """Give back a claim committed by `claim`, as its request would by failing, so a retry runs afresh."""
     async with db.uow() as uow:
         await uow.session.execute(sa.delete(_table()).where(_ours(claim)))
         await uow.commit()

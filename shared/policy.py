@@ -132,6 +132,20 @@ class Policy(_Section):
             raise ValueError("experiments: names must be distinct")
         return self
 
+    def arm(self, *, experiment: str, name: str) -> Arm | None:
+        """An arm of a running experiment; None once the experiment or the arm has left the policy."""
+        found = next((e for e in self.experiments if e.name == experiment), None)
+        return next((a for a in found.arms if a.name == name), None) if found else None
+
+    def message_variant(self, arms: dict[str, str]) -> str | None:
+        """The notice template variant a callback's arms ask for (a later experiment wins); None for the default."""
+        variant = None
+        for experiment, name in arms.items():
+            arm = self.arm(experiment=experiment, name=name)
+            if arm is not None and arm.message is not None:
+                variant = arm.message
+        return variant
+
 
 class PolicyError(RuntimeError):
     """The policy file does not validate; the message names the key."""

@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     huifang_max_poll_interval_ms: int = Field(default=300_000, ge=1_000, le=3_600_000)
     # Test only (shared/faults.py): crash points that kill the process; production refuses any.
     huifang_fault_points: str | None = None
+    # `make run` for `huifang demo`: the dashboard says its data and any experiment effect are simulated.
+    huifang_demo: bool = False
 
     @field_validator("huifang_api_keys")
     @classmethod
@@ -222,6 +224,8 @@ def production_problems(settings: Settings) -> list[str]:
         problems.append("HUIFANG_SMTP_TLS must be starttls or tls")
     if settings.huifang_fault_points:
         problems.append("HUIFANG_FAULT_POINTS is a test setting that kills the process; unset it")
+    if settings.huifang_demo:
+        problems.append("HUIFANG_DEMO must be off: a bank's dashboard would call its data simulated")
     password = settings.huifang_smtp_password
     if password is not None and (_placeholder(password) or password.get_secret_value() in SHIPPED_SECRETS):
         problems.append("HUIFANG_SMTP_PASSWORD must not be a placeholder")

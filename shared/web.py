@@ -81,10 +81,13 @@ class Keyring:
 _bearer = HTTPBearer(auto_error=False)
 
 
-def require_role(role: str) -> Callable[..., Principal]:
+def require_role(role: str) -> Callable[..., Awaitable[Principal]]:
     """Dependency: 401 without a known key, 403 when its role ranks below `role` (admin may do all)."""
 
-    def check(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+    # Async so that FastAPI runs it on the event loop, not in its thread pool (it never blocks).
+    async def check(
+        request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> Principal:
         keyring: Keyring = request.app.state.keyring
         if creds is None or creds.scheme.lower() != "bearer":
             raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})

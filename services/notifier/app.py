@@ -14,6 +14,7 @@ from services.notifier import api
 from services.notifier.delivery import Channels, DeliveryLoop, Retry
 from services.notifier.escalation import EscalationLoop
 from services.notifier.handlers import HANDLERS
+from services.notifier.messages import check_variants
 from services.notifier.outbound import Outbound
 from shared.events import CALLBACK_LIFECYCLE, CALLBACK_REFUSED, LOAN_STAGE
 from shared.kafka import bind
@@ -31,6 +32,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     policy = load_policy(settings.huifang_policy_file)
+    check_variants(policy)  # an arm's message names a notice variant that must exist
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -38,7 +38,7 @@ async def on_expired(*, uow: UnitOfWork, event: Event[CallbackExpired], policy: 
 
 
 async def on_scheduled(*, uow: UnitOfWork, event: Event[CallbackScheduled], policy: Policy, out: Outbound) -> None:
-    """A callback without contact consent goes to the questionnaire at once."""
+    """Keep the callback's experiment arms; a callback without contact consent goes to the questionnaire at once."""
     await notifications.scheduled(uow=uow, event=event.data, event_id=event.id, policy=policy, out=out)
 
 

@@ -27,6 +27,16 @@ class LoanContact(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
+class NoticeArm(SQLModel, table=True):
+    """A callback's arm in one experiment, from `callback.scheduled` (CONTRACT.md 2.4): picks its notice's variant."""
+
+    __tablename__ = "notice_arm"
+
+    callback_id: str = Field(primary_key=True, max_length=64)
+    experiment: str = Field(primary_key=True, max_length=64)
+    arm: str = Field(max_length=64)
+
+
 class Notification(SQLModel, table=True):
     __tablename__ = "notification"
     # A redelivered event must not notify the same recipient twice on the same channel.

@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
+from sqlmodel import col, select
+
 from services.notifier.contacts import Contacts, Person
 from services.notifier.escalation import raise_level1
 from services.notifier.messages import find_party
+from services.notifier.models import NoticeArm
 from services.notifier.outbound import Outbound, load_contacts, notify, officer_id, officer_routes, party_route
 from shared.db import UnitOfWork, utcnow
 from shared.events import (
@@ -90,6 +93,7 @@ async def notice(
         private={
             "bank": policy.bank.name, "hotline": policy.bank.hotline, "caller_code": event.caller_code,
             "url": event.self_service_url,
+            "variant": policy.message_variant(await arms_of(uow=uow, callback_id=event.callback_id)),
         },
     )  # fmt: skip
 
@@ -141,8 +145,22 @@ async def expired(*, uow: UnitOfWork, event: CallbackExpired, event_id: str, pol
     )  # fmt: skip
 
 
+async def keep_arms(*, uow: UnitOfWork, callback_id: str, arms: dict[str, str]) -> None:
+    """Remember a callback's experiment arms from `callback.scheduled`; the first assignment stays."""
+    for experiment, arm in arms.items():
+        if await uow.session.get(NoticeArm, (callback_id, experiment)) is None:
+            uow.session.add(NoticeArm(callback_id=callback_id, experiment=experiment, arm=arm))
+
+
+async def arms_of(*, uow: UnitOfWork, callback_id: str) -> dict[str, str]:
+    """The experiment arms `callback.scheduled` gave a callback (same loan key: it comes before the notice)."""
+    rows = await uow.session.execute(select(NoticeArm).where(col(NoticeArm.callback_id) == callback_id))
+    return {row.experiment: row.arm for row in rows.scalars()}
+
+
 async def scheduled(*, uow: UnitOfWork, event: CallbackScheduled, event_id: str, policy: Policy, out: Outbound) -> None:
-    """A party without contact consent is never phoned: the questionnaire is their only way to answer."""
+    """Keep the callback's arms; a party without contact consent is never phoned: the questionnaire is their way."""
+    await keep_arms(uow=uow, callback_id=event.callback_id, arms=event.arms)
     if event.channel == "questionnaire":
         await questionnaire(
             uow=uow, event=event, event_id=event_id, policy=policy, out=out, officer_kind="no_consent",

@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.policy = policy
+    app.state.demo = settings.huifang_demo
     app.include_router(api.router)
     app.include_router(party.router)
     app.include_router(dashboard.router)

@@ -7,10 +7,11 @@ import uuid
 from datetime import datetime
 from typing import Self
 
+import sqlalchemy as sa
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from services.outcomes.models import Attempt, CallbackView
-from services.outcomes.verification import complete_if_closed, lock_loan, refusals_for_loan
+from services.outcomes.verification import complete_stage, lock_loan_of
 from shared.crypto import Cipher
 from shared.db import UnitOfWork, utcnow
 from shared.errors import Rejected
@@ -29,6 +30,9 @@ from shared.outbox import enqueue
 
 # Outcomes hears of callbacks and their attempts from the scheduler's events: ask again shortly.
 RETRY_AFTER_S = 2
+
+_VIEW: sa.Table = CallbackView.__table__  # type: ignore[attr-defined]
+_ATTEMPT: sa.Table = Attempt.__table__  # type: ignore[attr-defined]
 
 # The dispositions that close a callback, and the state they close it in.
 CLOSING: dict[str, CallbackState] = {"completed": "completed", "refused": "refused", "wrong_number": "wrong_number"}
@@ -123,27 +127,30 @@ async def record_attempt(
     recorded_by: str | None = None,
     channel: AttemptChannel = "phone",
 ) -> Attempt:
-    """Store the attempt under `agent_id`, close the callback on a final disposition, and emit what follows."""
+    """Store the attempt under `agent_id`, close the callback on a final disposition, and emit what follows.
+
+    A few Core statements, no ORM flush: this is the hot path of the outcomes API.
+    """
     # The party's own page has no agent (CONTRACT.md 2.3); a phone call always has one.
     if channel == "phone" and agent_id is None:
         raise Rejected(422, "agent_id is required for a phone attempt")
     if channel != "phone":
         agent_id = None
-    view = await uow.session.get(CallbackView, callback_id)
+    now = utcnow()
+    closed_as = CLOSING.get(body.disposition)
+    if closed_as is None:
+        # Nothing closes: locking (and touching) this callback is enough to see it as it is now.
+        touched = await uow.session.execute(
+            sa.update(_VIEW).where(_VIEW.c.callback_id == callback_id).values(updated_at=now).returning(*_VIEW.c)
+        )
+        views = [CallbackView(**row._mapping) for row in touched]
+    else:
+        # Two closings of one loan take turns, so one of them sees the loan's last callback close.
+        views = await lock_loan_of(uow=uow, callback_id=callback_id)
+    view = next((v for v in views if v.callback_id == callback_id), None)
     if view is None:
         raise Rejected(404, f"callback {callback_id} not found (yet)", retry_after=RETRY_AFTER_S)
-    await lock_loan(uow=uow, loan_id=view.loan_id)  # reloads the view too: another request may have closed it
-    if view.state in CLOSED_STATES:
-        raise Rejected(409, f"callback {callback_id} is already closed ({view.state})")
-    if view.deadline is not None and utcnow() >= view.deadline:
-        # The scheduler expires it at the deadline; accepting a result now would let the two disagree.
-        raise Rejected(409, f"callback {callback_id} passed its deadline and is expiring")
-    number = attempt_number(view=view, body=body)
-    items = set(json.loads(view.verification_items))
-    unknown = sorted(set(body.verification) - items)
-    if unknown:
-        raise Rejected(422, f"unknown verification items {unknown}; expected some of {sorted(items)}")
-    now = utcnow()
+    number = _accepted(view=view, body=body, now=now)
     row = Attempt(
         attempt_id=str(uuid.uuid4()),
         callback_id=callback_id,
@@ -164,15 +171,12 @@ async def record_attempt(
         verification=json.dumps(body.verification),
         recorded_at=now,
     )
-    uow.session.add(row)
-    closed_as = CLOSING.get(body.disposition)
+    await uow.session.execute(sa.insert(_ATTEMPT).values(row.model_dump()))
+    refusals = 0
     if closed_as is not None:
-        view.state = closed_as
-        view.final_disposition = body.disposition
-        view.closed_at = now
+        view.state, view.final_disposition, view.closed_at, view.updated_at = closed_as, body.disposition, now, now
         view.reason_code, view.agent_id, view.channel = body.reason_code, agent_id, channel
-    view.updated_at = now
-    uow.session.add(view)
+        refusals = await _close(uow=uow, view=view, counting_refusals=body.disposition == "refused")
     ref = CallbackFields(
         loan_id=view.loan_id, callback_id=callback_id, party_id=view.party_id, role=view.role, stage=view.stage,
         branch_id=view.branch_id, attempt=number, state=view.state,
@@ -191,7 +195,6 @@ async def record_attempt(
         ),
         key=view.loan_id,
     )
-    await uow.session.flush()
     if body.disposition == "refused":
         assert body.reason_code is not None
         REFUSALS.labels(body.reason_code).inc()
@@ -201,11 +204,46 @@ async def record_attempt(
                 **ref,  # a refusal closed the callback: its state is "refused"
                 reason_code=body.reason_code,
                 agent_id=agent_id,
-                refusals_for_loan=await refusals_for_loan(uow=uow, loan_id=view.loan_id),
+                refusals_for_loan=refusals,
                 occurred_at=now,
             ),
             key=view.loan_id,
         )
-    if view.closed_at is not None:
-        await complete_if_closed(uow=uow, loan_id=view.loan_id, stage=view.stage, now=now)
+    if closed_as is not None:
+        stage = [v for v in views if v.stage == view.stage and not v.superseded]
+        await complete_stage(uow=uow, loan_id=view.loan_id, stage=view.stage, views=stage, now=now)
     return row
+
+
+def _accepted(*, view: CallbackView, body: AttemptIn, now: datetime) -> int:
+    """The attempt number to record on this callback as it is now, or Rejected."""
+    if view.state in CLOSED_STATES:
+        raise Rejected(409, f"callback {view.callback_id} is already closed ({view.state})")
+    if view.deadline is not None and now >= view.deadline:
+        # The scheduler expires it at the deadline; accepting a result now would let the two disagree.
+        raise Rejected(409, f"callback {view.callback_id} passed its deadline and is expiring")
+    number = attempt_number(view=view, body=body)
+    items = set(json.loads(view.verification_items))
+    unknown = sorted(set(body.verification) - items)
+    if unknown:
+        raise Rejected(422, f"unknown verification items {unknown}; expected some of {sorted(items)}")
+    return number
+
+
+async def _close(*, uow: UnitOfWork, view: CallbackView, counting_refusals: bool) -> int:
+    """Write the closing attempt's fields to the callback; with a refusal, the loan's refusals (this one too)."""
+    closing = sa.update(_VIEW).where(_VIEW.c.callback_id == view.callback_id).values(
+        state=view.state, final_disposition=view.final_disposition, closed_at=view.closed_at,
+        updated_at=view.updated_at, reason_code=view.reason_code, agent_id=view.agent_id, channel=view.channel,
+    )  # fmt: skip
+    if not counting_refusals:
+        await uow.session.execute(closing)
+        return 0
+    # Counted after the attempt's insert and under the loan's lock: concurrent refusals are counted in turn.
+    refused = (
+        sa.select(sa.func.count())
+        .select_from(_ATTEMPT)
+        .where(_ATTEMPT.c.loan_id == view.loan_id, _ATTEMPT.c.disposition == "refused")
+        .scalar_subquery()
+    )
+    return int((await uow.session.execute(closing.returning(refused))).scalar_one())

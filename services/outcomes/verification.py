@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import typing
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
 
@@ -11,8 +12,8 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlmodel import col, select
 
-from services.outcomes.models import Attempt, CallbackView, LoanVerification
-from shared.db import UnitOfWork, utcnow
+from services.outcomes.models import CallbackView, LoanVerification
+from shared.db import UnitOfWork, insert_new, utcnow
 from shared.errors import Rejected
 from shared.events import (
     CLOSED_STATES,
@@ -31,6 +32,9 @@ from shared.events import (
     VerificationStatus,
 )
 from shared.outbox import enqueue
+
+_VIEW: sa.Table = CallbackView.__table__  # type: ignore[attr-defined]
+_LOAN_VERIFICATION: sa.Table = LoanVerification.__table__  # type: ignore[attr-defined]
 
 # A final disposition by name, typed; an expiry or a cancellation has none.
 DISPOSITION_OF: dict[str, Disposition] = {d: d for d in typing.get_args(Disposition)}
@@ -56,6 +60,14 @@ async def lock_loan(*, uow: UnitOfWork, loan_id: str) -> list[CallbackView]:
         .execution_options(populate_existing=True)
     )
     return list((await uow.session.execute(query)).scalars())
+
+
+async def lock_loan_of(*, uow: UnitOfWork, callback_id: str) -> list[CallbackView]:
+    """lock_loan in one round trip, given one of the loan's callbacks: its callbacks, fresh; none if it is unknown."""
+    await uow.session.flush()  # pending ORM changes first, as lock_loan does
+    loan = sa.select(_VIEW.c.loan_id).where(_VIEW.c.callback_id == callback_id).scalar_subquery()
+    query = sa.select(_VIEW).where(_VIEW.c.loan_id == loan).order_by(_VIEW.c.callback_id).with_for_update()
+    return [CallbackView(**row._mapping) for row in await uow.session.execute(query)]
 
 
 async def track_callback(*, uow: UnitOfWork, event: CallbackRef) -> None:
@@ -210,22 +222,28 @@ async def complete_if_closed(*, uow: UnitOfWork, loan_id: str, stage: Stage, now
             )
         ).scalars()
     )
+    await complete_stage(uow=uow, loan_id=loan_id, stage=stage, views=views, now=now)
+
+
+async def complete_stage(
+    *, uow: UnitOfWork, loan_id: str, stage: Stage, views: Sequence[CallbackView], now: datetime
+) -> None:
+    """Given the stage's current (not superseded) callbacks: report the stage once, when all are closed."""
     if not views or any(v.state not in CLOSED_STATES for v in views):
-        return
-    if await uow.session.get(LoanVerification, (loan_id, stage)) is not None:
         return
     ordered = sorted(views, key=lambda v: (v.role, v.party_id))
     parties = [party_result(v) for v in ordered]
     status = verification_status([v.final_disposition or v.state for v in ordered])
-    uow.session.add(
-        LoanVerification(
-            loan_id=loan_id,
-            stage=stage,
-            status=status,
-            completed_at=now,
-            parties=json.dumps([p.model_dump() for p in parties]),
-        )
-    )
+    row = {
+        "loan_id": loan_id,
+        "stage": stage,
+        "status": status,
+        "completed_at": now,
+        "parties": json.dumps([p.model_dump() for p in parties]),
+    }
+    inserted = await uow.session.execute(insert_new(_LOAN_VERIFICATION, uow.dialect).values(**row))
+    if inserted.rowcount != 1:  # type: ignore[attr-defined]
+        return  # already reported
     enqueue(
         uow,
         LoanVerificationCompleted(
@@ -238,12 +256,3 @@ async def complete_if_closed(*, uow: UnitOfWork, loan_id: str, stage: Stage, now
         ),
         key=loan_id,
     )
-
-
-async def refusals_for_loan(*, uow: UnitOfWork, loan_id: str) -> int:
-    count = await uow.session.scalar(
-        sa.select(sa.func.count())
-        .select_from(Attempt)
-        .where(col(Attempt.loan_id) == loan_id, col(Attempt.disposition) == "refused")
-    )
-    return int(count or 0)

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from shared.policy import Arm, Policy
+from shared.policy import Policy
 
 SCALE = 2**64
 
@@ -62,19 +62,12 @@ class Treatment:
     message: str | None
 
 
-def _arm(*, policy: Policy, experiment: str, arm: str) -> Arm | None:
-    for exp in policy.experiments:
-        if exp.name == experiment:
-            return next((a for a in exp.arms if a.name == arm), None)
-    return None
-
-
 def treatment(*, policy: Policy, arms: Mapping[str, str]) -> Treatment:
     """Apply the overrides of the callback's arms, in the policy's experiment order (a later one wins)."""
     notice, self_service = policy.notice, policy.self_service
-    caller_code, message = True, None
+    caller_code = True
     for experiment, name in arms.items():
-        arm = _arm(policy=policy, experiment=experiment, arm=name)
+        arm = policy.arm(experiment=experiment, name=name)
         if arm is None:
             continue  # the experiment or the arm has since left the policy: nothing to apply
         if arm.notice_lead is not None:
@@ -83,10 +76,8 @@ def treatment(*, policy: Policy, arms: Mapping[str, str]) -> Treatment:
             self_service = self_service.model_copy(update={"enabled": arm.self_service})
         if arm.caller_code is not None:
             caller_code = arm.caller_code
-        if arm.message is not None:
-            message = arm.message
     effective = policy.model_copy(update={"notice": notice, "self_service": self_service})
-    return Treatment(policy=effective, caller_code=caller_code, message=message)
+    return Treatment(policy=effective, caller_code=caller_code, message=policy.message_variant(dict(arms)))
 
 
 def parse(raw: str | None) -> dict[str, str]:

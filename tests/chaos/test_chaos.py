@@ -1,12 +1,13 @@
 """Black-box chaos: the three services as processes on a real broker, agents over HTTP, faults, then a count.
 
 `make test-chaos` runs it (marker `chaos`) at the issue's scale (200 loans, 20 kills); HUIFANG_CHAOS_SCALE=short
-(`make test-chaos-short`, in CI) gives every kind of fault a few turns in two systems of 20 loans. Each scenario streams loans, plays agents that send
-the attempt they were given and retry "not yet" answers, and injects its faults: kill -9 of service processes
-(some at the crash points between the relay's publish and its delete, and between a consumer's database commit
-and its offset commit), broker kills, PostgreSQL stopped -m immediate, a replica joining and leaving every 10 s,
-batches held past max_poll_interval_ms, the webhook, SMS and SMTP receivers down. Then it counts effects from the
-topics, the APIs and the receivers: nothing lost, nothing doubled, the dialled attempt, no call without its notice.
+(`make test-chaos-short`, in CI) gives every kind of fault a few turns in two systems of 20 loans.
+Each scenario streams loans, plays agents that send the attempt they were given and retry "not yet" answers,
+and injects its faults: kill -9 of service processes (some at the crash points between the relay's publish and
+its delete, and between a consumer's database commit and its offset commit), broker kills, PostgreSQL stopped
+-m immediate, a replica joining and leaving every 10 s, batches held past max_poll_interval_ms, the webhook, SMS
+and SMTP receivers down. Then it counts effects from the topics, the APIs and the receivers: nothing lost,
+nothing doubled, the dialled attempt, no call without its notice.
 """
 
 from __future__ import annotations

@@ -26,6 +26,18 @@ CHART_HAS_DATA = """id => {
   const chart = Chart.getChart(id);
   return !!chart && chart.data.datasets.some(d => d.data.some(v => v !== null && v > 0));
 }"""
+# The agents' and branches' bars carry their 95% intervals (drawn as error bars) and n.
+RATE_BARS_HAVE_INTERVALS = """id => {
+  const set = Chart.getChart(id).data.datasets[0];
+  return set.data.length > 0 && set.data.every((r, i) => set.low[i] <= r && r <= set.high[i] && set.n[i] > 0);
+}"""
+# The experiments panel: each arm of the test policy's A/A experiment, an error bar on every arm with data.
+ARMS = """() => [...document.querySelectorAll('[data-experiment="aa_check"] g.arm')].map(g => {
+  const bar = g.querySelector('.errorbar line'), box = bar ? bar.getBoundingClientRect() : null;
+  return {arm: g.dataset.arm, n: Number(g.dataset.n), low: g.dataset.low, high: g.dataset.high,
+          errorbars: g.querySelectorAll('.errorbar line').length, width: box ? box.width : 0,
+          label: g.querySelector('.name').textContent};
+})"""
 CANVAS_IS_DRAWN = """id => {
   const c = document.getElementById(id);
   const pixels = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
@@ -72,6 +84,17 @@ async def test_dashboard_renders_charts_and_refreshes_in_chromium(huifang: Huifa
                 await page.wait_for_function(CHART_HAS_DATA, arg=chart, timeout=10_000)
                 assert await page.evaluate(CANVAS_IS_DRAWN, chart), f"{chart} drew nothing"
             closed = int(await page.inner_text("#kpi-closed"))
+            for chart in ("chart-branches", "chart-agents"):
+                assert await page.evaluate(RATE_BARS_HAVE_INTERVALS, chart), f"{chart} bars lack intervals"
+            arms = await page.evaluate(ARMS)
+            assert [a["arm"] for a in arms] == ["a", "b"]
+            assert sum(a["n"] for a in arms) >= 2  # this test's two answered calls, at least
+            for arm in arms:
+                assert arm["label"] == f"{arm['arm']} (n={arm['n']})"
+                if arm["n"]:  # the interval's whisker and its two caps, drawn with a visible width
+                    assert arm["errorbars"] == 3 and arm["width"] > 0 and float(arm["low"]) < float(arm["high"]), arm
+            [verdict] = await page.locator("[data-experiment=aa_check] [data-verdict]").all_inner_texts()
+            assert " · " in verdict and ("p" in verdict or "not enough data yet" in verdict)
 
             # Auto-refresh: a call closed now shows up without reloading the page.
             await answer(huifang, ("borrower",), [{"disposition": "refused", "reason_code": "privacy_concern"}])

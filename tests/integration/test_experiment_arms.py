@@ -2,7 +2,8 @@
 
 The policy runs `caller_code` with a `control` arm (no caller code) and a `with_code` arm: the arm
 travels on `callback.scheduled`, only the `with_code` arm's notices carry the code (on the event and in
-the SMS text), and the stats endpoint gives both arms with intervals and a p-value.
+the SMS text) and its message variant `explained` (the notifier kept the arm from `callback.scheduled`),
+and the stats endpoint gives both arms with intervals and a p-value.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ EXPERIMENT = """
 name = "caller_code"
 arms = [
   {name = "control", weight = 50, caller_code = false},
-  {name = "with_code", weight = 50, caller_code = true},
+  {name = "with_code", weight = 50, caller_code = true, message = "explained"},
 ]
 """
 WEIGHTS = [("control", 50.0), ("with_code", 50.0)]
@@ -74,7 +75,7 @@ async def test_arms_change_the_notice_and_the_stats_compare_them(system: Huifang
     callbacks: dict[str, str] = {}
     for loan, arm in arm_of.items():
         [scheduled] = await system.tap.wait_events("callback.scheduled", loan)
-        assert scheduled["data"]["arms"] == {"caller_code": arm}
+        assert scheduled["data"]["arms"]["caller_code"] == arm  # beside the test policy's own A/A experiment
         [notice] = await system.tap.wait_events("callback.notice.requested", loan)
         notices[loan] = notice["data"]
         [due] = await system.tap.wait_events("callback.due", loan)
@@ -92,10 +93,12 @@ async def test_arms_change_the_notice_and_the_stats_compare_them(system: Huifang
         phone = notice["phone"]
         await wait_for(lambda phone=phone: bool(system.sms_sent(phone)), 30.0, f"the notice SMS to {phone}")
         text = str(system.sms_sent(phone)[0])
+        why = "为什么要回访" in text or "Why we call" in text  # the variant's paragraph
         if arm_of[loan] == "with_code":
             assert notice["caller_code"] in text and ("核验码" in text or "code" in text)
+            assert why, text
         else:
-            assert "核验码" not in text
+            assert "核验码" not in text and not why
 
     # Every control party refuses, every with_code party confirms.
     async with system.client("outcomes", "agent") as agent:

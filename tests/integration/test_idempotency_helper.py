@@ -1,7 +1,8 @@
-"""shared/idempotency.py on both databases: replay, 422, 409, release, and taking over an abandoned claim."""
+"""shared/idempotency.py on both databases: replay, 422, 409, release, abandoned claims taken over, one transaction."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -9,6 +10,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 from fastapi import HTTPException
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from shared import idempotency
@@ -89,7 +91,7 @@ async def test_a_claim_in_flight_is_409_until_it_is_released(database: Database)
     with pytest.raises(KeyConflict) as conflict:
         await idempotency.once(db=database, keyed=keyed(), status_code=200, run=effect)
     assert conflict.value.status_code == 409 and effect.runs == 0
-    assert conflict.value.headers == {"Retry-After": "1"}  # CONTRACT 3: ask again shortly
+    assert conflict.value.headers == {"Retry-After": "1"}  # the client is told when to ask again
     await idempotency.release(db=database, claim=claimed)
     assert (await idempotency.once(db=database, keyed=keyed(), status_code=200, run=effect)).status_code == 200
 
@@ -124,19 +126,23 @@ async def test_an_abandoned_claim_is_taken_over_by_a_retry(database: Database) -
     assert first.status_code == again.status_code == 200 and first.body == again.body and effect.runs == 1
 
 
-async def test_a_request_whose_claim_was_taken_over_stores_nothing(database: Database) -> None:
+async def test_a_duplicate_while_the_first_runs_never_runs_twice(database: Database) -> None:
+    """PostgreSQL answers the duplicate 409 at once; SQLite, one writer at a time, makes it wait and replays."""
     effect = Effect()
+    duplicates: list[asyncio.Task[JSONResponse]] = []
 
-    async def overtaken(uow: UnitOfWork) -> BaseModel:
-        # While this request runs, its claim goes stale and a retry takes the key over.
-        await _abandon(database, keyed())
-        assert isinstance(await idempotency.claim(db=database, keyed=keyed()), idempotency.Claim)
+    async def first(uow: UnitOfWork) -> BaseModel:
+        duplicate = asyncio.create_task(idempotency.once(db=database, keyed=keyed(), status_code=200, run=effect))
+        duplicates.append(duplicate)
+        if database.dialect == "postgresql":
+            with pytest.raises(KeyConflict) as conflict:
+                await duplicate
+            assert conflict.value.status_code == 409
         return await effect(uow)
 
-    with pytest.raises(KeyConflict) as conflict:
-        await idempotency.once(db=database, keyed=keyed(), status_code=200, run=overtaken)
-    assert conflict.value.status_code == 409 and effect.runs == 1 and await effect.rows(database) == 0
-    # The overtaken request gave back only its own claim: the retry's still holds the key.
-    with pytest.raises(KeyConflict) as still:
-        await idempotency.once(db=database, keyed=keyed(), status_code=200, run=effect)
-    assert still.value.status_code == 409
+    result = await idempotency.once(db=database, keyed=keyed(), status_code=200, run=first)
+    if database.dialect == "sqlite":
+        assert (await duplicates[0]).body == result.body
+    assert effect.runs == 1 and await effect.rows(database) == 1
+    again = await idempotency.once(db=database, keyed=keyed(), status_code=200, run=effect)
+    assert again.body == result.body and effect.runs == 1

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
+from services.notifier.app import create_app as notifier_app
 from services.notifier.channels.email import build_message, classify_smtp
 from services.notifier.delivery import Retry
-from services.notifier.messages import compose, render
+from services.notifier.messages import check_variants, compose, render
 from services.notifier.notifications import questionnaire_url
 from services.notifier.outbound import Outbound, Route, officer_routes, party_route
 from shared.crypto import Cipher, generate_key
-from shared.policy import Escalation, Policy
+from shared.policy import Escalation, Policy, PolicyError
+from shared.settings import Settings
 
 CONTACTS: dict[str, Any] = {
     "officer": {"id": "EMP-778", "name": "李娜", "email": "li.na@bank.example"},
@@ -80,6 +84,54 @@ def test_notice_names_the_bank_the_hotline_the_code_and_the_link(recipient: str,
     assert "https://h.example/p/t.1.s" in composed.message.body
     if channel == "sms":
         assert composed.message.body.count("\n") == 0
+
+
+@pytest.mark.parametrize(("recipient", "why"), [("party:P-1", "为什么要回访"), ("party:P-2", "Why we call")])
+@pytest.mark.parametrize("channel", ["sms", "email"])
+def test_an_arms_message_variant_adds_its_text_to_the_notice(recipient: str, why: str, channel: str) -> None:
+    payload = {"party_id": recipient.split(":")[1], "due_at": "2026-11-30T02:00:00+00:00", "purpose": "p", "topics": []}
+    contacts = {"parties": [{**p, "email": "x@example.com"} for p in CONTACTS["parties"]]}
+
+    def body(**extra: Any) -> str:
+        composed = compose(
+            kind="notice", channel=channel, recipient=recipient, payload={**payload, **extra}, contacts=contacts
+        )
+        assert composed is not None
+        return composed.message.body
+
+    plain, explained = body(), body(variant="explained")
+    assert why not in plain and why in explained
+    assert explained.startswith(plain.split("\n")[0][:20])  # the same notice, with the variant's paragraph added
+    assert channel == "email" or explained.count("\n") == 0
+
+
+def _with_variant(message: str) -> Policy:
+    arms = [{"name": "control", "weight": 1}, {"name": "explained", "weight": 1, "message": message}]
+    return Policy.model_validate({"experiments": [{"name": "why", "arms": arms}]})
+
+
+def test_a_known_variant_passes_the_start_check() -> None:
+    check_variants(_with_variant("explained"))
+    check_variants(Policy())
+
+
+def test_an_unknown_variant_stops_the_start_naming_the_key() -> None:
+    with pytest.raises(PolicyError, match=r"experiments\.0\.arms\.1\.message.*'nosuch'.*en/notice\.nosuch\.j2"):
+        check_variants(_with_variant("nosuch"))
+
+
+def test_the_notifier_does_not_start_with_an_unknown_variant(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        '[[experiments]]\nname = "why"\narms = [{name = "a", weight = 1, message = "nosuch"}]\n', encoding="utf-8"
+    )
+    with pytest.raises(PolicyError, match=r"experiments\.0\.arms\.0\.message"):
+        notifier_app(Settings(huifang_policy_file=policy))
+
+
+def test_a_variant_name_that_is_no_file_name_does_not_validate() -> None:
+    with pytest.raises(ValidationError, match="message"):
+        _with_variant("../en/notice")
 
 
 def test_unknown_recipient_or_missing_address_waits() -> None:

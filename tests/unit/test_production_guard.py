@@ -89,6 +89,7 @@ CASES = {
     "http public URL": ({"HUIFANG_PUBLIC_URL": "http://huifang.bank.example"}, "HUIFANG_PUBLIC_URL"),
     "SMTP without TLS": ({"HUIFANG_SMTP_TLS": "none"}, "HUIFANG_SMTP_TLS"),
     "crash points armed": ({"HUIFANG_FAULT_POINTS": "outbox.published"}, "HUIFANG_FAULT_POINTS"),
+    "demo dashboard": ({"HUIFANG_DEMO": "true"}, "HUIFANG_DEMO"),
 }
 
 
@@ -117,6 +118,7 @@ def test_the_makefile_development_settings_are_refused_in_production(tmp_path: P
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith(OURS)}
     env.update(SAFE)
     env.update(makefile_development_settings())
+    env["HUIFANG_POLICY_FILE"] = str(ROOT / env["HUIFANG_POLICY_FILE"])  # make runs in the repository's root
     env["HUIFANG_ENV"] = "production"
     run = subprocess.run(
         [sys.executable, "-c", "from cli.main import main; main()", "run"],
@@ -127,7 +129,8 @@ def test_the_makefile_development_settings_are_refused_in_production(tmp_path: P
         timeout=60,
     )
     assert run.returncode == 2, run.stderr
-    for name in ("HUIFANG_API_KEYS", "HUIFANG_WEBHOOK_SECRET", "HUIFANG_NOTIFY_WEBHOOK_URL", "HUIFANG_SMS_WEBHOOK_URL"):
+    named = ("HUIFANG_API_KEYS", "HUIFANG_WEBHOOK_SECRET", "HUIFANG_NOTIFY_WEBHOOK_URL", "HUIFANG_SMS_WEBHOOK_URL")
+    for name in (*named, "HUIFANG_DEMO"):
         assert name in run.stderr, run.stderr
     assert "dev-agent" not in run.stderr and "dev-webhook-secret" not in run.stderr
 

@@ -11,9 +11,19 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 
 from services.outcomes.models import Attempt, CallbackView, EscalationView
-from services.outcomes.stats import TIME_UNITS, Period, RefusalStats, local_label, period, refusal_stats
+from services.outcomes.stats import (
+    TIME_UNITS,
+    Counts,
+    Group,
+    Period,
+    RefusalStats,
+    local_label,
+    period,
+    refusal_stats,
+)
 from shared.db import UnitOfWork
 from shared.labels import REASONS, Label, Language
+from shared.policy import Policy
 
 # window name -> (length, time bucket of the trend chart)
 WINDOWS: dict[str, tuple[timedelta, str]] = {
@@ -25,6 +35,76 @@ WINDOWS: dict[str, tuple[timedelta, str]] = {
 # Ops staff read the dashboard in both languages: each name in English, then Chinese.
 DASHBOARD_LANGUAGES: tuple[Language, ...] = ("en", "zh-CN")
 OPEN_ESCALATIONS = ("open", "acknowledged")
+# A difference is called when its p-value is under ALPHA; with fewer answered calls than this in an arm,
+# a difference that is not (yet) significant means "not enough data", not "no difference".
+ALPHA = 0.05
+ENOUGH_ANSWERED = 100
+
+
+def answered(g: Counts) -> int:
+    """The calls a rate is taken over: completed plus refused."""
+    return g.refused + (g.completed or 0)
+
+
+def p_text(p: float) -> str:
+    """A p-value as the verdict prints it: two significant digits, and never a bare 0."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What an arm's difference from the first arm means, in plain words, in both languages."""
+
+    en: str
+    zh: str
+    significant: bool = False
+
+
+def verdict(*, arm: Group, first: Group) -> Verdict:
+    """The verdict on one arm against the first: a called difference, not enough data, or no clear difference."""
+    name, base = arm.key or "?", first.key or "?"
+    if arm.p_value is None or arm.refusal_rate is None or first.refusal_rate is None:
+        return Verdict(en="not enough data yet", zh="数据还不够")
+    p = p_text(arm.p_value)
+    if arm.p_value < ALPHA:
+        if arm.refusal_rate < first.refusal_rate:
+            return Verdict(en=f"{name} refuses less ({p})", zh=f"{name} 拒绝更少（{p}）", significant=True)
+        return Verdict(en=f"{name} refuses more ({p})", zh=f"{name} 拒绝更多（{p}）", significant=True)
+    if min(answered(arm), answered(first)) < ENOUGH_ANSWERED:
+        return Verdict(en=f"not enough data yet ({p})", zh=f"数据还不够（{p}）")
+    return Verdict(en=f"no clear difference from {base} ({p})", zh=f"与 {base} 无明显差异（{p}）")
+
+
+@dataclass(frozen=True)
+class ExperimentPanel:
+    """One experiment of the policy: its arms in policy order (the first is the baseline) and the verdicts."""
+
+    name: str
+    arms: list[Group]
+    verdicts: list[Verdict]  # one per arm after the first
+
+    @property
+    def scale(self) -> float:
+        """The rate axis' end, in percent: the highest interval end, rounded up to 10, at least 10."""
+        top = max((g.rate_high or 0.0 for g in self.arms), default=0.0)
+        return float(max(10, -(-round(100 * top) // 10) * 10))
+
+
+async def experiment_panels(
+    *, uow: UnitOfWork, policy: Policy, start: datetime, end: datetime
+) -> list[ExperimentPanel]:
+    """Each experiment of the policy with its arms' counts, rates, intervals and p-values in the window."""
+    panels = []
+    for experiment in policy.experiments:
+        order = [arm.name for arm in experiment.arms]
+        found = await period(
+            uow=uow, start=start, end=end, group_by="arm", tz="UTC", branch_id=None,
+            experiment=experiment.name, arm_order=order,
+        )  # fmt: skip
+        arms = found.groups
+        verdicts = [verdict(arm=g, first=arms[0]) for g in arms[1:]]
+        panels.append(ExperimentPanel(name=experiment.name, arms=arms, verdicts=verdicts))
+    return panels
 
 
 @dataclass(frozen=True)
@@ -72,13 +152,14 @@ class Board:
     escalation_count: int
     level2_count: int
     page: PageUse = PageUse(closed=0, closed_on_page=0, reschedules=0)
+    experiments: tuple[ExperimentPanel, ...] = ()
 
     def charts(self, tz: str) -> dict[str, Any]:
         """The charts' data, as the page's script reads it."""
         unit = WINDOWS[self.window][1]
         by_bucket = {g.key: g for g in self.trend.groups}
         labels = bucket_labels(start=self.start, end=self.end, unit=unit, tz=tz)
-        answered = sorted(
+        by_rate = sorted(
             (g for g in self.agents.groups if g.refusal_rate is not None), key=lambda g: -(g.refusal_rate or 0)
         )[:12]
         return {
@@ -92,15 +173,21 @@ class Board:
                 "labels": [bilingual(REASONS, g.key) for g in self.stats.groups],
                 "refused": [g.refused for g in self.stats.groups],
             },
-            "branches": {
-                "labels": [g.key for g in self.branches.groups if g.refusal_rate is not None],
-                "rate": [_pct(g.refusal_rate) for g in self.branches.groups if g.refusal_rate is not None],
-            },
-            "agents": {
-                "labels": [g.key for g in answered],
-                "rate": [_pct(g.refusal_rate) for g in answered],
-            },
+            "branches": rates([g for g in self.branches.groups if g.refusal_rate is not None]),
+            "agents": rates(by_rate),
         }
+
+
+def rates(groups: list[Group]) -> dict[str, list[Any]]:
+    """A rate chart's data: each group's rate with its 95% interval (error bar) and n, so small groups look unsure."""
+    return {
+        # No agent: the party answered on their own page.
+        "labels": [f"{g.key or 'page 自助'} (n={answered(g)})" for g in groups],
+        "rate": [_pct(g.refusal_rate) for g in groups],
+        "low": [_pct(g.rate_low) for g in groups],
+        "high": [_pct(g.rate_high) for g in groups],
+        "n": [answered(g) for g in groups],
+    }
 
 
 def bilingual(table: Mapping[Any, Label], code: str | None) -> str:
@@ -124,7 +211,7 @@ def bucket_labels(*, start: datetime, end: datetime, unit: str, tz: str) -> list
     return list(labels)
 
 
-async def load_board(*, uow: UnitOfWork, window: str, now: datetime, tz: str) -> Board:
+async def load_board(*, uow: UnitOfWork, window: str, now: datetime, tz: str, policy: Policy | None = None) -> Board:
     """Everything the dashboard shows for a window ending now."""
     length, unit = WINDOWS[window]
     start = now - length
@@ -171,4 +258,5 @@ async def load_board(*, uow: UnitOfWork, window: str, now: datetime, tz: str) ->
         escalation_count=int(counts[0]),
         level2_count=int(counts[1]),
         page=await page_use(uow=uow, start=start, end=now),
+        experiments=tuple(await experiment_panels(uow=uow, policy=policy, start=start, end=now)) if policy else (),
     )

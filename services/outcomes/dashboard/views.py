@@ -140,7 +140,7 @@ async def dashboard(
         return RedirectResponse(f"/dashboard/login?next={quote(target, safe='')}", status_code=303)
     now = utcnow()
     async with request.app.state.runtime.db.uow() as uow:
-        board = await load_board(uow=uow, window=window, now=now, tz=REPORTING_TZ)
+        board = await load_board(uow=uow, window=window, now=now, tz=REPORTING_TZ, policy=request.app.state.policy)
     context = {
         "board": board,
         "charts": board.charts(REPORTING_TZ),
@@ -149,5 +149,6 @@ async def dashboard(
         "now": now,
         "tz": REPORTING_TZ,
         "refresh_s": refresh,
+        "demo": request.app.state.demo,
     }
     return _page(request, "dashboard.html", context)

@@ -11,6 +11,44 @@
 
   const pct = { beginAtZero: true, suggestedMax: 40, ticks: { callback: (v) => v + "%" } };
   const quiet = { animation: false, responsive: true, maintainAspectRatio: false };
+  const FEW = 30; // fewer answered calls than this: the bar is drawn faint, its interval is wide
+
+  // Each bar's 95% interval as an error bar (the dataset's `low` and `high`, in percent).
+  const errorBars = {
+    id: "errorBars",
+    afterDatasetsDraw(chart) {
+      const set = chart.data.datasets[0], y = chart.scales.y, ctx = chart.ctx;
+      if (!set || !set.low) return;
+      ctx.save();
+      ctx.strokeStyle = "#212529";
+      ctx.lineWidth = 1.5;
+      chart.getDatasetMeta(0).data.forEach((bar, i) => {
+        if (set.low[i] === null || set.high[i] === null) return;
+        const top = y.getPixelForValue(set.high[i]), bottom = y.getPixelForValue(set.low[i]), cap = 5;
+        ctx.beginPath();
+        ctx.moveTo(bar.x, top); ctx.lineTo(bar.x, bottom);
+        ctx.moveTo(bar.x - cap, top); ctx.lineTo(bar.x + cap, top);
+        ctx.moveTo(bar.x - cap, bottom); ctx.lineTo(bar.x + cap, bottom);
+        ctx.stroke();
+      });
+      ctx.restore();
+    },
+  };
+
+  // A rate chart's dataset: the bars, their intervals, and faint colour where n is small.
+  function rateSet(d, colour) {
+    return { label: "refusal rate %", data: d.rate, low: d.low, high: d.high, n: d.n,
+      backgroundColor: d.rate.map((r, i) => colour(r) + (d.n[i] < FEW ? "55" : "")) };
+  }
+
+  function rateOptions(d) {
+    return { ...quiet, plugins: { legend: { display: false }, tooltip: { callbacks: {
+        afterLabel: (item) => `95% interval ${d.low[item.dataIndex]}–${d.high[item.dataIndex]}%, n = ${d.n[item.dataIndex]}`,
+      } } },
+      scales: { y: { ...pct, suggestedMax: Math.max(40, ...d.high.filter((v) => v !== null)) } } };
+  }
+  const agentColour = (r) => (r > 30 ? RED : GREY);
+  const branchColour = () => BLUE;
 
   function build(d) {
     charts.trend = new Chart(document.getElementById("chart-trend"), {
@@ -34,15 +72,14 @@
       options: { ...quiet, indexAxis: "y", plugins: { legend: { display: false } }, scales: { x: { beginAtZero: true, ticks: { precision: 0 } } } },
     });
     charts.branches = new Chart(document.getElementById("chart-branches"), {
-      type: "bar",
-      data: { labels: d.branches.labels, datasets: [{ label: "refusal rate %", data: d.branches.rate, backgroundColor: BLUE }] },
-      options: { ...quiet, plugins: { legend: { display: false } }, scales: { y: pct } },
+      type: "bar", plugins: [errorBars],
+      data: { labels: d.branches.labels, datasets: [rateSet(d.branches, branchColour)] },
+      options: rateOptions(d.branches),
     });
     charts.agents = new Chart(document.getElementById("chart-agents"), {
-      type: "bar",
-      data: { labels: d.agents.labels, datasets: [{ label: "refusal rate %", data: d.agents.rate,
-        backgroundColor: d.agents.rate.map((r) => (r > 30 ? RED : GREY)) }] },
-      options: { ...quiet, plugins: { legend: { display: false } }, scales: { y: pct } },
+      type: "bar", plugins: [errorBars],
+      data: { labels: d.agents.labels, datasets: [rateSet(d.agents, agentColour)] },
+      options: rateOptions(d.agents),
     });
   }
 
@@ -51,9 +88,11 @@
     c.trend.data.labels = d.trend.labels;
     [d.trend.rate, d.trend.completed, d.trend.refused].forEach((v, i) => { c.trend.data.datasets[i].data = v; });
     c.reasons.data.labels = d.reasons.labels; c.reasons.data.datasets[0].data = d.reasons.refused;
-    c.branches.data.labels = d.branches.labels; c.branches.data.datasets[0].data = d.branches.rate;
-    c.agents.data.labels = d.agents.labels; c.agents.data.datasets[0].data = d.agents.rate;
-    c.agents.data.datasets[0].backgroundColor = d.agents.rate.map((r) => (r > 30 ? RED : GREY));
+    [[c.branches, d.branches, branchColour], [c.agents, d.agents, agentColour]].forEach(([chart, fresh, colour]) => {
+      chart.data.labels = fresh.labels;
+      chart.data.datasets[0] = rateSet(fresh, colour);
+      chart.options = rateOptions(fresh);
+    });
     Object.values(c).forEach((chart) => chart.update("none"));
   }
 
