@@ -186,15 +186,15 @@ async def inject(run: Run, scenario: Scenario) -> None:
     plan = ["kill"] * scenario.kills + ["broker"] * scenario.broker_kills + ["postgres"] * scenario.pg_stops
     plan += ["slow"] * scenario.slow_batches + (["receivers"] if scenario.receivers_down_s else [])
     run.rng.shuffle(plan)
-    # The crash points first, while loans still stream: a point nothing passes cannot be landed on.
-    plan = (list(CRASH_POINTS) if scenario.crash_points else []) + plan
+    if scenario.crash_points:
+        # Both at once and first, on two replicas, while loans still stream: a point nothing passes cannot be hit.
+        victims = run.rng.sample(run.wanted(), len(CRASH_POINTS))
+        hits = await asyncio.gather(*(crash_at(run, v, p) for v, p in zip(victims, CRASH_POINTS.values(), strict=True)))
+        run.faults.update(fault for fault, hit in zip(CRASH_POINTS, hits, strict=True) if hit)
     for fault in plan:
         await asyncio.sleep(run.rng.uniform(2, 5))
         if fault == "kill":
             await kill_and_restart(run, run.rng.choice(run.wanted()))
-        elif fault in CRASH_POINTS:
-            if not await crash_at(run, CRASH_POINTS[fault]):
-                continue  # nothing passed that point in time: not counted as injected
         elif fault == "broker":
             assert run.broker.process is not None
             run.broker.process.kill()
@@ -222,14 +222,13 @@ async def kill_and_restart(run: Run, victim: ServiceProcess) -> None:
     run.watchers.add(asyncio.create_task(time_to_partitions(run, victim)))
 
 
-async def crash_at(run: Run, point: str) -> bool:
-    """Restart a random replica with `point` armed and wait for it to die there; the manager restarts it unarmed."""
-    victim = run.rng.choice(run.wanted())
+async def crash_at(run: Run, victim: ServiceProcess, point: str) -> bool:
+    """Restart the replica with `point` armed and wait for it to die there; the manager restarts it unarmed."""
     before = victim.fault_hits()
     victim.once = {"HUIFANG_FAULT_POINTS": point}
     await kill_and_restart(run, victim)
     try:
-        await wait_for(lambda: victim.fault_hits() > before, 60, f"{victim.service} at {point}")
+        await wait_for(lambda: victim.fault_hits() > before, 90, f"{victim.service} at {point}")
     except AssertionError:
         await kill_and_restart(run, victim)  # disarmed: nothing reached the point
         return False
