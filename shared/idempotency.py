@@ -35,6 +35,7 @@ from shared.web import Principal
 
 KEY_MAX_LENGTH = 255
 STALE_AFTER = timedelta(minutes=2)
+IN_FLIGHT_RETRY_AFTER = "1"
 IN_FLIGHT = "a request with this Idempotency-Key is still in flight; retry later to get its result"
 OTHER_REQUEST = "Idempotency-Key was already used with a different request"
 
@@ -79,6 +80,11 @@ def create_idempotency_table(op: object) -> None:
 
 class KeyConflict(HTTPException):
     """The key cannot serve this request now: 409 while its first request runs, 422 for another request."""
+
+    @classmethod
+    def in_flight(cls) -> KeyConflict:
+        # The first request usually ends within a second; one that died is taken over after STALE_AFTER.
+        return cls(409, IN_FLIGHT, headers={"Retry-After": IN_FLIGHT_RETRY_AFTER})
 
 
 @dataclass(frozen=True)
@@ -182,7 +188,7 @@ async def _claim(uow: UnitOfWork, keyed: Keyed) -> Claim | Replay:
         params = {"lock": lock, "scope": keyed.scope, "key": keyed.key, "digest": keyed.digest, "now": now}
         free, claimed = (await uow.session.execute(_CLAIM_POSTGRES, params)).one()
         if not free:
-            raise KeyConflict(409, IN_FLIGHT)  # its first request holds the lock until it ends
+            raise KeyConflict.in_flight()  # its first request holds the lock until it ends
     else:
         values = {"scope": keyed.scope, "key": keyed.key, "request_hash": keyed.digest, "state": "in_flight"}
         insert = insert_new(_table(), uow.dialect).values(**values, status_code=0, response="", created_at=now)
@@ -203,11 +209,11 @@ async def _earlier(uow: UnitOfWork, keyed: Keyed, now: datetime) -> Claim | Repl
     if earlier.state == "done":
         return Replay(earlier.status_code, json.loads(uow.db.unseal(earlier.response)))
     if earlier.created_at > now - STALE_AFTER:
-        raise KeyConflict(409, IN_FLIGHT)
+        raise KeyConflict.in_flight()
     stale = Claim(keyed=keyed, at=earlier.created_at)
     taken = await uow.session.execute(sa.update(table).where(_ours(stale)).values(created_at=now))
     if taken.rowcount != 1:  # type: ignore[attr-defined]
-        raise KeyConflict(409, IN_FLIGHT)  # another retry took it over first
+        raise KeyConflict.in_flight()  # another retry took it over first
     return Claim(keyed=keyed, at=now)
 
 
@@ -225,7 +231,7 @@ async def _finish(*, uow: UnitOfWork, claim: Claim, status_code: int, response: 
         sa.update(_table()).where(_ours(claim)).values(state="done", status_code=status_code, response=response)
     )
     if done.rowcount != 1:  # type: ignore[attr-defined]
-        raise KeyConflict(409, IN_FLIGHT)
+        raise KeyConflict.in_flight()
 
 
 async def release(*, db: Database, claim: Claim) -> None:

@@ -22,6 +22,7 @@ from aiokafka.structs import ConsumerRecord
 from opentelemetry.trace import SpanKind
 from sqlmodel import Field, SQLModel
 
+from shared import faults
 from shared.db import Database, UnitOfWork, UTCDateTime, is_transient, utcnow
 from shared.events import (
     DLQ_SUFFIX,
@@ -250,7 +251,7 @@ class ConsumerRunner:
             group_instance_id=self.settings.instance_id(self.service),
             session_timeout_ms=self.settings.huifang_session_timeout_ms,
             heartbeat_interval_ms=max(1_000, self.settings.huifang_session_timeout_ms // 10),
-            max_poll_interval_ms=300_000,
+            max_poll_interval_ms=self.settings.huifang_max_poll_interval_ms,
         )
         consumer.subscribe([self.settings.topic(t) for t in self.topics], listener=_Listener(self))
         await consumer.start()
@@ -337,6 +338,7 @@ class ConsumerRunner:
         # failure (and its redelivery) does not dead-letter the same record twice.
         for record, reason in sorted(poison, key=lambda item: item[0].offset):
             await self._dead_letter(record, reason)
+        faults.point("consumer.committed")  # test only: the batch is in the database, its offsets not yet
         try:
             await consumer.commit({tp: records[-1].offset + 1})
         except (CommitFailedError, IllegalStateError):

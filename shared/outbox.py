@@ -13,6 +13,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from sqlmodel import Field, SQLModel
 
+from shared import faults
 from shared.db import BigIntPK, Database, UnitOfWork, UTCDateTime, utcnow
 from shared.events import CONTENT_TYPE, EventData, encode, new_envelope
 from shared.metrics import OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED, OUTBOX_RELAY_ERRORS, Every
@@ -190,6 +191,7 @@ class OutboxRelay:
     async def _mark_sent(self, uow: UnitOfWork, ids: list[int]) -> None:
         if not ids:
             return
+        faults.point("outbox.published")  # test only: the broker has the rows, the outbox still too
         table = OutboxMessage.__table__  # type: ignore[attr-defined]
         # Sent rows are deleted: Kafka holds the events now, and the outbox keeps no copies of them.
         await uow.session.execute(sa.delete(table).where(table.c.id.in_(ids)))

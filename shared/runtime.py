@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaProducer
 
+from shared import faults
 from shared.crypto import Cipher, cipher_from_settings
 from shared.db import Database, resolve_url
 from shared.kafka import ConsumerRunner, Handlers, make_producer
@@ -68,6 +69,7 @@ class Runtime:
             await runtime.stop()
 
     async def start(self, *, migrations: Path, topics: Sequence[str], handlers: Handlers) -> None:
+        faults.arm(self.settings.huifang_fault_points)
         await self.db.migrate(migrations)
         await self.producer.start()
         self.consumer = ConsumerRunner(

@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared import faults
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_POLICY = ROOT / "policy.toml"
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "placeholder", "dev", "development"}
@@ -88,6 +90,10 @@ class Settings(BaseSettings):
     # Static consumer-group membership: a restarted replica takes its partitions back at once.
     huifang_instance_id: str | None = Field(default=None, min_length=1, max_length=200)
     huifang_session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
+    # The longest a consumer batch may take before the broker gives its partitions to another member.
+    huifang_max_poll_interval_ms: int = Field(default=300_000, ge=1_000, le=3_600_000)
+    # Test only (shared/faults.py): crash points that kill the process; production refuses any.
+    huifang_fault_points: str | None = None
     # `make run` for `huifang demo`: the dashboard says its data and any experiment effect are simulated.
     huifang_demo: bool = False
 
@@ -102,6 +108,12 @@ class Settings(BaseSettings):
     def _policy_exists(cls, value: Path) -> Path:
         if not value.is_file():
             raise ValueError(f"policy file {value} does not exist")
+        return value
+
+    @field_validator("huifang_fault_points")
+    @classmethod
+    def _fault_points_parse(cls, value: str | None) -> str | None:
+        faults.parse(value or "")
         return value
 
     @field_validator("database_url")
@@ -210,6 +222,8 @@ def production_problems(settings: Settings) -> list[str]:
         problems.append("HUIFANG_PUBLIC_URL must be an https:// URL")
     if settings.huifang_smtp_tls == "none":
         problems.append("HUIFANG_SMTP_TLS must be starttls or tls")
+    if settings.huifang_fault_points:
+        problems.append("HUIFANG_FAULT_POINTS is a test setting that kills the process; unset it")
     if settings.huifang_demo:
         problems.append("HUIFANG_DEMO must be off: a bank's dashboard would call its data simulated")
     password = settings.huifang_smtp_password

@@ -26,6 +26,7 @@ class ServiceProcess:
     started_at: float = 0.0
     assigned_at: float | None = None  # monotonic time of the first assignment with partitions since start
     log: list[dict[str, Any]] = field(default_factory=list)
+    once: dict[str, str] = field(default_factory=dict)  # more environment for the next start only
     wanted: bool = False  # started and not stopped on purpose: a process manager would bring it back
     exits: list[tuple[int | None, str]] = field(default_factory=list)  # (exit code, last log event) of each end
     _reader: asyncio.Task[None] | None = None
@@ -42,10 +43,11 @@ class ServiceProcess:
         self.assigned_at = None
         self.started_at = time.monotonic()
         self.proc = await asyncio.create_subprocess_exec(
-            HUIFANG, "run", self.service, env={**os.environ, **self.env}, cwd=ROOT,
+            HUIFANG, "run", self.service, env={**os.environ, **self.env, **self.once}, cwd=ROOT,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         self._reader = asyncio.create_task(self._read(self.proc))
+        self.once = {}
 
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None
@@ -81,6 +83,15 @@ class ServiceProcess:
                 await self.proc.wait()
             if self._reader is not None:
                 await self._reader
+
+    def fault_hits(self) -> int:
+        """How many of this replica's processes died at a crash point so far."""
+        return sum(1 for line in self.log if line.get("event") == "fault.point")
+
+    def died_at(self, point: str) -> bool:
+        """This process ended by the crash point `point` (shared/faults.py)."""
+        ended = self.proc is not None and self.proc.returncode == -signal.SIGKILL
+        return ended and any(line.get("event") == "fault.point" and line.get("point") == point for line in self.log)
 
     def note_exit(self) -> None:
         """Remember how a process that ended on its own ended."""

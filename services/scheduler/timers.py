@@ -36,6 +36,7 @@ from shared.tracing import span, timer_attributes
 
 log = structlog.get_logger(__name__)
 RETRY_AFTER = timedelta(minutes=1)
+FIRING_ORDER = {"notice": 0, "due": 1, "deadline": 2}  # within one claimed batch
 MIN_PAUSE = 0.05
 SLOT_LEAD = timedelta(hours=1)  # a slot offered on the party's page starts at least this far ahead
 
@@ -133,6 +134,9 @@ class TimerLoop:
                 # timers of that callback (on another replica) may hold.
                 joined=(callbacks, callbacks.c.callback_id == table.c.callback_id),
             )
+            # UPDATE ... RETURNING gives rows in storage order, not the claim's: notices fire first, so a
+            # callback's notice claimed with its call goes before it (a call never goes before its notice).
+            rows.sort(key=lambda row: (FIRING_ORDER.get(row.kind, len(FIRING_ORDER)), row.fire_at))
             # One query for the batch's callbacks, not one per timer: bursts of due timers stay on time.
             ids = {row.callback_id for row in rows}
             found = await uow.session.execute(select(Callback).where(col(Callback.callback_id).in_(ids)))

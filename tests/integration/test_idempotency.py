@@ -163,6 +163,7 @@ async def test_a_key_in_flight_is_409_and_the_retry_after_it_runs(huifang: Huifa
     assert isinstance(claimed, idempotency.Claim)
     duplicate = await post(huifang, write, target_id, write.body, key)
     assert duplicate.status_code == 409 and "in flight" in duplicate.json()["detail"]
+    assert duplicate.headers["Retry-After"] == "1"
     await idempotency.release(db=service_db(huifang, write.service), claim=claimed)
     # The duplicate changed nothing: once the claim is given back, the request runs as the first would.
     retry = await post(huifang, write, target_id, write.body, key)

@@ -91,6 +91,7 @@ async def test_a_claim_in_flight_is_409_until_it_is_released(database: Database)
     with pytest.raises(KeyConflict) as conflict:
         await idempotency.once(db=database, keyed=keyed(), status_code=200, run=effect)
     assert conflict.value.status_code == 409 and effect.runs == 0
+    assert conflict.value.headers == {"Retry-After": "1"}  # the client is told when to ask again
     await idempotency.release(db=database, claim=claimed)
     assert (await idempotency.once(db=database, keyed=keyed(), status_code=200, run=effect)).status_code == 200
 

@@ -226,3 +226,30 @@ async def test_a_due_timer_never_fires_while_its_notice_is_still_to_go(database:
     assert await _outbox_types(database) == []
     async with database.uow() as uow:
         assert (await uow.session.execute(sa.select(Callback))).scalar_one().state == "scheduled"
+
+
+async def test_a_notice_and_its_call_claimed_together_fire_notice_first_whatever_order_the_database_returns(
+    database: Database,
+) -> None:
+    """PostgreSQL's UPDATE ... RETURNING gives rows in storage order, not the claim's ORDER BY: found by chaos."""
+    policy = Policy.model_validate(
+        {
+            "notice": {"lead": "PT1H", "quiet_start": "00:00", "quiet_end": "00:00"},
+            "calling_hours": {"start": "00:00", "end": "24:00", "holidays": ""},
+        }
+    )
+    cb = _callback(CIPHER)
+    cb.notice_at = cb.due_at - timedelta(hours=1)
+    async with database.uow() as uow:
+        uow.session.add(cb)
+        await uow.commit()
+    # The due timer stored first: a scan meets it before the notice's.
+    for kind, at in (("due", cb.due_at), ("notice", cb.notice_at)):
+        async with database.uow() as uow:
+            uow.session.add(Timer(callback_id=cb.callback_id, kind=kind, fire_at=at))
+            await uow.commit()
+
+    back = cb.due_at + timedelta(minutes=10)
+    assert await TimerLoop(db=database, cipher=CIPHER, poll_seconds=0.1, policy=policy).fire_due(now=back) == 2
+
+    assert await _outbox_types(database) == ["callback.rescheduled", "callback.notice.requested"]

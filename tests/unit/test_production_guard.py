@@ -88,6 +88,7 @@ CASES = {
     "no public URL": ({"HUIFANG_PUBLIC_URL": None}, "HUIFANG_PUBLIC_URL"),
     "http public URL": ({"HUIFANG_PUBLIC_URL": "http://huifang.bank.example"}, "HUIFANG_PUBLIC_URL"),
     "SMTP without TLS": ({"HUIFANG_SMTP_TLS": "none"}, "HUIFANG_SMTP_TLS"),
+    "crash points armed": ({"HUIFANG_FAULT_POINTS": "outbox.published"}, "HUIFANG_FAULT_POINTS"),
     "demo dashboard": ({"HUIFANG_DEMO": "true"}, "HUIFANG_DEMO"),
 }
 
