@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -16,7 +15,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlmodel import Field, SQLModel
 
-from shared.db import BigIntPK, Database, UnitOfWork, UTCDateTime, utcnow
+from shared.db import BigIntPK, Database, UnitOfWork, UTCDateTime, utcnow, woken
 from shared.events import CONTENT_TYPE, EventData, encode, new_envelope
 from shared.metrics import OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED, OUTBOX_RELAY_ERRORS, Every
 from shared.tracing import end_span, recording, start_publish, trace_context
@@ -157,11 +156,7 @@ class OutboxRelay:
                 await asyncio.sleep(1.0)
                 continue
             if sent < self.batch:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
-                # arrives as the event is set, and then stop() would wait for this loop forever.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.poll_seconds):
-                        await self.db.outbox_signal.wait()
+                await woken(self.db.outbox_signal, self.poll_seconds)
 
     async def _measure_backlog(self) -> None:
         """The oldest waiting row's age, for the backlog alert; one small query every few seconds at most."""
