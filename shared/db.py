@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+import structlog
 from aiokafka.errors import KafkaError
 from alembic import command
 from alembic.config import Config
@@ -21,6 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from shared.crypto import Cipher
+
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -78,8 +82,17 @@ _MIGRATION_LOCK = asyncio.Lock()
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
+async def woken(signal: asyncio.Event, within: float) -> None:
+    """Wait until `signal` is set or `within` seconds have passed, whichever comes first."""
+    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives as
+    # the event is set, and then stopping the service would wait for the loop forever.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within):
+            await signal.wait()
+
+
 class Database:
-    """Engine and session factory of one service, with its outbox signal."""
+    """Engine and session factory of one service, with the signals that wake its loops after a commit."""
 
     def __init__(
         self,
@@ -99,6 +112,7 @@ class Database:
         self.topic_prefix = topic_prefix
         self.cipher = cipher
         self.outbox_signal = asyncio.Event()
+        self._signals: dict[str, asyncio.Event] = {}
         self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
         idle = IDLE_PING_AFTER_S if idle_ping_after_s is None else idle_ping_after_s
         self.engine: AsyncEngine = _make_engine(url, schema, self.dialect, idle_ping_after_s=idle)
@@ -152,6 +166,50 @@ class Database:
                     raise
         async with self.uow() as uow:
             return await work(uow)
+
+    def signal(self, name: str) -> asyncio.Event:
+        """Set when a transaction that called `uow.wake(name)` commits (here, or on another replica when listening)."""
+        return self._signals.setdefault(name, asyncio.Event())
+
+    def channel(self, name: str) -> str:
+        """The PostgreSQL NOTIFY channel of `name` for this service's schema (63 characters at most)."""
+        return f"huifang.{name}.{self.schema}"[:63]
+
+    async def listen(self, *names: str, retry_seconds: float = 1.0) -> None:
+        """Set `signal(name)` whenever another replica commits a wake-up for it; runs until cancelled.
+
+        PostgreSQL LISTEN on one dedicated connection. The loops still poll: a notification missed
+        while the connection is down is found by the next poll, or at once when listening resumes.
+        """
+        while True:
+            try:
+                await self._listen_until_lost(names)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("db.listen_failed", schema=self.schema, error=type(exc).__name__)
+            await asyncio.sleep(retry_seconds)
+
+    async def _listen_until_lost(self, names: tuple[str, ...]) -> None:
+        by_channel = {self.channel(name): name for name in names}
+        lost = asyncio.Event()
+
+        def notified(_conn: object, _pid: int, channel: str, _payload: str) -> None:
+            self.signal(by_channel[channel]).set()
+
+        async with self.engine.connect() as conn:
+            raw: Any = (await conn.get_raw_connection()).driver_connection
+            raw.add_termination_listener(lambda _conn: lost.set())
+            for channel in by_channel:
+                await raw.add_listener(channel, notified)
+            for name in names:
+                self.signal(name).set()  # what was committed while no one listened
+            try:
+                await lost.wait()
+            finally:
+                if not raw.is_closed():
+                    for channel in by_channel:
+                        await raw.remove_listener(channel, notified)
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -245,17 +303,31 @@ class UnitOfWork:
         self.committed = False
         self.commit_tried = False  # a commit that fails may still have landed: never run the work again
         self.emitted = 0  # outbox rows added (outbox.enqueue): commit wakes the relay when there are any
+        self.wakes: set[str] = set()
+
+    def wake(self, name: str) -> None:
+        """Once this transaction commits, wake the loops waiting on `name`: here, and other replicas on PostgreSQL."""
+        self.wakes.add(name)
 
     @property
     def dialect(self) -> str:
         return self.db.dialect
 
     async def commit(self) -> None:
+        if self.wakes and self.dialect == "postgresql":
+            # NOTIFY inside the transaction: PostgreSQL sends it on commit, and never for a rollback.
+            channels = sorted(self.db.channel(name) for name in self.wakes)
+            await self.session.execute(
+                text("SELECT pg_notify(c, '') FROM unnest(CAST(:channels AS text[])) AS c"), {"channels": channels}
+            )
         self.commit_tried = True
         await self.session.commit()
         self.committed = True
         if self.emitted:
             self.db.outbox_signal.set()
+        for name in self.wakes:
+            self.db.signal(name).set()
+        self.wakes.clear()
 
     async def rollback(self) -> None:
         await self.session.rollback()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -11,10 +10,13 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 from aiokafka import AIOKafkaProducer
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlmodel import Field, SQLModel
 
 from shared import faults
-from shared.db import BigIntPK, Database, UnitOfWork, UTCDateTime, utcnow
+from shared.db import BigIntPK, Database, UnitOfWork, UTCDateTime, utcnow, woken
 from shared.events import CONTENT_TYPE, EventData, encode, new_envelope
 from shared.metrics import OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED, OUTBOX_RELAY_ERRORS, Every
 from shared.tracing import end_span, recording, start_publish, trace_context
@@ -59,7 +61,11 @@ def create_outbox_table(op: object) -> None:
 
 
 def enqueue(uow: UnitOfWork, data: EventData, *, key: str, event_id: str | None = None) -> str:
-    """Queue an event in the unit of work; the relay publishes it after commit. Returns its id."""
+    """Queue an event in the unit of work; the relay publishes it after commit. Returns its id.
+
+    The row is written with the transaction's other outbox rows in one multi-row INSERT just before
+    it commits (see `_write_pending`); a rolled-back savepoint drops the rows queued inside it.
+    """
     db = uow.db
     # The caller's trace context rides in the envelope, so the trace survives the wait in the table.
     envelope = new_envelope(data, source=db.source, subject=key, event_id=event_id, extensions=trace_context())
@@ -67,13 +73,62 @@ def enqueue(uow: UnitOfWork, data: EventData, *, key: str, event_id: str | None 
     if data.personal:
         # Contact details wait in the outbox until sent: encrypted there like everywhere at rest.
         payload = db.seal(payload)
-    uow.session.add(
-        OutboxMessage(
-            event_id=envelope.id, topic=db.topic_prefix + data.topic, key=key, payload=payload, created_at=utcnow()
-        )
-    )
+    session = uow.session.sync_session
+    if not session.in_transaction():
+        session.begin()  # what autobegin would do: a rollback before any statement then drops the row too
+    _pending(session).append(
+        {"event_id": envelope.id, "topic": db.topic_prefix + data.topic, "key": key, "payload": payload,
+         "created_at": utcnow()}
+    )  # fmt: skip
     uow.emitted += 1
     return envelope.id
+
+
+# Outbox rows queued in a session's transaction, and where each open savepoint began in that list.
+_PENDING = "huifang.outbox.pending"
+_MARKS = "huifang.outbox.marks"
+
+
+def _pending(session: Session) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = session.info.setdefault(_PENDING, [])
+    return rows
+
+
+@event.listens_for(Session, "before_commit")
+def _write_pending(session: Session) -> None:
+    """One INSERT for all the rows queued in the transaction, inside it, as it commits."""
+    rows = session.info.get(_PENDING)
+    if not rows or session.in_nested_transaction():
+        return  # a savepoint's release keeps its rows queued for the outer commit
+    # Runs inside the async session's greenlet, so the sync call here awaits the driver.
+    session.connection().execute(sa.insert(OutboxMessage.__table__), rows)  # type: ignore[attr-defined]
+    rows.clear()
+
+
+@event.listens_for(Session, "after_transaction_create")
+def _mark_savepoint(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.nested and session.info.get(_PENDING):
+        session.info.setdefault(_MARKS, {})[transaction] = len(session.info[_PENDING])
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_rolled_back(session: Session, previous: SessionTransaction) -> None:
+    """What a rolled-back savepoint queued is dropped; a rolled-back transaction drops everything."""
+    rows = session.info.get(_PENDING)
+    if not rows:
+        return
+    if previous.nested:
+        del rows[session.info.get(_MARKS, {}).pop(previous, 0) :]
+    else:
+        rows.clear()
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget(session: Session, transaction: SessionTransaction) -> None:
+    # A session closed without commit or rollback (the unit of work's block ended) keeps nothing.
+    if transaction.parent is None and _PENDING in session.info:
+        session.info[_PENDING].clear()
+        session.info.pop(_MARKS, None)
 
 
 class OutboxRelay:
@@ -102,11 +157,7 @@ class OutboxRelay:
                 await asyncio.sleep(1.0)
                 continue
             if sent < self.batch:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
-                # arrives as the event is set, and then stop() would wait for this loop forever.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.poll_seconds):
-                        await self.db.outbox_signal.wait()
+                await woken(self.db.outbox_signal, self.poll_seconds)
 
     async def _measure_backlog(self) -> None:
         """The oldest waiting row's age, for the backlog alert; one small query every few seconds at most."""
@@ -143,6 +194,8 @@ class OutboxRelay:
             if not got:
                 return 0
             rows = (await uow.session.execute(self._unsent())).all()
+            if not rows:
+                return 0
             sent = await self._send(rows)
             await self._mark_sent(uow, sent)
             await uow.commit()
@@ -194,5 +247,10 @@ class OutboxRelay:
         faults.point("outbox.published")  # test only: the broker has the rows, the outbox still too
         table = OutboxMessage.__table__  # type: ignore[attr-defined]
         # Sent rows are deleted: Kafka holds the events now, and the outbox keeps no copies of them.
-        await uow.session.execute(sa.delete(table).where(table.c.id.in_(ids)))
+        if uow.dialect == "postgresql":
+            # One array parameter, not one per row: a single cached statement whatever the batch size.
+            chosen = table.c.id == sa.any_(sa.bindparam("ids", ids, type_=postgresql.ARRAY(sa.BigInteger())))
+        else:
+            chosen = table.c.id.in_(ids)
+        await uow.session.execute(sa.delete(table).where(chosen))
         OUTBOX_PUBLISHED.labels(self.service).inc(len(ids))

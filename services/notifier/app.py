@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -15,7 +16,7 @@ from services.notifier.delivery import Channels, DeliveryLoop, Retry
 from services.notifier.escalation import EscalationLoop
 from services.notifier.handlers import HANDLERS
 from services.notifier.messages import check_variants
-from services.notifier.outbound import Outbound
+from services.notifier.outbound import DELIVERY, Outbound
 from shared.events import CALLBACK_LIFECYCLE, CALLBACK_REFUSED, LOAN_STAGE
 from shared.kafka import bind
 from shared.policy import load_policy
@@ -72,6 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     db=runtime.db, cipher=runtime.cipher, channels=channels, retry=retry, poll_seconds=poll
                 )
                 runtime.spawn("delivery", delivery.run)
+                if runtime.db.dialect == "postgresql":
+                    # Notifications committed on another replica wake this one's delivery loop too.
+                    runtime.spawn("listen", partial(runtime.db.listen, DELIVERY))
                 runtime.spawn("escalations", EscalationLoop(db=runtime.db, policy=policy, poll_seconds=poll).run)
                 yield
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import random
 from dataclasses import dataclass
@@ -22,10 +23,10 @@ from services.notifier.channels.webhook import DeliveryResult, deliver
 from services.notifier.contacts import open_contacts
 from services.notifier.messages import compose
 from services.notifier.models import LoanContact, Notification
-from services.notifier.outbound import seal
+from services.notifier.outbound import DELIVERY, seal
 from shared.claims import claim
 from shared.crypto import Cipher
-from shared.db import Database, UnitOfWork, utcnow
+from shared.db import Database, UnitOfWork, utcnow, woken
 from shared.events import NotificationFailed, NotificationSent
 from shared.metrics import NOTIFICATIONS
 from shared.outbox import enqueue
@@ -110,12 +111,28 @@ class DeliveryLoop:
         self.retry = retry
         self.poll_seconds = poll_seconds
         self.batch = batch
+        self._retries: list[datetime] = []  # when the retries this loop scheduled come due (a heap)
 
     async def run(self) -> None:
+        signal = self.db.signal(DELIVERY)
         while True:
+            # Cleared before the pass, not after: a notification committed during the pass keeps it
+            # set, so it goes out at once. Polling stays, for what other replicas scheduled.
+            signal.clear()
             handled = await self.deliver_due()
             if handled < self.batch:
-                await asyncio.sleep(self.poll_seconds)
+                await woken(signal, self._pause())
+
+    def _pause(self) -> float:
+        """Seconds until the next poll, or until a retry this loop scheduled comes due if that is sooner."""
+        now = utcnow()
+        if self._retries and self._retries[0] <= now:
+            while self._retries and self._retries[0] <= now:
+                heapq.heappop(self._retries)
+            return 0.0  # due now: the next pass claims them
+        if not self._retries:
+            return self.poll_seconds
+        return min(self.poll_seconds, (self._retries[0] - now).total_seconds())
 
     async def deliver_due(self) -> int:
         """Claim, deliver and record one batch; returns how many notifications were handled."""
@@ -265,6 +282,7 @@ class DeliveryLoop:
                 note.last_error = result.error
                 note.next_attempt_at = now + self.retry.backoff(note.attempts)
                 note.lease_until = None
+                heapq.heappush(self._retries, note.next_attempt_at)
                 NOTIFICATIONS.labels(note.channel, "retry").inc()
                 log.info(
                     "notifier.retry", notification_id=note.notification_id, attempts=note.attempts, error=result.error

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import datetime
 from typing import Any, TypeVar
@@ -13,7 +12,7 @@ from sqlmodel import col, select
 from services.notifier.models import Escalation, LoanContact
 from services.notifier.outbound import NAMESPACE, queue_notification
 from shared.claims import claim
-from shared.db import Database, UnitOfWork, utcnow
+from shared.db import Database, UnitOfWork, utcnow, woken
 from shared.errors import Rejected
 from shared.events import (
     CallbackRefused,
@@ -29,6 +28,8 @@ from shared.tracing import span, timer_attributes
 
 E = TypeVar("E", bound=EscalationEvent)
 COUNT_EVERY_SECONDS = 5.0
+# The level-2 loop's wake-up: a new level-1 escalation may be due before the one it sleeps for.
+ESCALATIONS = "escalations"
 
 
 def escalation_rules(policy: Policy, event: CallbackRefused) -> list[str]:
@@ -152,6 +153,7 @@ async def raise_level1(
     )
     uow.session.add(esc)
     await uow.session.flush()
+    uow.wake(ESCALATIONS)
     await announce(
         uow=uow,
         esc=esc,
@@ -194,11 +196,26 @@ class EscalationLoop:
         self._count_check = Every(COUNT_EVERY_SECONDS)
 
     async def run(self) -> None:
+        signal = self.db.signal(ESCALATIONS)
         while True:
+            signal.clear()  # before the pass: an escalation raised during it wakes the next one
             fired = await self.fire_due()
             await self.count_open()
             if fired < self.batch:
-                await asyncio.sleep(self.poll_seconds)
+                await woken(signal, await self.until_next_due())
+
+    async def until_next_due(self) -> float:
+        """Seconds until the earliest level-2 deadline, at most `poll_seconds` (the fallback poll)."""
+        table = Escalation.__table__  # type: ignore[attr-defined]
+        async with self.db.uow() as uow:
+            due: datetime | None = await uow.session.scalar(
+                sa.select(sa.func.min(table.c.ack_due_at)).where(
+                    table.c.ack_due_at.is_not(None), table.c.state == "open", table.c.level == 1
+                )
+            )
+        if due is None:
+            return self.poll_seconds
+        return min(self.poll_seconds, max(0.0, (due - utcnow()).total_seconds()))
 
     async def count_open(self) -> None:
         """Open escalations per level, for the alert on level 2; at most every few seconds."""

@@ -17,6 +17,9 @@ from shared.db import UnitOfWork, utcnow
 from shared.events import LoanStageChanged
 from shared.tracing import trace_context
 
+# The delivery loop's wake-up: a committed notification is delivered now, not at the next poll.
+DELIVERY = "delivery"
+
 # Fixed namespace so a notification's id follows from (event, recipient, channel) on every replica.
 NAMESPACE = uuid.UUID("6b2f1c4e-9a53-4d1e-8f0a-1c2d3e4f5a6b")
 
@@ -79,6 +82,7 @@ async def queue_notification(
     )
     uow.session.add(note)
     await uow.session.flush()
+    uow.wake(DELIVERY)
     return note
 
 

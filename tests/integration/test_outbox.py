@@ -99,6 +99,35 @@ async def test_personal_events_wait_encrypted_and_leave_no_copy(database: Databa
     assert received[1]["data"]["phone"] == "+8613800138000"  # decrypted for the dialer, as the contract allows
 
 
+async def test_rows_queued_in_a_rolled_back_savepoint_or_transaction_are_not_written(database: Database) -> None:
+    def scheduled(loan: str) -> CallbackScheduled:
+        return CallbackScheduled(
+            loan_id=loan, **REF, state="scheduled", due_at=NOW, notice_at=NOW, deadline=NOW + timedelta(days=5),
+            verification_items=["identity"],
+        )  # fmt: skip
+
+    async with database.uow() as uow:
+        enqueue(uow, scheduled("L-before"), key="L-before")
+        with pytest.raises(Crash):
+            async with uow.session.begin_nested():
+                enqueue(uow, scheduled("L-undone"), key="L-undone")
+                raise Crash
+        async with uow.session.begin_nested():
+            enqueue(uow, scheduled("L-kept"), key="L-kept")
+        enqueue(uow, scheduled("L-after"), key="L-after")
+        await uow.commit()
+    async with database.uow() as uow:
+        enqueue(uow, scheduled("L-never"), key="L-never")  # the block ends without a commit
+    async with database.uow() as uow:
+        enqueue(uow, scheduled("L-rolled-back"), key="L-rolled-back")
+        await uow.rollback()
+        enqueue(uow, scheduled("L-next"), key="L-next")
+        await uow.commit()
+    async with database.uow() as uow:
+        keys = (await uow.session.execute(sa.select(OutboxMessage.key).order_by(OutboxMessage.id))).scalars().all()
+    assert keys == ["L-before", "L-kept", "L-after", "L-next"]
+
+
 class Crash(Exception):
     """The process dies after the broker acknowledged, before the sent rows are deleted."""
 
