@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from services.scheduler.models import Timer
 from shared.db import Database
-from tests.support import Huifang, loan_event
+from tests.support import Huifang, loan_event, wait_for
 
 SH = ZoneInfo("Asia/Shanghai")
 
@@ -84,7 +84,13 @@ async def test_wrong_number_closes_and_flags(huifang: Huifang) -> None:
     callback_id = due["data"]["callback_id"]
     await record(huifang, callback_id, "wrong_number")
     await huifang.tap.wait_events("loan.verification.completed", loan)
-    shown = await show(huifang, callback_id)
+
+    # The scheduler applies the outcome from the topic, beside outcomes' own verification event.
+    async def closed() -> dict[str, Any] | None:
+        shown = await show(huifang, callback_id)
+        return shown if shown["state"] != "due" else None
+
+    shown = await wait_for(closed, 30, "the scheduler to apply the outcome")
     assert shown["state"] == "wrong_number" and shown["flags"] == ["wrong_number"]
     assert shown["timeline"][-1]["type"] == "callback.outcome.recorded"
     assert shown["timeline"][-1]["detail"]["disposition"] == "wrong_number"

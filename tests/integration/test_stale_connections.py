@@ -56,7 +56,8 @@ async def backend(db: Database) -> int:
 
 async def drop(url: str, pid: int) -> None:
     """End one server connection from outside, as a database restart or failover would."""
-    engine = create_async_engine(url)
+    # Autocommit: pg_stat_activity is a snapshot per transaction, so one transaction would never see it end.
+    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
     try:
         async with engine.connect() as conn:
             await conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
