@@ -119,6 +119,7 @@ def officer_routes(*, out: Outbound, contacts: Contacts | None) -> list[Route]:
 
 
 def officer_email_known(contacts: Contacts | None) -> bool:
+    """Whether the loan's contacts give the officer an email address."""
     return bool(((contacts or {}).get("officer") or {}).get("email"))
 
 
@@ -173,6 +174,8 @@ async def release_waits(*, uow: UnitOfWork, out: Outbound, loan_id: str, contact
     # Locked rows: a second stage event of the loan on another replica waits, then finds them gone.
     query = select(OfficerWait).where(col(OfficerWait.loan_id) == loan_id).with_for_update()
     waits = list((await uow.session.execute(query)).scalars())
+    if not waits:
+        return 0
     for wait in waits:
         payload = {**json.loads(wait.payload), "officer_id": ident}
         await notify(
