@@ -156,6 +156,8 @@ async def keep_arms(*, uow: UnitOfWork, callback_id: str, arms: dict[str, str]) 
     for experiment, arm in arms.items():
         if await uow.session.get(NoticeArm, (callback_id, experiment)) is None:
             uow.session.add(NoticeArm(callback_id=callback_id, experiment=experiment, arm=arm))
+    # Flushed now (the session does not autoflush): the notice may follow in the same batch.
+    await uow.session.flush()
 
 
 async def arms_of(*, uow: UnitOfWork, callback_id: str) -> dict[str, str]:
