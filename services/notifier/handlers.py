@@ -18,8 +18,8 @@ from shared.policy import Policy
 
 
 async def on_loan_stage(*, uow: UnitOfWork, event: Event[LoanStageChanged], out: Outbound) -> None:
-    """Keep the latest officer and party contacts of the loan, encrypted."""
-    await keep_contacts(uow=uow, event=event.data, cipher=out.cipher)
+    """Keep the latest officer and party contacts of the loan, encrypted; officer emails that waited go out."""
+    await keep_contacts(uow=uow, event=event.data, out=out)
 
 
 async def on_refused(*, uow: UnitOfWork, event: Event[CallbackRefused], policy: Policy, out: Outbound) -> None:

@@ -37,6 +37,18 @@ class NoticeArm(SQLModel, table=True):
     arm: str = Field(max_length=64)
 
 
+class OfficerWait(SQLModel, table=True):
+    """An officer notification made before the officer's email was known: its email goes out when it is."""
+
+    __tablename__ = "officer_wait"
+
+    source_event_id: str = Field(primary_key=True, max_length=255)  # one officer notification per event
+    loan_id: str = Field(index=True, max_length=128)
+    kind: str = Field(max_length=32)  # see messages.KINDS
+    payload: str = Field(sa_type=sa.Text)  # JSON, ids only: the webhook's payload
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
 class Notification(SQLModel, table=True):
     __tablename__ = "notification"
     # A redelivered event must not notify the same recipient twice on the same channel.

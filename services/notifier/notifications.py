@@ -11,7 +11,15 @@ from services.notifier.contacts import Contacts, Person
 from services.notifier.escalation import raise_level1
 from services.notifier.messages import find_party
 from services.notifier.models import NoticeArm
-from services.notifier.outbound import Outbound, load_contacts, notify, officer_id, officer_routes, party_route
+from services.notifier.outbound import (
+    Outbound,
+    load_contacts,
+    notify,
+    notify_officer,
+    officer_contacts,
+    officer_id,
+    party_route,
+)
 from shared.db import UnitOfWork, utcnow
 from shared.events import (
     CallbackExpired,
@@ -39,7 +47,7 @@ def questionnaire_url(policy: Policy, callback_id: str) -> str | None:
 
 async def refusal(*, uow: UnitOfWork, event: CallbackRefused, event_id: str, policy: Policy, out: Outbound) -> None:
     """Notify the loan officer; raise a level-1 escalation when a policy rule matches."""
-    contacts = await load_contacts(uow=uow, cipher=out.cipher, loan_id=event.loan_id)
+    contacts = await officer_contacts(uow=uow, out=out, loan_id=event.loan_id)
     base = {
         **callback_base(event),
         "reason_code": event.reason_code,
@@ -47,14 +55,13 @@ async def refusal(*, uow: UnitOfWork, event: CallbackRefused, event_id: str, pol
         "occurred_at": event.occurred_at.isoformat(),
     }
     if policy.escalation.notify_officer_on_refusal:
-        await notify(
+        await notify_officer(
             uow=uow,
             out=out,
             source_event_id=event_id,
             kind="refusal",
             payload={"type": "callback.refused", **base, "officer_id": officer_id(contacts)},
             contacts=contacts,
-            routes=officer_routes(out=out, contacts=contacts),
         )
     await raise_level1(
         uow=uow, event=event, event_id=event_id, policy=policy, officer_id=officer_id(contacts), now=utcnow()
@@ -110,7 +117,7 @@ async def questionnaire(
     to_party: bool = True,
 ) -> None:
     """Send the party the questionnaire link (unless told not to) and tell the officer why."""
-    contacts = await load_contacts(uow=uow, cipher=out.cipher, loan_id=event.loan_id)
+    contacts = await officer_contacts(uow=uow, out=out, loan_id=event.loan_id)
     payload = {
         **callback_base(event), "reason": reason, "url": questionnaire_url(policy, event.callback_id),
         "hotline": policy.bank.hotline, "bank": policy.bank.name,
@@ -125,14 +132,13 @@ async def questionnaire(
             contacts=contacts,
             routes=[party_route(out=out, contacts=contacts, party_id=event.party_id, prefer_email=True)],
         )
-    await notify(
+    await notify_officer(
         uow=uow,
         out=out,
         source_event_id=event_id,
         kind=officer_kind,
         payload={"type": event.event_type, **payload, "officer_id": officer_id(contacts)},
         contacts=contacts,
-        routes=officer_routes(out=out, contacts=contacts),
     )
 
 
@@ -150,6 +156,8 @@ async def keep_arms(*, uow: UnitOfWork, callback_id: str, arms: dict[str, str]) 
     for experiment, arm in arms.items():
         if await uow.session.get(NoticeArm, (callback_id, experiment)) is None:
             uow.session.add(NoticeArm(callback_id=callback_id, experiment=experiment, arm=arm))
+    # Flushed now (the session does not autoflush): the notice may follow in the same batch.
+    await uow.session.flush()
 
 
 async def arms_of(*, uow: UnitOfWork, callback_id: str) -> dict[str, str]:

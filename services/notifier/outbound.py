@@ -7,13 +7,14 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlmodel import select
+import sqlalchemy as sa
+from sqlmodel import col, select
 
 from services.notifier.contacts import Contacts, Person, open_contacts, seal_contacts
 from services.notifier.messages import Composed, compose, find_party
-from services.notifier.models import Channel, LoanContact, Notification
+from services.notifier.models import Channel, LoanContact, Notification, OfficerWait
 from shared.crypto import Cipher
-from shared.db import UnitOfWork, utcnow
+from shared.db import UnitOfWork, insert_new, utcnow
 from shared.events import LoanStageChanged
 from shared.tracing import trace_context
 
@@ -71,7 +72,7 @@ async def queue_notification(
         kind=kind,
         recipient=recipient,
         channel=channel,
-        payload=json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
+        payload=_json(payload),
         status="pending",
         next_attempt_at=utcnow(),
         address_enc=sealed[0] if sealed else None,
@@ -84,6 +85,10 @@ async def queue_notification(
     await uow.session.flush()
     uow.wake(DELIVERY)
     return note
+
+
+def _json(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
 
 
 async def load_contacts(*, uow: UnitOfWork, cipher: Cipher, loan_id: str) -> Contacts | None:
@@ -109,8 +114,78 @@ def officer_routes(*, out: Outbound, contacts: Contacts | None) -> list[Route]:
     ident = officer_id(contacts)
     # Without a known officer the webhook receiver routes by loan_id; never drop the notice.
     recipient = f"officer:{ident}" if ident else "officer"
-    has_email = bool(((contacts or {}).get("officer") or {}).get("email"))
-    return [Route(recipient, "webhook")] + ([Route(recipient, "email")] if out.email_enabled and has_email else [])
+    has_email = out.email_enabled and officer_email_known(contacts)
+    return [Route(recipient, "webhook")] + ([Route(recipient, "email")] if has_email else [])
+
+
+def officer_email_known(contacts: Contacts | None) -> bool:
+    """Whether the loan's contacts give the officer an email address."""
+    return bool(((contacts or {}).get("officer") or {}).get("email"))
+
+
+async def _lock_waits(uow: UnitOfWork, *, exclusive: bool) -> None:
+    """Order remembering an officer notification against learning the officer's email (PostgreSQL).
+
+    Remembering (rare) takes the lock alone, stage events share it: a stage event then sees every wait
+    committed before its check, and a refusal that waited sees the contacts committed meanwhile.
+    SQLite needs nothing: BEGIN IMMEDIATE already serialises writers.
+    """
+    if uow.dialect != "postgresql":
+        return
+    fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    await uow.session.execute(sa.text(f"SELECT {fn}(hashtext(:k))"), {"k": f"officer_wait:{uow.db.schema}"})
+
+
+async def officer_contacts(*, uow: UnitOfWork, out: Outbound, loan_id: str) -> Contacts | None:
+    """The loan's contacts for an officer notification; read again under the lock when the email is missing."""
+    contacts = await load_contacts(uow=uow, cipher=out.cipher, loan_id=loan_id)
+    if not out.email_enabled or officer_email_known(contacts):
+        return contacts
+    await _lock_waits(uow, exclusive=True)
+    return await load_contacts(uow=uow, cipher=out.cipher, loan_id=loan_id)
+
+
+async def notify_officer(
+    *, uow: UnitOfWork, out: Outbound, source_event_id: str, kind: str, payload: dict[str, Any],
+    contacts: Contacts | None,
+) -> None:  # fmt: skip
+    """Queue the officer's webhook, and their email now or, while their address is unknown, when it arrives.
+
+    `contacts` come from officer_contacts (which holds the lock a remembered notification needs).
+    """
+    routes = officer_routes(out=out, contacts=contacts)
+    await notify(
+        uow=uow, out=out, source_event_id=source_event_id, kind=kind, payload=payload, contacts=contacts,
+        routes=routes,
+    )  # fmt: skip
+    if out.email_enabled and not any(r.channel == "email" for r in routes):
+        wait = OfficerWait(
+            source_event_id=source_event_id, loan_id=payload["loan_id"], kind=kind, payload=_json(payload)
+        )
+        await uow.session.execute(insert_new(OfficerWait.__table__, uow.dialect).values(**wait.model_dump()))  # type: ignore[attr-defined]
+
+
+async def release_waits(*, uow: UnitOfWork, out: Outbound, loan_id: str, contacts: Contacts) -> int:
+    """Queue the officer's email for each notification that waited for it, once; returns how many."""
+    ident = officer_id(contacts)
+    if not (out.email_enabled and ident and officer_email_known(contacts)):
+        return 0
+    await _lock_waits(uow, exclusive=False)
+    # Locked rows: a second stage event of the loan on another replica waits, then finds them gone.
+    query = select(OfficerWait).where(col(OfficerWait.loan_id) == loan_id).with_for_update()
+    waits = list((await uow.session.execute(query)).scalars())
+    if not waits:
+        return 0
+    for wait in waits:
+        payload = {**json.loads(wait.payload), "officer_id": ident}
+        await notify(
+            uow=uow, out=out, source_event_id=wait.source_event_id, kind=wait.kind, payload=payload,
+            contacts=contacts, routes=[Route(f"officer:{ident}", "email")],
+        )  # fmt: skip
+    # Deleted now, not at commit: a later stage event of the same batch must not find them again.
+    gone = [w.source_event_id for w in waits]
+    await uow.session.execute(sa.delete(OfficerWait).where(col(OfficerWait.source_event_id).in_(gone)))
+    return len(waits)
 
 
 def party_route(*, out: Outbound, contacts: Contacts | None, party_id: str, prefer_email: bool) -> Route:
@@ -155,8 +230,8 @@ async def notify(
         )
 
 
-async def keep_contacts(*, uow: UnitOfWork, event: LoanStageChanged, cipher: Cipher) -> LoanContact:
-    """Keep the latest officer and party contacts of a loan, encrypted."""
+async def keep_contacts(*, uow: UnitOfWork, event: LoanStageChanged, out: Outbound) -> LoanContact:
+    """Keep the latest officer and party contacts of a loan, encrypted; send the officer emails that waited."""
     contacts = Contacts(
         officer=Person(
             id=event.officer.id, name=event.officer.name, phone=event.officer.phone, email=event.officer.email
@@ -176,9 +251,10 @@ async def keep_contacts(*, uow: UnitOfWork, event: LoanStageChanged, cipher: Cip
         )
     row.branch_id = event.branch_id
     row.officer_id = event.officer.id
-    row.contacts_enc = seal_contacts(cipher, contacts)
+    row.contacts_enc = seal_contacts(out.cipher, contacts)
     row.updated_at = utcnow()
     uow.session.add(row)
     # Flush so a second event for the loan in the same batch finds this row.
     await uow.session.flush()
+    await release_waits(uow=uow, out=out, loan_id=event.loan_id, contacts=contacts)
     return row

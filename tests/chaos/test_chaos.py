@@ -306,6 +306,18 @@ async def publish_loans(run: Run, loans: list[str]) -> None:
         await producer.stop()
 
 
+def officer_emails(run: Run) -> dict[str, set[str]]:
+    """Per refused callback, the distinct officer emails the SMTP server took for its refusal (by notification id)."""
+    callback_of = {e["id"]: e["data"]["callback_id"] for e in run.tap.events("callback.refused")}
+    received = {m.strip("<>").removesuffix("@huifang") for m in run.smtp.message_ids}
+    emails: dict[str, set[str]] = defaultdict(set)
+    for e in run.tap.events("notification.sent"):
+        d = e["data"]
+        if d["kind"] == "refusal" and d["channel"] == "email" and d["notification_id"] in received:
+            emails[callback_of.get(d["source_event_id"], d["source_event_id"])].add(d["notification_id"])
+    return emails
+
+
 def count(run: Run, loans: list[str]) -> dict[str, int]:
     """Lost and duplicated effects, wrong attempt numbers and calls without notice, from topics and receiver."""
     tap = run.tap
@@ -323,7 +335,7 @@ def count(run: Run, loans: list[str]) -> dict[str, int]:
     dup += len(set(recorded) - set(acked))
     wrong = sum(1 for a in run.acks if a.recorded_attempt != a.attempt)
     wrong += sum(1 for i, d in recorded.items() if i in acked and d["attempt"] != acked[i].attempt)
-    # One callback.refused and one distinct officer webhook per refusal.
+    # One callback.refused and one distinct officer webhook per refusal,
     refusals = {a.callback_id for a in run.acks if a.disposition == "refused"}
     refused_events: dict[str, set[str]] = defaultdict(set)
     for e in tap.events("callback.refused"):
@@ -332,7 +344,8 @@ def count(run: Run, loans: list[str]) -> dict[str, int]:
     for hook_id, body in run.receiver.deliveries:
         if body.get("type") == "callback.refused":
             hooks[body["callback_id"]].add(hook_id)
-    for kind in (refused_events, hooks):
+    # And one officer email per refusal: the officer's address may come after the refusal (another topic).
+    for kind in (refused_events, hooks, officer_emails(run)):
         lost += sum(1 for cb in refusals if not kind.get(cb))
         dup += sum(len(ids) - 1 for ids in kind.values())
     # One loan.verification.completed per closed loan.
@@ -438,10 +451,10 @@ async def test_chaos(
             done = {e["data"]["loan_id"] for e in tap.events("loan.verification.completed")}
             refused = {a.callback_id for a in run.acks if a.disposition == "refused"}
             hooked = {b.get("callback_id") for _, b in receiver.deliveries if b.get("type") == "callback.refused"}
-            return set(loans) <= done and refused <= hooked
+            return set(loans) <= done and refused <= hooked and refused <= set(officer_emails(run))
 
         try:
-            await wait_for(settled, 300, "every loan verified and every refusal delivered")
+            await wait_for(settled, 300, "every loan verified and every refusal delivered and emailed")
         except AssertionError:
             alive = {f"{r.service}:{r.env.get(f'HUIFANG_{r.service.upper()}_PORT')}": r.alive for r in replicas}
             tapping = "running" if tap._task and not tap._task.done() else "stopped"

@@ -234,6 +234,19 @@ async def settled(rig: Rig, loan_id: str, count: int) -> list[dict[str, Any]]:
     return result
 
 
+async def processed(rig: Rig, event_id: str) -> bool:
+    """Whether the notifier has committed its handling of this event."""
+    async with rig.db().uow() as uow:
+        query = sa.text("SELECT 1 FROM processed_event WHERE event_id = :e")
+        return (await uow.session.execute(query, {"e": event_id})).first() is not None
+
+
+async def waiting(rig: Rig, loan_id: str) -> int:
+    async with rig.db().uow() as uow:
+        query = sa.text("SELECT count(*) FROM officer_wait WHERE loan_id = :l")
+        return int((await uow.session.execute(query, {"l": loan_id})).scalar_one())
+
+
 def assert_signed(received: Received) -> None:
     headers = received.headers
     args = (WEBHOOK_SECRET, headers["X-Huifang-Id"], headers["X-Huifang-Timestamp"])
@@ -287,7 +300,10 @@ async def test_notice_by_sms_in_party_language_once_per_event(rig: Rig) -> None:
 async def test_no_consent_party_gets_questionnaire_email_and_officer_is_flagged(rig: Rig) -> None:
     loan_id, address = new_loan(), f"zhang-{uuid.uuid4().hex[:6]}@example.com"
     rig.mailbox.refuse[address] = ["451 4.3.0 mailbox busy, try later"]
-    await rig.system.publish_event("loan.stage.changed", loan(loan_id, phone=new_phone(), email_=address), key=loan_id)
+    stage = loan(loan_id, phone=new_phone(), email_=address)
+    stage_id = await rig.system.publish_event("loan.stage.changed", stage, key=loan_id)
+    # The party's channel is chosen from the contacts they had (another topic): have them first.
+    await wait_for(lambda: processed(rig, stage_id), 30, "the stage event handled")
     scheduled = {
         **ref(loan_id, "cb-q1"),
         "due_at": "2026-11-30T10:30:00+00:00",
@@ -327,11 +343,62 @@ async def test_attempts_exhausted_before_contacts_arrive_still_reaches_party(rig
     await wait_for(lambda: rig.receiver.sms(phone), 30, "the questionnaire SMS")
     [sms] = rig.receiver.sms(phone)
     assert sms.body["text"].startswith("张伟您好") and f"{QUESTIONNAIRE}cb-x1" in sms.body["text"]
-    party_sms = next(n for n in await settled(rig, loan_id, 2) if n["channel"] == "sms")
+    items = await settled(rig, loan_id, 3)
+    party_sms = next(n for n in items if n["channel"] == "sms")
     assert party_sms["status"] == "sent" and party_sms["attempts"] >= 2  # its first try found no contact
     [hook] = rig.receiver.webhooks(loan_id)
     assert hook.body["type"] == "callback.expired" and hook.body["reason"] == "attempts_exhausted"
     assert hook.body["officer_id"] is None  # contacts unknown when the expiry arrived; routed by loan_id
+    # The officer's email waited for the contacts, and went out when they came.
+    [officer_mail] = rig.mailbox.to(f"officer-{loan_id}@bank.example")
+    assert "李娜您好" in officer_mail.get_content()
+    assert {(n["recipient"], n["channel"], n["kind"]) for n in items if n["channel"] != "sms"} == {
+        ("officer", "webhook", "expired"), ("officer:EMP-778", "email", "expired"),
+    }  # fmt: skip
+
+
+async def test_refusal_before_the_officer_is_known_emails_the_officer_once_they_are(rig: Rig) -> None:
+    loan_id = new_loan()
+    first = await rig.system.publish_event("callback.refused", refusal(loan_id, "time_conflict"), key=loan_id)
+    await wait_for(lambda: processed(rig, first), 30, "the refusal handled")
+    assert await waiting(rig, loan_id) == 1 and rig.mailbox.to(f"officer-{loan_id}@bank.example") == []
+    await rig.system.publish_event("loan.stage.changed", loan(loan_id, phone=new_phone()), key=loan_id)
+
+    items = await settled(rig, loan_id, 2)
+    assert {(n["recipient"], n["channel"], n["status"]) for n in items} == {
+        ("officer", "webhook", "sent"), ("officer:EMP-778", "email", "sent"),
+    }  # fmt: skip
+    [mail] = rig.mailbox.to(f"officer-{loan_id}@bank.example")
+    assert mail["Subject"] == f"【回访拒绝】贷款 {loan_id}：借款人拒绝回访"
+    assert "李娜您好" in mail.get_content() and "张伟" in mail.get_content()
+    [hook] = rig.receiver.webhooks(loan_id)
+    assert hook.body["officer_id"] is None  # one webhook, sent when the refusal came, routed by loan_id
+    assert await waiting(rig, loan_id) == 0
+
+
+async def test_each_waiting_officer_notice_emails_once_whatever_stage_events_follow(rig: Rig) -> None:
+    loan_id, phone = new_loan(), new_phone()
+    refusals = [
+        await rig.system.publish_event("callback.refused", refusal(loan_id, "time_conflict"), key=loan_id)
+        for _ in range(2)
+    ]
+    await wait_for(lambda: processed(rig, refusals[-1]), 30, "both refusals handled")
+    assert await waiting(rig, loan_id) == 2
+    stage = loan(loan_id, phone=phone)
+    first = await rig.system.publish_event("loan.stage.changed", stage, key=loan_id)
+    await rig.system.publish_event("loan.stage.changed", stage, key=loan_id, event_id=first)  # redelivered
+    # A later stage, under another event id and with another officer: nothing is waiting any more.
+    later = {**stage, "stage": "approved", "officer": {"id": "EMP-901", "email": f"new-{loan_id}@bank.example"}}
+    last = await rig.system.publish_event("loan.stage.changed", later, key=loan_id)
+    await wait_for(lambda: processed(rig, last), 30, "the later stage handled")
+
+    items = await settled(rig, loan_id, 4)
+    emails = [n for n in items if n["channel"] == "email"]
+    assert sorted(n["source_event_id"] for n in emails) == sorted(refusals)
+    assert {n["recipient"] for n in emails} == {"officer:EMP-778"} and {n["status"] for n in items} == {"sent"}
+    assert len(rig.mailbox.to(f"officer-{loan_id}@bank.example")) == 2
+    assert rig.mailbox.to(f"new-{loan_id}@bank.example") == [] and len(rig.receiver.webhooks(loan_id)) == 2
+    assert await waiting(rig, loan_id) == 0
 
 
 async def test_webhook_retries_5xx_then_delivers(rig: Rig) -> None:
@@ -464,6 +531,24 @@ async def test_deadline_expiry_tells_the_officer_but_sends_the_party_nothing(rig
     [hook] = rig.receiver.webhooks(loan_id)
     assert hook.body["type"] == "callback.expired" and hook.body["reason"] == "deadline"
     assert rig.receiver.sms(phone) == []
+
+
+async def test_officer_without_an_address_gets_the_email_when_a_stage_event_brings_one(rig: Rig) -> None:
+    loan_id = new_loan()
+    stage = loan(loan_id, phone=new_phone())
+    bare = {**stage, "officer": {"id": "EMP-778", "name": "李娜"}}
+    bare_id = await rig.system.publish_event("loan.stage.changed", bare, key=loan_id)
+    await wait_for(lambda: processed(rig, bare_id), 30, "the stage event without the officer's email")
+    refused = await rig.system.publish_event("callback.refused", refusal(loan_id, "time_conflict"), key=loan_id)
+    await wait_for(lambda: processed(rig, refused), 30, "the refusal handled")
+    assert await waiting(rig, loan_id) == 1
+    await rig.system.publish_event("loan.stage.changed", {**stage, "stage": "approved"}, key=loan_id)
+
+    items = await settled(rig, loan_id, 2)
+    assert {(n["recipient"], n["channel"]) for n in items} == {
+        ("officer:EMP-778", "webhook"), ("officer:EMP-778", "email"),
+    }  # fmt: skip
+    assert len(rig.mailbox.to(f"officer-{loan_id}@bank.example")) == 1 and await waiting(rig, loan_id) == 0
 
 
 async def _listening(port: int) -> bool:
