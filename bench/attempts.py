@@ -28,13 +28,14 @@ import sqlalchemy as sa
 
 from bench.common import API_KEY, RESULTS, Figure, Service, Stack, drop, quantile, service
 from services.outcomes.models import CallbackView
+from shared import labels
 from shared.db import Database
 
 CONCURRENCY = 32
 DURATION = 10  # seconds per wrk run
 PACED_SECONDS = 10.0
 CALLBACKS = 3000
-ITEMS = json.dumps(["identity", "loan_amount", "property_address", "repayment_source"])
+ITEMS = json.dumps(list(labels.VERIFICATION_ITEMS))
 BODY = json.dumps({"disposition": "no_answer", "duration_s": 30})
 WRK_SCRIPT = """
 local ids = {}

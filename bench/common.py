@@ -271,10 +271,6 @@ def timer_policy(st: Stack) -> str:
     return zone
 
 
-def in_days(days: float) -> datetime:
-    return datetime.now(UTC) + timedelta(days=days)
-
-
 def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}
 

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from bench.common import LOGS, ROOT, Figure, Stack, drop, scalar, service, wait_until
+from shared import labels
 from shared.crypto import Cipher
 from shared.db import Database
 from shared.events import CONTENT_TYPE, LOAN_STAGE, CallbackScheduled, LoanStageChanged, encode, new_envelope
@@ -125,7 +126,7 @@ def plan_rows(cipher: Cipher, event: dict[str, object], now: datetime, prefix: s
         scheduled = CallbackScheduled(
             loan_id=data.loan_id, callback_id=cid, party_id=party.party_id, role=party.role, stage=data.stage,
             branch_id=data.branch_id, attempt=1, state="scheduled", due_at=due, deadline=deadline,
-            notice_at=notice, verification_items=["identity", "loan_amount", "property_address", "repayment_source"],
+            notice_at=notice, verification_items=list(labels.VERIFICATION_ITEMS),
         )  # fmt: skip
         envelope = new_envelope(scheduled, source="/huifang/scheduler", subject=data.loan_id)
         rows["callback_event"].append({"callback_id": cid, "type": scheduled.event_type, "at": now,

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
 
 from bench.common import Figure, Stack, drop, scalar, service, wait_until
+from shared import labels
 from shared.db import Database
 from shared.events import CONTENT_TYPE, CallbackScheduled, encode, new_envelope
 from shared.kafka import create_topics, make_producer
@@ -39,7 +40,7 @@ def envelopes(prefix: str, count: int) -> list[dict[str, object]]:
             loan_id=loan_id, callback_id=str(uuid.uuid4()), party_id=f"P-1-{loan_id}", role="borrower",
             stage="final_check", branch_id="BR-SH-001", attempt=1, state="scheduled", due_at=now + timedelta(days=1),
             deadline=now + timedelta(days=5), notice_at=now + timedelta(hours=1),
-            verification_items=["identity", "loan_amount", "property_address", "repayment_source"],
+            verification_items=list(labels.VERIFICATION_ITEMS),
         )  # fmt: skip
         envelope = new_envelope(data, source="/huifang/scheduler", subject=loan_id)
         rows.append({"event_id": envelope.id, "topic": prefix + data.topic, "key": loan_id,

@@ -115,9 +115,9 @@ def _operation(*, action: str, party: str, channel: str, messages: list[dict[str
     }
 
 
-def asyncapi_document(*, topology: Mapping[str, Mapping[str, set[str]]] | None = None) -> dict[str, Any]:
+def asyncapi_document() -> dict[str, Any]:
     """The whole AsyncAPI 3.0 document as plain data (dump it as YAML or JSON)."""
-    topology = topology if topology is not None else service_topics()
+    topology = service_topics()
     _, top = models_json_schema([(m, "validation") for m in EVENT_MODELS], ref_template=REF)
     schemas: dict[str, Any] = {"CloudEvent": envelope_schema(), **top.get("$defs", {})}
     key = {"type": "string", "description": "The loan_id: all events of one loan keep their order"}

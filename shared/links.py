@@ -17,7 +17,6 @@ from pathlib import Path
 from shared.crypto import kept_secret
 
 _TOKEN = re.compile(r"^([A-Za-z0-9._:-]{1,64})\.([0-9]{1,12})\.([A-Za-z0-9_-]{43})$")
-CALLER_CODE = re.compile(r"^[0-9]{6}$")
 
 
 def caller_code() -> str:

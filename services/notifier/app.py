@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from services.notifier import api
 from services.notifier.delivery import Channels, DeliveryLoop, Retry
-from services.notifier.escalation import EscalationLoop
+from services.notifier.escalation import ESCALATIONS, EscalationLoop
 from services.notifier.handlers import HANDLERS
 from services.notifier.messages import check_variants
 from services.notifier.outbound import DELIVERY, Outbound
@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 runtime.spawn("delivery", delivery.run)
                 if runtime.db.dialect == "postgresql":
                     # Notifications committed on another replica wake this one's delivery loop too.
-                    runtime.spawn("listen", partial(runtime.db.listen, DELIVERY))
+                    runtime.spawn("listen", partial(runtime.db.listen, DELIVERY, ESCALATIONS))
                 runtime.spawn("escalations", EscalationLoop(db=runtime.db, policy=policy, poll_seconds=poll).run)
                 yield
         finally:

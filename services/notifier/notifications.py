@@ -20,7 +20,7 @@ from services.notifier.outbound import (
     officer_id,
     party_route,
 )
-from shared.db import UnitOfWork, utcnow
+from shared.db import UnitOfWork, insert_new, utcnow
 from shared.events import (
     CallbackExpired,
     CallbackNoticeRequested,
@@ -153,11 +153,10 @@ async def expired(*, uow: UnitOfWork, event: CallbackExpired, event_id: str, pol
 
 async def keep_arms(*, uow: UnitOfWork, callback_id: str, arms: dict[str, str]) -> None:
     """Remember a callback's experiment arms from `callback.scheduled`; the first assignment stays."""
-    for experiment, arm in arms.items():
-        if await uow.session.get(NoticeArm, (callback_id, experiment)) is None:
-            uow.session.add(NoticeArm(callback_id=callback_id, experiment=experiment, arm=arm))
-    # Flushed now (the session does not autoflush): the notice may follow in the same batch.
-    await uow.session.flush()
+    # One statement, written at once: the notice may follow in the same batch.
+    if arms:
+        rows = [{"callback_id": callback_id, "experiment": e, "arm": a} for e, a in arms.items()]
+        await uow.session.execute(insert_new(NoticeArm.__table__, uow.dialect).values(rows))  # type: ignore[attr-defined]
 
 
 async def arms_of(*, uow: UnitOfWork, callback_id: str) -> dict[str, str]:

@@ -13,7 +13,7 @@ from sqlmodel import col
 
 from services.outcomes.models import CallbackArm, CallbackView
 from services.outcomes.statistics import p_value, wilson
-from shared.db import UnitOfWork
+from shared.db import UnitOfWork, insert_new
 
 GroupBy = Literal["reason", "stage", "role", "agent", "branch", "channel", "day", "hour", "minute", "arm"]
 TIME_UNITS = {
@@ -109,9 +109,9 @@ def counts(*, closed: int, completed: int, refused: int) -> Counts:
 
 async def keep_arms(*, uow: UnitOfWork, callback_id: str, arms: dict[str, str]) -> None:
     """Remember a callback's experiment arms, as `callback.scheduled` gave them; the first assignment stays."""
-    for experiment, arm in arms.items():
-        if await uow.session.get(CallbackArm, (callback_id, experiment)) is None:
-            uow.session.add(CallbackArm(callback_id=callback_id, experiment=experiment, arm=arm))
+    if arms:
+        rows = [{"callback_id": callback_id, "experiment": e, "arm": a} for e, a in arms.items()]
+        await uow.session.execute(insert_new(CallbackArm.__table__, uow.dialect).values(rows))  # type: ignore[attr-defined]
 
 
 def arm_groups(*, rows: list[Group], arm_order: list[str]) -> list[Group]:

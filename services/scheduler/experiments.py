@@ -59,7 +59,6 @@ class Treatment:
 
     policy: Policy
     caller_code: bool
-    message: str | None
 
 
 def treatment(*, policy: Policy, arms: Mapping[str, str]) -> Treatment:
@@ -77,7 +76,7 @@ def treatment(*, policy: Policy, arms: Mapping[str, str]) -> Treatment:
         if arm.caller_code is not None:
             caller_code = arm.caller_code
     effective = policy.model_copy(update={"notice": notice, "self_service": self_service})
-    return Treatment(policy=effective, caller_code=caller_code, message=policy.message_variant(dict(arms)))
+    return Treatment(policy=effective, caller_code=caller_code)
 
 
 def parse(raw: str | None) -> dict[str, str]:

@@ -51,7 +51,7 @@ async def answer(huifang: Huifang, roles: tuple[str, ...], dispositions: list[di
     _, callbacks = await due_callbacks(huifang, roles=roles)
     async with huifang.client("outcomes") as client:
         for role, body in zip(roles, dispositions, strict=True):
-            response = await client.post(f"/v1/callbacks/{callbacks[role]}/attempts", json={**body})
+            response = await client.post(f"/v1/callbacks/{callbacks[role]}/attempts", json=body)
             assert response.status_code == 201, response.text
 
 

@@ -72,7 +72,7 @@ async def test_a_rejected_request_gives_its_key_back(huifang: Huifang) -> None:
 )
 async def test_invalid_bodies_are_422_and_record_nothing(huifang: Huifang, body: dict[str, Any], says: str) -> None:
     async with huifang.client("outcomes") as client:
-        response = await client.post("/v1/callbacks/any/attempts", json={**body})
+        response = await client.post("/v1/callbacks/any/attempts", json=body)
     assert response.status_code == 422
     assert says in str(response.json()["detail"])
     assert "+8613800138000" not in response.text  # inputs are not echoed back

@@ -16,7 +16,7 @@ from services.scheduler.callbacks import apply_outcome, schedule_callbacks
 from services.scheduler.models import Callback, Timer
 from services.scheduler.timers import TimerLoop
 from shared.crypto import Cipher, generate_key
-from shared.db import ENCRYPTED_PREFIX, Database, utcnow
+from shared.db import Database, utcnow
 from shared.events import CallbackOutcomeRecorded, LoanStageChanged
 from shared.outbox import OutboxMessage
 from shared.policy import Policy, load_policy
@@ -101,12 +101,19 @@ async def test_a_late_due_timer_waits_for_calling_hours(database: Database) -> N
     assert [(t.kind, t.fire_at) for t in pending] == [("due", moved.due_at)]
 
 
+# Calls at any hour, no quiet hours, a one-hour notice lead: the timers alone decide.
+ANY_HOUR = Policy.model_validate(
+    {
+        "notice": {"lead": "PT1H", "quiet_start": "00:00", "quiet_end": "00:00"},
+        "calling_hours": {"start": "00:00", "end": "24:00", "holidays": ""},
+    }
+)
+
+
 async def _outbox_types(database: Database) -> list[str]:
     async with database.uow() as uow:
         payloads = (await uow.session.execute(sa.select(OutboxMessage.payload))).scalars().all()
-    plain = [CIPHER.decrypt(p.removeprefix(ENCRYPTED_PREFIX)) if p.startswith(ENCRYPTED_PREFIX) else p
-             for p in payloads]  # fmt: skip
-    return [json.loads(p)["type"] for p in plain]
+    return [json.loads(database.unseal(p))["type"] for p in payloads]
 
 
 @pytest.mark.parametrize(("disposition", "state"), [("no_answer", "scheduled"), ("completed", "completed")])
@@ -178,12 +185,7 @@ async def _pending(database: Database) -> list[tuple[str, object]]:
 async def test_a_scheduler_back_after_the_call_was_due_sends_the_notice_and_replans_the_call(
     database: Database,
 ) -> None:
-    policy = Policy.model_validate(
-        {
-            "notice": {"lead": "PT1H", "quiet_start": "00:00", "quiet_end": "00:00"},
-            "calling_hours": {"start": "00:00", "end": "24:00", "holidays": ""},
-        }
-    )
+    policy = ANY_HOUR
     loan = f"L-{uuid.uuid4().hex[:8]}"
     event = LoanStageChanged.model_validate(loan_event(loan, roles=("borrower",)))
     async with database.uow() as uow:
@@ -201,8 +203,7 @@ async def test_a_scheduler_back_after_the_call_was_due_sends_the_notice_and_repl
     assert await _pending(database) == [("due", moved.due_at)]
     async with database.uow() as uow:
         payloads = (await uow.session.execute(sa.select(OutboxMessage.payload))).scalars().all()
-    rescheduled = json.loads(CIPHER.decrypt(payloads[1].removeprefix(ENCRYPTED_PREFIX))
-                             if payloads[1].startswith(ENCRYPTED_PREFIX) else payloads[1])  # fmt: skip
+    rescheduled = json.loads(database.unseal(payloads[1]))
     assert rescheduled["data"]["reason"] == "late_notice"
 
     # The call goes out at its new time, after the notice.
@@ -232,12 +233,7 @@ async def test_a_notice_and_its_call_claimed_together_fire_notice_first_whatever
     database: Database,
 ) -> None:
     """PostgreSQL's UPDATE ... RETURNING gives rows in storage order, not the claim's ORDER BY: found by chaos."""
-    policy = Policy.model_validate(
-        {
-            "notice": {"lead": "PT1H", "quiet_start": "00:00", "quiet_end": "00:00"},
-            "calling_hours": {"start": "00:00", "end": "24:00", "holidays": ""},
-        }
-    )
+    policy = ANY_HOUR
     cb = _callback(CIPHER)
     cb.notice_at = cb.due_at - timedelta(hours=1)
     async with database.uow() as uow:

@@ -99,13 +99,16 @@ def test_the_arm_overrides_apply() -> None:
         with_code={"weight": 50, "caller_code": True},
     )
     off = treatment(policy=policy, arms={"caller_code": "control"})
-    assert (off.caller_code, off.policy.self_service.enabled, off.policy.notice.lead, off.message) == (
-        False, False, timedelta(hours=2), "short",
+    assert (off.caller_code, off.policy.self_service.enabled, off.policy.notice.lead) == (
+        False, False, timedelta(hours=2),
     )  # fmt: skip
+    # The message variant is the notifier's to apply (it keeps the arms from callback.scheduled).
+    assert policy.message_variant({"caller_code": "control"}) == "short"
     on = treatment(policy=policy, arms={"caller_code": "with_code"})
-    assert (on.caller_code, on.policy.self_service.enabled, on.policy.notice.lead, on.message) == (
-        True, True, timedelta(hours=24), None,
+    assert (on.caller_code, on.policy.self_service.enabled, on.policy.notice.lead) == (
+        True, True, timedelta(hours=24),
     )  # fmt: skip
+    assert policy.message_variant({"caller_code": "with_code"}) is None
     assert treatment(policy=policy, arms={"caller_code": "gone"}).policy == policy
 
 
