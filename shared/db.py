@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +19,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
 from shared.crypto import Cipher
@@ -304,6 +304,7 @@ class UnitOfWork:
         self.commit_tried = False  # a commit that fails may still have landed: never run the work again
         self.emitted = 0  # outbox rows added (outbox.enqueue): commit wakes the relay when there are any
         self.wakes: set[str] = set()
+        self._connection: AsyncConnection | None = None
 
     def wake(self, name: str) -> None:
         """Once this transaction commits, wake the loops waiting on `name`: here, and other replicas on PostgreSQL."""
@@ -312,6 +313,12 @@ class UnitOfWork:
     @property
     def dialect(self) -> str:
         return self.db.dialect
+
+    async def execute(self, statement: sa.Executable, params: Mapping[str, Any] | None = None) -> sa.CursorResult[Any]:
+        """A Core statement on the transaction's connection: for hot paths, without the ORM session's per-call work."""
+        if self._connection is None or self._connection.closed:  # closed: the transaction it served ended
+            self._connection = await self.session.connection()
+        return await self._connection.execute(statement, params)
 
     async def commit(self) -> None:
         if self.wakes and self.dialect == "postgresql":

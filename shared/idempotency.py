@@ -155,15 +155,16 @@ def _table() -> sa.Table:
     return table
 
 
-def _ours(claim: Claim) -> sa.ColumnElement[bool]:
-    """The row of this claim, still in flight and not taken over."""
+def _ours(claim: Claim | None = None) -> sa.ColumnElement[bool]:
+    """The row of this claim, still in flight and not taken over (without a claim: bound as b_scope, b_key, b_at)."""
     table = _table()
-    return sa.and_(
-        table.c.scope == claim.keyed.scope,
-        table.c.key == claim.keyed.key,
-        table.c.state == "in_flight",
-        table.c.created_at == claim.at,
-    )
+    if claim is None:
+        scope: Any = sa.bindparam("b_scope")  # column names are reserved for an UPDATE's own SET values
+        key: Any = sa.bindparam("b_key")
+        at: Any = sa.bindparam("b_at")
+    else:
+        scope, key, at = claim.keyed.scope, claim.keyed.key, claim.at
+    return sa.and_(table.c.scope == scope, table.c.key == key, table.c.state == "in_flight", table.c.created_at == at)
 
 
 # The key's advisory lock, tried without waiting, then the claim if the lock was free: one round trip.
@@ -186,7 +187,7 @@ async def _claim(uow: UnitOfWork, keyed: Keyed) -> Claim | Replay:
     if uow.dialect == "postgresql":
         lock = f"idempotency:{uow.db.schema}:{keyed.scope}:{keyed.key}"
         params = {"lock": lock, "scope": keyed.scope, "key": keyed.key, "digest": keyed.digest, "now": now}
-        free, claimed = (await uow.session.execute(_CLAIM_POSTGRES, params)).one()
+        free, claimed = tuple((await uow.execute(_CLAIM_POSTGRES, params)).one())
         if not free:
             raise KeyConflict.in_flight()  # its first request holds the lock until it ends
     else:
@@ -225,12 +226,20 @@ async def claim(*, db: Database, keyed: Keyed) -> Claim | Replay:
     return got
 
 
+# Built once: this runs on every keyed write, and a statement made per request pays SQLAlchemy's cache-key walk.
+_FINISH = (
+    sa.update(_table())
+    .where(_ours())
+    .values(state="done", status_code=sa.bindparam("b_status"), response=sa.bindparam("b_response"))
+)
+
+
 async def _finish(*, uow: UnitOfWork, claim: Claim, status_code: int, response: str) -> None:
     """Store the response in the request's transaction; fail if the claim was taken over meanwhile."""
-    done = await uow.session.execute(
-        sa.update(_table()).where(_ours(claim)).values(state="done", status_code=status_code, response=response)
-    )
-    if done.rowcount != 1:  # type: ignore[attr-defined]
+    params = {"b_scope": claim.keyed.scope, "b_key": claim.keyed.key, "b_at": claim.at, "b_status": status_code,
+              "b_response": response}  # fmt: skip
+    done = await uow.execute(_FINISH, params)
+    if done.rowcount != 1:
         raise KeyConflict.in_flight()
 
 

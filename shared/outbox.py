@@ -84,6 +84,8 @@ def enqueue(uow: UnitOfWork, data: EventData, *, key: str, event_id: str | None 
     return envelope.id
 
 
+_INSERT = sa.insert(OutboxMessage.__table__)  # type: ignore[attr-defined]  # built once: it runs at every commit
+
 # Outbox rows queued in a session's transaction, and where each open savepoint began in that list.
 _PENDING = "huifang.outbox.pending"
 _MARKS = "huifang.outbox.marks"
@@ -101,7 +103,7 @@ def _write_pending(session: Session) -> None:
     if not rows or session.in_nested_transaction():
         return  # a savepoint's release keeps its rows queued for the outer commit
     # Runs inside the async session's greenlet, so the sync call here awaits the driver.
-    session.connection().execute(sa.insert(OutboxMessage.__table__), rows)  # type: ignore[attr-defined]
+    session.connection().execute(_INSERT, rows)
     rows.clear()
 
 

@@ -37,10 +37,9 @@ async def post_attempt(
     agent_id = acting_agent(role=who.role, principal=who.name, claimed=body.agent_id)
 
     async def record(uow: UnitOfWork) -> AttemptOut:
-        row = await record_attempt(
+        return await record_attempt(
             uow=uow, callback_id=callback_id, body=body, cipher=cipher, agent_id=agent_id, recorded_by=who.name
         )
-        return attempt_out(row)
 
     keyed = idempotency.keyed(
         idempotency_key, who=who, operation="outcomes.attempt", params={"callback_id": callback_id}, body=body

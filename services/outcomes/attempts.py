@@ -33,6 +33,14 @@ RETRY_AFTER_S = 2
 
 _VIEW: sa.Table = CallbackView.__table__  # type: ignore[attr-defined]
 _ATTEMPT: sa.Table = Attempt.__table__  # type: ignore[attr-defined]
+# Built once: a statement object made per request pays SQLAlchemy's cache-key walk every time.
+_INSERT_ATTEMPT = sa.insert(_ATTEMPT)
+_TOUCH = (
+    sa.update(_VIEW)
+    .where(_VIEW.c.callback_id == sa.bindparam("cb"))
+    .values(updated_at=sa.bindparam("now", type_=_VIEW.c.updated_at.type))
+    .returning(*_VIEW.c)
+)
 
 # The dispositions that close a callback, and the state they close it in.
 CLOSING: dict[str, CallbackState] = {"completed": "completed", "refused": "refused", "wrong_number": "wrong_number"}
@@ -126,7 +134,7 @@ async def record_attempt(
     agent_id: str | None = None,
     recorded_by: str | None = None,
     channel: AttemptChannel = "phone",
-) -> Attempt:
+) -> AttemptOut:
     """Store the attempt under `agent_id`, close the callback on a final disposition, and emit what follows.
 
     A few Core statements, no ORM flush: this is the hot path of the outcomes API.
@@ -140,9 +148,7 @@ async def record_attempt(
     closed_as = CLOSING.get(body.disposition)
     if closed_as is None:
         # Nothing closes: locking (and touching) this callback is enough to see it as it is now.
-        touched = await uow.session.execute(
-            sa.update(_VIEW).where(_VIEW.c.callback_id == callback_id).values(updated_at=now).returning(*_VIEW.c)
-        )
+        touched = await uow.execute(_TOUCH, {"cb": callback_id, "now": now})
         views = [CallbackView(**row._mapping) for row in touched]
     else:
         # Two closings of one loan take turns, so one of them sees the loan's last callback close.
@@ -151,13 +157,10 @@ async def record_attempt(
     if view is None:
         raise Rejected(404, f"callback {callback_id} not found (yet)", retry_after=RETRY_AFTER_S)
     number = _accepted(view=view, body=body, now=now)
-    row = Attempt(
+    row = AttemptOut(
         attempt_id=str(uuid.uuid4()),
         callback_id=callback_id,
         loan_id=view.loan_id,
-        stage=view.stage,
-        branch_id=view.branch_id,
-        role=view.role,
         attempt=number,
         disposition=body.disposition,
         reason_code=body.reason_code,
@@ -166,12 +169,15 @@ async def record_attempt(
         channel=channel,
         started_at=body.started_at,
         duration_s=body.duration_s,
-        notes_enc=cipher.encrypt(body.notes) if body.notes else None,
         reschedule_to=body.reschedule_to,
-        verification=json.dumps(body.verification),
+        verification=body.verification,
         recorded_at=now,
     )
-    await uow.session.execute(sa.insert(_ATTEMPT).values(row.model_dump()))
+    stored = {
+        **row.__dict__, "stage": view.stage, "branch_id": view.branch_id, "role": view.role,
+        "notes_enc": cipher.encrypt(body.notes) if body.notes else None, "verification": json.dumps(body.verification),
+    }  # fmt: skip
+    await uow.execute(_INSERT_ATTEMPT, stored)
     refusals = 0
     if closed_as is not None:
         view.state, view.final_disposition, view.closed_at, view.updated_at = closed_as, body.disposition, now, now

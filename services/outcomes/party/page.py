@@ -171,6 +171,6 @@ async def act(*, uow: UnitOfWork, state: PageState, form: PartyForm, policy: Pol
             )
         except Rejected as exc:
             raise PageError(exc.status, "closed") from None
-        row.attempt_id, row.slot, row.reason_code = attempt.attempt_id, attempt.reschedule_to, attempt.reason_code
+        row.attempt_id, row.slot, row.reason_code = attempt.attempt_id, attempt.reschedule_to, body.reason_code
     uow.session.add(row)
     await uow.session.flush()
