@@ -16,11 +16,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.errors import Rejected
 from shared.limits import BodyLimit, FailedAuthLimit
 from shared.metrics import HTTP_REQUESTS, READY
 from shared.settings import ApiKey, Settings, parse_key_entries
+from shared.tracing import recording
 
 log = structlog.get_logger(__name__)
 
@@ -196,10 +198,38 @@ UNTRACED_URLS = "/healthz,/readyz,/metrics,/p/"
 
 
 def instrument(app: FastAPI) -> None:
-    """A server span per request (OpenTelemetry's FastAPI instrumentation; no-op until an SDK is set up)."""
+    """A server span per request (OpenTelemetry's FastAPI instrumentation), skipped while no SDK records spans."""
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    from starlette.middleware.errors import ServerErrorMiddleware
 
     FastAPIInstrumentor.instrument_app(app, excluded_urls=UNTRACED_URLS, exclude_spans=["receive", "send"])
+    traced = app.build_middleware_stack
+
+    def build() -> ASGIApp:
+        # The instrumentation wraps the stack as ServerErrorMiddleware(OpenTelemetryMiddleware(...)).
+        stack = traced()
+        if isinstance(stack, ServerErrorMiddleware) and isinstance(stack.app, OpenTelemetryMiddleware):
+            stack.app = WhenRecording(traced=stack.app, plain=stack.app.app)
+        return stack
+
+    app.build_middleware_stack = build  # type: ignore[method-assign]
+
+
+class WhenRecording:
+    """OpenTelemetry's middleware only while spans are recorded: without an SDK it costs ~1 ms a request."""
+
+    def __init__(self, *, traced: ASGIApp, plain: ASGIApp) -> None:
+        self.traced = traced
+        self.plain = plain
+
+    @property
+    def app(self) -> ASGIApp:
+        # FastAPI walks `.app` down the stack to find this middleware, and then leaves its own tracing off.
+        return self.traced
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await (self.traced if recording() else self.plain)(scope, receive, send)
 
 
 def problem(status: int, detail: Any) -> HTTPException:
