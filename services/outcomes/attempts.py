@@ -174,7 +174,7 @@ async def record_attempt(
         recorded_at=now,
     )
     stored = {
-        **row.__dict__, "stage": view.stage, "branch_id": view.branch_id, "role": view.role,
+        **dict(row), "stage": view.stage, "branch_id": view.branch_id, "role": view.role,
         "notes_enc": cipher.encrypt(body.notes) if body.notes else None, "verification": json.dumps(body.verification),
     }  # fmt: skip
     await uow.execute(_INSERT_ATTEMPT, stored)
