@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +36,20 @@ IDLE_PING_AFTER_S = 1.0
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def among(column: sa.ColumnElement[Any], values: Iterable[Any], dialect: str) -> sa.ColumnElement[bool]:
+    """`column IN values`; on PostgreSQL `IN (SELECT unnest(:values))`, one array parameter.
+
+    An IN of N parameters is a new prepared statement for each N, and once PostgreSQL turns to its
+    generic plan both that IN and `= ANY(:array)` are searched element by element for every row
+    scanned (100 ms for a batch's 200 persons against 10,000 callbacks); a subquery is hashed once.
+    """
+    values = list(values)
+    if dialect != "postgresql":
+        return column.in_(values)
+    array = sa.bindparam(None, values, type_=postgresql.ARRAY(column.type))
+    return column.in_(sa.select(sa.func.unnest(array)))
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -17,7 +17,7 @@ from services.scheduler import experiments, planner
 from services.scheduler.models import Callback, CallbackEvent, LoanStage, PersonCall, Timer, TimerKind
 from shared import labels, links
 from shared.crypto import Cipher
-from shared.db import UnitOfWork, utcnow
+from shared.db import UnitOfWork, among, utcnow
 from shared.errors import Rejected
 from shared.events import (
     CLOSED_STATES,
@@ -253,10 +253,22 @@ async def busy_days(
     return _busy(policy=policy, timezone=timezone, made=made.scalars(), booked=booked.scalars())
 
 
+@dataclass(frozen=True, slots=True)
+class Booking:
+    """What busy days read of another person's open callback, which the batch does not change."""
+
+    callback_id: str
+    party_id: str
+    phone_index: str
+    state: str
+    contact_consent: bool
+    due_at: datetime
+
+
 class People:
     """The calls made and the open callbacks of a batch's persons, loaded with one query per table.
 
-    Callbacks are the session's live objects, so what the batch changes (a new callback, a moved or
+    The batch's own callbacks are its live objects, so what it changes (a new callback, a moved or
     closed one) counts at once, as it would after a flush. Kept in the session's `info` for its transaction.
     """
 
@@ -265,7 +277,7 @@ class People:
     def __init__(self, *, start: datetime, end: datetime) -> None:
         self.start, self.end = start, end  # callbacks due in [start, end], calls made on the local days between
         self.calls: dict[str, list[tuple[int | None, date]]] = {}  # party id or phone index -> (call id, local day)
-        self.callbacks: dict[str, dict[str, AnyCallback]] = {}  # party id or phone index -> callbacks by id
+        self.callbacks: dict[str, dict[str, AnyCallback | Booking]] = {}  # party id or phone index -> by id
 
     @classmethod
     def of(cls, uow: UnitOfWork) -> People | None:
@@ -283,32 +295,36 @@ class People:
         party_ids, phones = {p for p, _ in pairs}, {i for _, i in pairs}
         # Calls by local day: any zone's day of an instant in range lies within a day of its UTC date.
         first, last = start.date() - timedelta(days=1), end.date() + timedelta(days=1)
-        columns = (col(PersonCall.id), col(PersonCall.party_id), col(PersonCall.phone_index), col(PersonCall.local_day))
+        pc = PersonCall.__table__.c  # type: ignore[attr-defined]
         calls = await uow.session.execute(
-            select(*columns).where(
-                sa.or_(col(PersonCall.party_id).in_(party_ids), col(PersonCall.phone_index).in_(phones)),
-                col(PersonCall.local_day).between(first, last),
+            sa.select(pc.id, pc.party_id, pc.phone_index, pc.local_day).where(
+                sa.or_(among(pc.party_id, party_ids, uow.dialect), among(pc.phone_index, phones, uow.dialect)),
+                pc.local_day.between(first, last),
             )
         )
         for call_id, party_id, phone_index, day in calls:
             for key in {party_id, phone_index}:
                 people.calls.setdefault(key, []).append((call_id, day))
-        known = list(known)
+        # Rows, not entities: nothing here changes another person's callbacks, and the ones in hand
+        # (which the batch may change) are added live below.
+        c = Callback.__table__.c  # type: ignore[attr-defined]
         found = await uow.session.execute(
-            select(Callback).where(
-                sa.or_(col(Callback.party_id).in_(party_ids), col(Callback.phone_index).in_(phones)),
-                col(Callback.state).in_(OPEN_STATES),
-                col(Callback.due_at).between(start, end),
-                # Those in hand are live already; loading them again would only cost their rows.
-                col(Callback.callback_id).not_in([cb.callback_id for cb in known]),
+            sa.select(c.callback_id, c.party_id, c.phone_index, c.state, c.contact_consent, c.due_at).where(
+                sa.or_(among(c.party_id, party_ids, uow.dialect), among(c.phone_index, phones, uow.dialect)),
+                c.state.in_(OPEN_STATES),
+                c.due_at.between(start, end),
             )
         )
-        for cb in [*found.scalars(), *known]:
+        live = {cb.callback_id: cb for cb in known}
+        for row in found:
+            if row.callback_id not in live:
+                people.add(Booking(*row))
+        for cb in live.values():
             people.add(cb)
         uow.session.info[cls.KEY] = people
         return people
 
-    def add(self, cb: AnyCallback) -> None:
+    def add(self, cb: AnyCallback | Booking) -> None:
         """A callback of one of these persons (new, or loaded): it counts from now on."""
         for key in (cb.party_id, cb.phone_index):
             self.callbacks.setdefault(key, {})[cb.callback_id] = cb

@@ -28,7 +28,7 @@ from services.scheduler.models import Callback, Timer
 from shared import labels, links
 from shared.claims import claim
 from shared.crypto import Cipher
-from shared.db import Database, UnitOfWork, is_transient, utcnow
+from shared.db import Database, UnitOfWork, among, is_transient, utcnow
 from shared.events import CLOSED_STATES, CallbackDue, CallbackNoticeRequested, CallbackRescheduled, PartyAccess
 from shared.metrics import NOTICES_LATE, TIMER_LATENESS, TIMERS_FIRED
 from shared.policy import Policy
@@ -139,13 +139,16 @@ class TimerLoop:
             rows.sort(key=lambda row: (FIRING_ORDER.get(row.kind, len(FIRING_ORDER)), row.fire_at))
             # One query for the batch's callbacks, not one per timer: bursts of due timers stay on time.
             ids = {row.callback_id for row in rows}
-            found = await uow.session.execute(select(Callback).where(col(Callback.callback_id).in_(ids)))
+            chosen = among(callbacks.c.callback_id, ids, uow.dialect)
+            found = await uow.session.execute(select(Callback).where(chosen))
             by_id = {cb.callback_id: cb for cb in found.scalars()}
             self._closing = None if isolate else set()
             self._notices = None if isolate else await self._pending_notices(uow, ids)
             if not isolate and rows:
                 Rows.start(uow)
-                await self._load_people(uow, list(by_id.values()), now=now)
+                # Only notices and calls offer the page's slots: a batch of deadlines needs no busy days.
+                paged = {row.callback_id for row in rows if row.kind != "deadline"}
+                await self._load_people(uow, [cb for cid, cb in by_id.items() if cid in paged], now=now)
             for row in rows:
                 # Each firing starts a trace of its own; the events it emits carry it on.
                 with span(f"timer {row.kind}", attributes=timer_attributes(row.kind, row.callback_id)):
@@ -179,7 +182,9 @@ class TimerLoop:
             return set()
         found = await uow.session.execute(
             select(Timer.callback_id).where(
-                col(Timer.callback_id).in_(ids), col(Timer.kind) == "notice", col(Timer.fired_at).is_(None)
+                among(Timer.__table__.c.callback_id, ids, uow.dialect),  # type: ignore[attr-defined]
+                col(Timer.kind) == "notice",
+                col(Timer.fired_at).is_(None),
             )
         )
         return set(found.scalars())
