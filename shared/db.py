@@ -20,6 +20,7 @@ from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
 from shared.crypto import Cipher
@@ -50,6 +51,71 @@ def among(column: sa.ColumnElement[Any], values: Iterable[Any], dialect: str) ->
         return column.in_(values)
     array = sa.bindparam(None, values, type_=postgresql.ARRAY(column.type))
     return column.in_(sa.select(sa.func.unnest(array)))
+
+
+class RowBuffer:
+    """Rows a transaction queues, written with one statement per table: one multi-row INSERT of the
+    new rows, one UPDATE by key of the changed ones (an ORM object per row costs more than its write).
+
+    Kept in the session's `info` under its user's key while the transaction (or a batch of it) runs.
+    """
+
+    def __init__(self) -> None:
+        self.inserts: dict[sa.Table, list[dict[str, Any]]] = {}
+        self.updates: dict[sa.Table, tuple[str, tuple[str, ...], dict[Any, object]]] = {}
+
+    @classmethod
+    def of(cls, session: Session, key: str) -> RowBuffer | None:
+        found = session.info.get(key)
+        return found if isinstance(found, RowBuffer) else None
+
+    @classmethod
+    def start(cls, session: Session, key: str) -> RowBuffer:
+        buffer = session.info[key] = cls()
+        return buffer
+
+    def insert(self, table: sa.Table, row: dict[str, Any]) -> None:
+        self.inserts.setdefault(table, []).append(row)
+
+    def pending(self, table: sa.Table) -> list[dict[str, Any]]:
+        """The table's rows queued for INSERT, in order (a caller may drop the newest)."""
+        return self.inserts.setdefault(table, [])
+
+    def update(self, table: sa.Table, item: object, *, key: str, columns: tuple[str, ...]) -> None:
+        """Write the item's `columns` (its attributes) over the row its `key` names, as they are at the write."""
+        self.updates.setdefault(table, (key, columns, {}))[2][getattr(item, key)] = item
+
+    def drain(self, dialect: str) -> list[tuple[sa.Executable, list[dict[str, Any]] | None]]:
+        """The statements that write what is queued, with their parameters; the buffer is left empty."""
+        done: list[tuple[sa.Executable, list[dict[str, Any]] | None]] = [
+            (sa.insert(table), rows) for table, rows in self.inserts.items() if rows
+        ]
+        for table, (key, columns, items) in self.updates.items():
+            if items:
+                rows = [{name: getattr(item, name) for name in columns} for item in items.values()]
+                done.append(_update_by_key(table, key, rows, dialect))
+        self.inserts, self.updates = {}, {}
+        return done
+
+
+def _update_by_key(
+    table: sa.Table, key: str, rows: list[dict[str, Any]], dialect: str
+) -> tuple[sa.Executable, list[dict[str, Any]] | None]:
+    """One UPDATE of many rows by key: on PostgreSQL `UPDATE … FROM unnest(:arrays)`, a statement whose text
+    does not change with the count; on SQLite (in process, no round trips) one statement executed for each."""
+    names = list(rows[0])
+    changed = [name for name in names if name != key]
+    if dialect != "postgresql":
+        by_key = sa.update(table).where(table.c[key] == sa.bindparam(f"u_{key}"))
+        statement = by_key.values({name: sa.bindparam(f"u_{name}") for name in changed})
+        return statement, [{f"u_{name}": value for name, value in row.items()} for row in rows]
+    arrays = [
+        sa.bindparam(f"u_{name}", [row[name] for row in rows], type_=postgresql.ARRAY(table.c[name].type))
+        for name in names
+    ]
+    values = sa.func.unnest(*arrays).table_valued(*(sa.column(name) for name in names)).render_derived(name="v")
+    statement = sa.update(table).where(table.c[key] == values.c[key]).values({n: values.c[n] for n in changed})
+    return statement, None
 
 
 class UTCDateTime(TypeDecorator[datetime]):

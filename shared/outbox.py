@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from sqlmodel import Field, SQLModel
 
 from shared import faults
-from shared.db import BigIntPK, Database, UnitOfWork, UTCDateTime, utcnow, woken
+from shared.db import BigIntPK, Database, RowBuffer, UnitOfWork, UTCDateTime, utcnow, woken
 from shared.events import CONTENT_TYPE, EventData, encode, new_envelope
 from shared.metrics import OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED, OUTBOX_RELAY_ERRORS, Every
 from shared.tracing import end_span, recording, start_publish, trace_context
@@ -84,39 +84,43 @@ def enqueue(uow: UnitOfWork, data: EventData, *, key: str, event_id: str | None 
     return envelope.id
 
 
-_INSERT = sa.insert(OutboxMessage.__table__)  # type: ignore[attr-defined]  # built once: it runs at every commit
-
 # Outbox rows queued in a session's transaction, and where each open savepoint began in that list.
 _PENDING = "huifang.outbox.pending"
 _MARKS = "huifang.outbox.marks"
 
 
 def _pending(session: Session) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = session.info.setdefault(_PENDING, [])
-    return rows
+    buffer = RowBuffer.of(session, _PENDING) or RowBuffer.start(session, _PENDING)
+    return buffer.pending(OutboxMessage.__table__)  # type: ignore[attr-defined]
+
+
+def _queued(session: Session) -> list[dict[str, Any]]:
+    buffer = RowBuffer.of(session, _PENDING)
+    return buffer.pending(OutboxMessage.__table__) if buffer else []  # type: ignore[attr-defined]
 
 
 @event.listens_for(Session, "before_commit")
 def _write_pending(session: Session) -> None:
     """One INSERT for all the rows queued in the transaction, inside it, as it commits."""
-    rows = session.info.get(_PENDING)
-    if not rows or session.in_nested_transaction():
+    buffer = RowBuffer.of(session, _PENDING)
+    if buffer is None or not _queued(session) or session.in_nested_transaction():
         return  # a savepoint's release keeps its rows queued for the outer commit
     # Runs inside the async session's greenlet, so the sync call here awaits the driver.
-    session.connection().execute(_INSERT, rows)
-    rows.clear()
+    connection = session.connection()
+    for statement, params in buffer.drain(connection.dialect.name):
+        connection.execute(statement, params)
 
 
 @event.listens_for(Session, "after_transaction_create")
 def _mark_savepoint(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.nested and session.info.get(_PENDING):
-        session.info.setdefault(_MARKS, {})[transaction] = len(session.info[_PENDING])
+    if transaction.nested and _queued(session):
+        session.info.setdefault(_MARKS, {})[transaction] = len(_queued(session))
 
 
 @event.listens_for(Session, "after_soft_rollback")
 def _drop_rolled_back(session: Session, previous: SessionTransaction) -> None:
     """What a rolled-back savepoint queued is dropped; a rolled-back transaction drops everything."""
-    rows = session.info.get(_PENDING)
+    rows = _queued(session)
     if not rows:
         return
     if previous.nested:
@@ -129,7 +133,7 @@ def _drop_rolled_back(session: Session, previous: SessionTransaction) -> None:
 def _forget(session: Session, transaction: SessionTransaction) -> None:
     # A session closed without commit or rollback (the unit of work's block ended) keeps nothing.
     if transaction.parent is None and _PENDING in session.info:
-        session.info[_PENDING].clear()
+        session.info.pop(_PENDING)
         session.info.pop(_MARKS, None)
 
 

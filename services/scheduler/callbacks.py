@@ -17,7 +17,7 @@ from services.scheduler import experiments, planner
 from services.scheduler.models import Callback, CallbackEvent, LoanStage, PersonCall, Timer, TimerKind
 from shared import labels, links
 from shared.crypto import Cipher
-from shared.db import UnitOfWork, among, utcnow
+from shared.db import RowBuffer, UnitOfWork, among, utcnow
 from shared.errors import Rejected
 from shared.events import (
     CLOSED_STATES,
@@ -57,7 +57,7 @@ def ref(cb: AnyCallback) -> CallbackFields:
     )  # fmt: skip
 
 
-def reach(cb: Callback) -> planner.Reach:
+def reach(cb: AnyCallback) -> planner.Reach:
     """Where and when the callback's party may be phoned."""
     window = Window(start=cb.window_start, end=cb.window_end) if cb.window_start and cb.window_end else None
     return planner.Reach(timezone=cb.timezone, window=window)
@@ -73,10 +73,11 @@ def add_flag(cb: AnyCallback, flag: str) -> None:
 
 
 @dataclass(slots=True)
-class Planned:
-    """A callback a batch opens, written as a row by `Rows` (an ORM object costs more than its INSERT).
+class CallbackRow:
+    """A callback as a plain row: one a batch opens (INSERTed with the batch's rows) or one it loaded
+    (its changes UPDATEd with them, see `save`). An ORM object costs more than the row's write.
 
-    It has the attributes the rules read (`ref`, `flags_of`, busy days, a loan's open callbacks).
+    It has the attributes the rules read (`ref`, `flags_of`, `reach`, busy days, a loan's open callbacks).
     """
 
     callback_id: str
@@ -103,49 +104,45 @@ class Planned:
     updated_at: datetime
     attempt: int = 1
     calls_made: int = 0
+    cancel_note_enc: str | None = None
+    closed_at: datetime | None = None
+    seq: int | None = None  # the table's, once written
 
     def row(self) -> dict[str, object]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        return {name: getattr(self, name) for name in self.__slots__ if name != "seq"}
 
 
-# A callback as the rules read it: a row of the table, or one a batch is about to write.
-AnyCallback = Callback | Planned
+# A callback as the rules read it: an entity of the session, or a row of a batch.
+AnyCallback = Callback | CallbackRow
+
+CALLBACKS: sa.Table = Callback.__table__  # type: ignore[attr-defined]
+TIMERS: sa.Table = Timer.__table__  # type: ignore[attr-defined]
+TIMELINE: sa.Table = CallbackEvent.__table__  # type: ignore[attr-defined]
+# What the rules may change in a callback row: written back by key when a batch flushes.
+CHANGEABLE = ("callback_id", "state", "attempt", "calls_made", "due_at", "notice_at", "deadline", "flags",
+              "caller_code_enc", "cancel_note_enc", "updated_at", "closed_at")  # fmt: skip
+BATCH = "scheduler.rows"  # the session's RowBuffer while a batch (a poll's loans, a pass of timers) runs
 
 
-class Rows:
-    """Callback, timer and timeline rows of a batch, written with one multi-row INSERT per table by `flush`.
+def batch_rows(uow: UnitOfWork) -> RowBuffer | None:
+    """The running batch's rows, written by `flush`: nothing in a batch reads them back before that."""
+    return RowBuffer.of(uow.session.sync_session, BATCH)
 
-    An ORM object per row costs more than the row's write; nothing in a batch reads these rows back
-    before `flush`. Kept in the session's `info` while a batch (a poll's loans, a pass of timers) runs.
-    """
 
-    KEY = "scheduler.rows"
+def start_batch(uow: UnitOfWork) -> RowBuffer:
+    return RowBuffer.start(uow.session.sync_session, BATCH)
 
-    def __init__(self) -> None:
-        self.callbacks: list[dict[str, object]] = []
-        self.timers: list[dict[str, object]] = []
-        self.timeline: list[dict[str, object]] = []
 
-    @classmethod
-    def of(cls, uow: UnitOfWork) -> Rows | None:
-        found = uow.session.info.get(cls.KEY)
-        return found if isinstance(found, Rows) else None
-
-    @classmethod
-    def start(cls, uow: UnitOfWork) -> Rows:
-        rows = uow.session.info[cls.KEY] = cls()
-        return rows
-
-    async def write(self, uow: UnitOfWork) -> None:
-        tables: list[tuple[sa.Table, list[dict[str, object]]]] = [
-            (Callback.__table__, self.callbacks),  # type: ignore[attr-defined]
-            (Timer.__table__, self.timers),  # type: ignore[attr-defined]
-            (CallbackEvent.__table__, self.timeline),  # type: ignore[attr-defined]
-        ]
-        for table, pending in tables:
-            if pending:
-                await uow.session.execute(sa.insert(table), pending)
-                pending.clear()
+def save(uow: UnitOfWork, cb: AnyCallback) -> None:
+    """Have the unit of work write the callback's changes: an entity by the session, a row by the batch."""
+    if isinstance(cb, Callback):
+        uow.session.add(cb)
+        return
+    rows = batch_rows(uow)
+    if rows is None:
+        raise RuntimeError(f"callback {cb.callback_id} is a row, changed outside its batch")
+    if cb.seq is not None:  # a new one is written whole by its INSERT
+        rows.update(CALLBACKS, cb, key="callback_id", columns=CHANGEABLE)
 
 
 def forget(uow: UnitOfWork) -> None:
@@ -156,19 +153,20 @@ def forget(uow: UnitOfWork) -> None:
 
 async def flush(uow: UnitOfWork) -> None:
     """Write what the unit of work holds so far (ORM objects and a batch's rows), before reading it back."""
-    rows = Rows.of(uow)
+    rows = batch_rows(uow)
     if rows is not None:
-        await rows.write(uow)
+        for statement, params in rows.drain(uow.dialect):
+            await uow.session.execute(statement, params)
     await uow.session.flush()
 
 
 def note(uow: UnitOfWork, *, callback_id: str, data: CallbackRef, at: datetime | None = None) -> None:
     """Add a line to the callback's timeline."""
     at = at or utcnow()
-    detail = json.dumps(data.model_dump(mode="json", include=TIMELINE_FIELDS))
-    rows = Rows.of(uow)
+    detail = data.model_dump_json(include=TIMELINE_FIELDS)
+    rows = batch_rows(uow)
     if rows is not None:
-        rows.timeline.append({"callback_id": callback_id, "type": data.event_type, "at": at, "detail": detail})
+        rows.insert(TIMELINE, {"callback_id": callback_id, "type": data.event_type, "at": at, "detail": detail})
     else:
         uow.session.add(CallbackEvent(callback_id=callback_id, type=data.event_type, at=at, detail=detail))
 
@@ -204,10 +202,10 @@ async def cancel_timers(
 
 
 def add_timer(uow: UnitOfWork, callback_id: str, kind: TimerKind, fire_at: datetime) -> None:
-    rows = Rows.of(uow)
+    rows = batch_rows(uow)
     if rows is not None:
-        rows.timers.append(
-            {"callback_id": callback_id, "kind": kind, "fire_at": fire_at, "fired_at": None, "cancelled": False}
+        rows.insert(
+            TIMERS, {"callback_id": callback_id, "kind": kind, "fire_at": fire_at, "fired_at": None, "cancelled": False}
         )
     else:
         uow.session.add(Timer(callback_id=callback_id, kind=kind, fire_at=fire_at))
@@ -398,7 +396,7 @@ async def load_loans(
     Returns what writes the batch's timer and timeline rows, for the runner to await before it commits.
     """
     await flush(uow)  # what earlier events of the transaction wrote, before reading
-    Rows.start(uow)
+    start_batch(uow)
     ids = sorted({e.loan_id for e in events})
     lock = uow.dialect == "postgresql"
     loans = Loans()
@@ -406,9 +404,10 @@ async def load_loans(
     stages = select(LoanStage).where(col(LoanStage.loan_id).in_(ids)).order_by(col(LoanStage.loan_id))
     for row in (await uow.session.execute(stages.with_for_update() if lock else stages)).scalars():
         loans.stages[row.loan_id] = row
-    found = select(Callback).where(col(Callback.loan_id).in_(ids)).order_by(col(Callback.seq))
-    for cb in (await uow.session.execute(found.with_for_update() if lock else found)).scalars():
-        loans.callbacks.setdefault(cb.loan_id, []).append(cb)
+    # Rows, not entities: the batch only reads these (a loan it cancels is read again, after `forget`).
+    found = sa.select(CALLBACKS).where(among(CALLBACKS.c.loan_id, ids, uow.dialect)).order_by(CALLBACKS.c.seq)
+    for loaded in await uow.session.execute(found.with_for_update() if lock else found):
+        loans.callbacks.setdefault(loaded.loan_id, []).append(CallbackRow(**loaded._mapping))
     uow.session.info[Loans.KEY] = loans
     persons = [
         (party.party_id, cipher.phone_index(party.phone))
@@ -434,7 +433,7 @@ async def schedule_callbacks(
     cached = loans is not None and event.loan_id in loans.stages
     opened = loans.open(event.loan_id) if loans and cached else await open_callbacks(uow=uow, loan_id=event.loan_id)
     existing = {cb.party_id for cb in opened if cb.stage == event.stage}
-    people, rows = People.of(uow), Rows.of(uow)
+    people, rows = People.of(uow), batch_rows(uow)
     kept = await kept_arms(uow=uow, loan_id=event.loan_id)
     arms = experiments.assign(policy=policy, loan_id=event.loan_id, kept=kept)
     treated = experiments.treatment(policy=policy, arms=arms).policy
@@ -454,7 +453,7 @@ async def schedule_callbacks(
             )  # fmt: skip
         plan = planner.plan_first_call(policy=treated, party=party, now=now, busy_days=busy)
         window = party.preferred_window
-        cb = (Callback if rows is None else Planned)(
+        cb = (Callback if rows is None else CallbackRow)(
             callback_id=str(uuid.uuid4()),
             loan_id=event.loan_id,
             stage=event.stage,
@@ -486,8 +485,8 @@ async def schedule_callbacks(
             cb.due_at = cb.notice_at = now
             add_flag(cb, "no_consent")
         add_timer(uow, cb.callback_id, "deadline", plan.deadline)
-        if isinstance(cb, Planned) and rows is not None:
-            rows.callbacks.append(cb.row())
+        if isinstance(cb, CallbackRow) and rows is not None:
+            rows.insert(CALLBACKS, cb.row())
         else:
             uow.session.add(cb)
         if loans is not None and cached:
@@ -537,17 +536,21 @@ async def cancel_by_operator(*, uow: UnitOfWork, callback_id: str, reason: str, 
     return cb
 
 
-async def close(*, uow: UnitOfWork, cb: Callback, state: CallbackState, now: datetime, cancel: bool = True) -> None:
+async def close(
+    *, uow: UnitOfWork, cb: AnyCallback, state: CallbackState, now: datetime, cancel: bool = True
+) -> None:
     """Close the callback; `cancel=False` leaves cancelling its timers to the caller (a batch does it once)."""
     cb.state = state
     cb.closed_at = now
     cb.updated_at = now
-    uow.session.add(cb)
+    save(uow, cb)
     if cancel:
         await cancel_timers(uow=uow, callback_id=cb.callback_id)
 
 
-async def expire(*, uow: UnitOfWork, cb: Callback, reason: ExpiryReason, now: datetime, cancel: bool = True) -> None:
+async def expire(
+    *, uow: UnitOfWork, cb: AnyCallback, reason: ExpiryReason, now: datetime, cancel: bool = True
+) -> None:
     """Close a callback as expired: its deadline passed or its attempts ran out."""
     await close(uow=uow, cb=cb, state="expired", now=now, cancel=cancel)
     publish(uow, cb, CallbackExpired(**ref(cb), reason=reason))

@@ -67,7 +67,13 @@ def _calendar(code: str) -> holidays.HolidayBase:
 def is_calling_day(*, policy: Policy, day: date) -> bool:
     """A business day of the policy's calendar; with no calendar (`holidays = ""`) every day is one."""
     code = policy.calling_hours.holidays
-    return True if not code else bool(_calendar(code).is_working_day(day))
+    return True if not code else _working_day(code, day)
+
+
+@lru_cache(maxsize=4096)
+def _working_day(code: str, day: date) -> bool:
+    # Cached: every timer and every loan asks about the same few weeks of days.
+    return bool(_calendar(code).is_working_day(day))
 
 
 def part_of_day(*, policy: Policy, minute: float) -> int:

@@ -13,8 +13,9 @@ from sqlmodel import col, select
 
 from services.scheduler import experiments, planner
 from services.scheduler.callbacks import (
+    AnyCallback,
+    CallbackRow,
     People,
-    Rows,
     add_timer,
     busy_days,
     cancel_timers,
@@ -23,13 +24,15 @@ from services.scheduler.callbacks import (
     publish,
     reach,
     ref,
+    save,
+    start_batch,
 )
 from services.scheduler.models import Callback, Timer
 from shared import labels, links
 from shared.claims import claim
 from shared.crypto import Cipher
 from shared.db import Database, UnitOfWork, among, is_transient, utcnow
-from shared.events import CLOSED_STATES, CallbackDue, CallbackNoticeRequested, CallbackRescheduled, PartyAccess
+from shared.events import CLOSED_STATES, CallbackDue, CallbackNoticeRequested, CallbackRescheduled
 from shared.metrics import NOTICES_LATE, TIMER_LATENESS, TIMERS_FIRED
 from shared.policy import Policy
 from shared.tracing import span, timer_attributes
@@ -39,6 +42,8 @@ RETRY_AFTER = timedelta(minutes=1)
 FIRING_ORDER = {"notice": 0, "due": 1, "deadline": 2}  # within one claimed batch
 MIN_PAUSE = 0.05
 SLOT_LEAD = timedelta(hours=1)  # a slot offered on the party's page starts at least this far ahead
+# PartyAccess's fields as keywords of the personal event: the event is validated once, with them.
+Access = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,7 @@ class PageLinks:
     public_url: str
 
 
-def late_notice(*, cb: Callback, send_at: datetime, lead: timedelta) -> bool:
+def late_notice(*, cb: AnyCallback, send_at: datetime, lead: timedelta) -> bool:
     """Whether a notice sent at `send_at` is later than planned and leaves its call less than the lead."""
     if send_at >= cb.due_at:
         return True
@@ -83,6 +88,8 @@ class TimerLoop:
         self._treatments: dict[str, experiments.Treatment] = {}  # by the callback's stored arms
 
     async def run(self) -> None:
+        if self.policy is not None:  # the holiday calendar loads on first use (0.1 s): now, not in the first firing
+            planner.is_calling_day(policy=self.policy, day=utcnow().date())
         while True:
             fired = await self.fire_due()
             if fired >= self.batch:
@@ -140,12 +147,17 @@ class TimerLoop:
             # One query for the batch's callbacks, not one per timer: bursts of due timers stay on time.
             ids = {row.callback_id for row in rows}
             chosen = among(callbacks.c.callback_id, ids, uow.dialect)
-            found = await uow.session.execute(select(Callback).where(chosen))
-            by_id = {cb.callback_id: cb for cb in found.scalars()}
+            by_id: dict[str, AnyCallback]
+            if isolate:  # entities: a savepoint rolls back what a failing timer changed in them
+                found = await uow.session.execute(select(Callback).where(chosen))
+                by_id = {cb.callback_id: cb for cb in found.scalars()}
+            else:  # rows, written back with one UPDATE by `flush`
+                loaded = await uow.session.execute(sa.select(callbacks).where(chosen))
+                by_id = {row.callback_id: CallbackRow(**row._mapping) for row in loaded}
             self._closing = None if isolate else set()
             self._notices = None if isolate else await self._pending_notices(uow, ids)
             if not isolate and rows:
-                Rows.start(uow)
+                start_batch(uow)
                 # Only notices and calls offer the page's slots: a batch of deadlines needs no busy days.
                 paged = {row.callback_id for row in rows if row.kind != "deadline"}
                 await self._load_people(uow, [cb for cid, cb in by_id.items() if cid in paged], now=now)
@@ -162,7 +174,7 @@ class TimerLoop:
             await uow.commit()
         return rows
 
-    async def _fire_isolated(self, uow: UnitOfWork, *, row: sa.Row[Any], cb: Callback | None, now: datetime) -> None:
+    async def _fire_isolated(self, uow: UnitOfWork, *, row: sa.Row[Any], cb: AnyCallback | None, now: datetime) -> None:
         table = Timer.__table__  # type: ignore[attr-defined]
         try:
             async with uow.session.begin_nested():
@@ -189,7 +201,7 @@ class TimerLoop:
         )
         return set(found.scalars())
 
-    async def _load_people(self, uow: UnitOfWork, cbs: list[Callback], *, now: datetime) -> None:
+    async def _load_people(self, uow: UnitOfWork, cbs: list[AnyCallback], *, now: datetime) -> None:
         """The batch's persons' calls and open callbacks, when the page's slots need their busy days."""
         if self.links is None or self.policy is None or not cbs:
             return
@@ -197,7 +209,7 @@ class TimerLoop:
         end = max(cb.deadline for cb in cbs) + timedelta(days=1)
         await People.load(uow=uow, persons=persons, start=now - timedelta(days=1), end=end, known=cbs)
 
-    async def _fire(self, uow: UnitOfWork, *, kind: str, cb: Callback | None, now: datetime) -> None:
+    async def _fire(self, uow: UnitOfWork, *, kind: str, cb: AnyCallback | None, now: datetime) -> None:
         if cb is None or cb.state in CLOSED_STATES:
             return
         if kind == "notice":
@@ -213,14 +225,14 @@ class TimerLoop:
                 return
             cb.state = "due"
             cb.updated_at = now
-            uow.session.add(cb)
+            save(uow, cb)
             publish(uow, cb, self._due(cb, await self._access(uow, cb=cb, now=now)))
         elif kind == "deadline":
             await expire(uow=uow, cb=cb, reason="deadline", now=now, cancel=self._closing is None)
             if self._closing is not None:
                 self._closing.add(cb.callback_id)
 
-    async def _notice_pending(self, uow: UnitOfWork, *, cb: Callback) -> bool:
+    async def _notice_pending(self, uow: UnitOfWork, *, cb: AnyCallback) -> bool:
         """Whether the callback's advance notice is still to go out (and the policy asks for one)."""
         if self.policy is None or self._treatment(cb).policy.notice.lead <= timedelta(0):
             return False
@@ -233,7 +245,7 @@ class TimerLoop:
         )
         return pending is not None
 
-    def _due_moved(self, uow: UnitOfWork, *, cb: Callback, now: datetime) -> bool:
+    def _due_moved(self, uow: UnitOfWork, *, cb: AnyCallback, now: datetime) -> bool:
         """A due timer that fires outside calling hours (after an outage, say) waits for the next slot."""
         if self.policy is None or planner.is_allowed(policy=self.policy, reach=reach(cb), at=now, use_window=False):
             return False
@@ -242,12 +254,12 @@ class TimerLoop:
         if slot is None:
             return True  # no slot before the deadline: the deadline timer expires it
         cb.due_at, cb.updated_at = slot, now
-        uow.session.add(cb)
+        save(uow, cb)
         add_timer(uow, cb.callback_id, "due", slot)
         log.info("timer.deferred", callback_id=cb.callback_id, kind="due")
         return True
 
-    async def _notice_moved(self, uow: UnitOfWork, *, cb: Callback, now: datetime) -> bool:
+    async def _notice_moved(self, uow: UnitOfWork, *, cb: AnyCallback, now: datetime) -> bool:
         """A notice in quiet hours waits for them to end; one too late for its call re-plans the call."""
         if self.policy is None:
             return False
@@ -271,7 +283,7 @@ class TimerLoop:
         return True
 
     async def _replan_after_notice(
-        self, uow: UnitOfWork, *, cb: Callback, send_at: datetime, lead: timedelta, now: datetime
+        self, uow: UnitOfWork, *, cb: AnyCallback, send_at: datetime, lead: timedelta, now: datetime
     ) -> None:
         """Move the call to a full lead after the notice that is going out late, inside calling hours."""
         assert self.policy is not None
@@ -283,7 +295,7 @@ class TimerLoop:
             return  # no slot before the deadline: the deadline timer expires the callback
         late_by = (send_at - cb.notice_at).total_seconds()
         cb.notice_at, cb.due_at, cb.updated_at = send_at, slot, now
-        uow.session.add(cb)
+        save(uow, cb)
         self._replanned.add(cb.callback_id)
         await flush(uow)  # a due timer added earlier in the batch is cancelled too
         await cancel_timers(uow=uow, callback_id=cb.callback_id, kinds=("due",))
@@ -292,7 +304,7 @@ class TimerLoop:
         NOTICES_LATE.labels("scheduler").inc()
         log.warning("notice.late", callback_id=cb.callback_id, late_by_s=round(late_by, 1), due_at=slot.isoformat())
 
-    def _treatment(self, cb: Callback) -> experiments.Treatment:
+    def _treatment(self, cb: AnyCallback) -> experiments.Treatment:
         """The policy as the callback's experiment arms change it."""
         assert self.policy is not None
         found = self._treatments.get(cb.arms)
@@ -302,15 +314,15 @@ class TimerLoop:
             )
         return found
 
-    async def _access(self, uow: UnitOfWork, *, cb: Callback, now: datetime) -> PartyAccess:
+    async def _access(self, uow: UnitOfWork, *, cb: AnyCallback, now: datetime) -> Access:
         """The caller code, and the party's page link with the slots it may offer, unless the arm turns them off."""
         if cb.caller_code_enc is None:  # a callback opened before caller codes existed
             cb.caller_code_enc = self.cipher.encrypt(links.caller_code())
-            uow.session.add(cb)
+            save(uow, cb)
         treated = self._treatment(cb) if self.policy is not None else None
         code = self.cipher.decrypt(cb.caller_code_enc) if treated is None or treated.caller_code else None
         if self.links is None or treated is None or not treated.policy.self_service.enabled:
-            return PartyAccess(caller_code=code, deadline=cb.deadline, timezone=cb.timezone)
+            return {"caller_code": code}
         token = links.sign(secret=self.links.secret, callback_id=cb.callback_id, expires_at=cb.deadline)
         busy = await busy_days(
             uow=uow, policy=treated.policy, party_id=cb.party_id, phone_index=cb.phone_index, timezone=cb.timezone,
@@ -320,20 +332,16 @@ class TimerLoop:
             policy=treated.policy, reach=reach(cb), after=now + SLOT_LEAD, deadline=cb.deadline, busy_days=busy,
             count=treated.policy.self_service.slots_offered,
         )  # fmt: skip
-        return PartyAccess(
-            caller_code=code,
-            self_service_url=links.page_url(public_url=self.links.public_url, token=token),
-            deadline=cb.deadline,
-            timezone=cb.timezone,
-            slots=slots,
-        )
+        url = links.page_url(public_url=self.links.public_url, token=token)
+        return {"caller_code": code, "self_service_url": url, "slots": slots}
 
-    def _notice(self, cb: Callback, access: PartyAccess | None = None) -> CallbackNoticeRequested:
+    def _notice(self, cb: AnyCallback, access: Access | None = None) -> CallbackNoticeRequested:
         # Data only: the notifier's notice template writes the text the party reads.
         contact = self.cipher.decrypt_json(cb.contact_enc)
+        placed = {} if access is None else {**access, "deadline": cb.deadline, "timezone": cb.timezone}
         return CallbackNoticeRequested(
             **ref(cb),
-            **(access or PartyAccess()).model_dump(),
+            **placed,
             channel="sms",
             due_at=cb.due_at,
             purpose=labels.purpose(stage=cb.stage, language=cb.language),
@@ -344,11 +352,11 @@ class TimerLoop:
             email=contact.get("email"),
         )
 
-    def _due(self, cb: Callback, access: PartyAccess | None = None) -> CallbackDue:
+    def _due(self, cb: AnyCallback, access: Access | None = None) -> CallbackDue:
         contact = self.cipher.decrypt_json(cb.contact_enc)
         return CallbackDue(
             **ref(cb),
-            **(access or PartyAccess()).model_dump(exclude={"deadline", "timezone"}),
+            **(access or {}),
             due_at=cb.due_at,
             deadline=cb.deadline,
             name=contact["name"],
