@@ -40,17 +40,16 @@ def utcnow() -> datetime:
 
 
 def among(column: sa.ColumnElement[Any], values: Iterable[Any], dialect: str) -> sa.ColumnElement[bool]:
-    """`column IN values`; on PostgreSQL `IN (SELECT unnest(:values))`, one array parameter.
+    """`column IN values`; on PostgreSQL `column = ANY(:values)`, one array parameter.
 
-    An IN of N parameters is a new prepared statement for each N, and once PostgreSQL turns to its
-    generic plan both that IN and `= ANY(:array)` are searched element by element for every row
-    scanned (100 ms for a batch's 200 persons against 10,000 callbacks); a subquery is hashed once.
+    An IN of N parameters is a new prepared statement for each N. Meant for an indexed column, where
+    each value is one index probe: as a filter over many rows, PostgreSQL's generic plan would search
+    the array element by element for every row (100 ms for 200 values against 10,000 rows).
     """
     values = list(values)
     if dialect != "postgresql":
         return column.in_(values)
-    array = sa.bindparam(None, values, type_=postgresql.ARRAY(column.type))
-    return column.in_(sa.select(sa.func.unnest(array)))
+    return column == sa.any_(sa.bindparam(None, values, type_=postgresql.ARRAY(column.type)))
 
 
 class RowBuffer:

@@ -304,18 +304,18 @@ class People:
             for key in {party_id, phone_index}:
                 people.calls.setdefault(key, []).append((call_id, day))
         # Rows, not entities: nothing here changes another person's callbacks, and the ones in hand
-        # (which the batch may change) are added live below.
-        c = Callback.__table__.c  # type: ignore[attr-defined]
+        # (which the batch may change) are added live below. Open ones are picked here, not in SQL: a
+        # state condition could lead the planner to scan every open callback instead of the persons' index.
+        c = CALLBACKS.c
         found = await uow.session.execute(
             sa.select(c.callback_id, c.party_id, c.phone_index, c.state, c.contact_consent, c.due_at).where(
                 sa.or_(among(c.party_id, party_ids, uow.dialect), among(c.phone_index, phones, uow.dialect)),
-                c.state.in_(OPEN_STATES),
                 c.due_at.between(start, end),
             )
         )
         live = {cb.callback_id: cb for cb in known}
         for row in found:
-            if row.callback_id not in live:
+            if row.state in OPEN_STATES and row.callback_id not in live:
                 people.add(Booking(*row))
         for cb in live.values():
             people.add(cb)
