@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 import structlog
@@ -52,6 +52,12 @@ def among(column: sa.ColumnElement[Any], values: Iterable[Any], dialect: str) ->
     return column == sa.any_(sa.bindparam(None, values, type_=postgresql.ARRAY(column.type)))
 
 
+class AsRow(Protocol):
+    """An item queued for INSERT whose values are taken when the buffer is written (later changes count)."""
+
+    def row(self) -> dict[str, Any]: ...
+
+
 class RowBuffer:
     """Rows a transaction queues, written with one statement per table: one multi-row INSERT of the
     new rows, one UPDATE by key of the changed ones (an ORM object per row costs more than its write).
@@ -60,7 +66,7 @@ class RowBuffer:
     """
 
     def __init__(self) -> None:
-        self.inserts: dict[sa.Table, list[dict[str, Any]]] = {}
+        self.inserts: dict[sa.Table, list[dict[str, Any] | AsRow]] = {}
         self.updates: dict[sa.Table, tuple[str, tuple[str, ...], dict[Any, object]]] = {}
 
     @classmethod
@@ -73,10 +79,11 @@ class RowBuffer:
         buffer = session.info[key] = cls()
         return buffer
 
-    def insert(self, table: sa.Table, row: dict[str, Any]) -> None:
+    def insert(self, table: sa.Table, row: dict[str, Any] | AsRow) -> None:
+        """Queue a row: a dict as it is, or an item whose `row()` is taken at the write."""
         self.inserts.setdefault(table, []).append(row)
 
-    def pending(self, table: sa.Table) -> list[dict[str, Any]]:
+    def pending(self, table: sa.Table) -> list[dict[str, Any] | AsRow]:
         """The table's rows queued for INSERT, in order (a caller may drop the newest)."""
         return self.inserts.setdefault(table, [])
 
@@ -87,7 +94,9 @@ class RowBuffer:
     def drain(self, dialect: str) -> list[tuple[sa.Executable, list[dict[str, Any]] | None]]:
         """The statements that write what is queued, with their parameters; the buffer is left empty."""
         done: list[tuple[sa.Executable, list[dict[str, Any]] | None]] = [
-            (sa.insert(table), rows) for table, rows in self.inserts.items() if rows
+            (sa.insert(table), [row if isinstance(row, dict) else row.row() for row in rows])
+            for table, rows in self.inserts.items()
+            if rows
         ]
         for table, (key, columns, items) in self.updates.items():
             if items:

@@ -261,28 +261,26 @@ class ConsumerRunner:
         try:
             while not self._stopping.is_set():
                 batches = await consumer.getmany(timeout_ms=500, max_records=self.settings.huifang_consumer_batch)
-                pending = list(batches.items())
-                for index, (tp, records) in enumerate(pending):
+                if batches:
                     try:
                         async with self.batch_lock:
-                            if tp not in consumer.assignment():
-                                continue  # revoked while we worked on another partition
-                            await self._process(consumer, tp, records)
+                            # Revoked while we waited for the lock: the new owner reads those.
+                            held = {tp: records for tp, records in batches.items() if tp in consumer.assignment()}
+                            if held:
+                                await self._process(consumer, held)
                         backoff = 0.5
                         self.last_error = None
                     except Exception as exc:
                         if not is_transient(exc):
                             raise
-                        # Database or broker unreachable: rewind this and every unhandled partition
-                        # of the poll, pause once, and poll again.
+                        # Database or broker unreachable: rewind the poll's partitions, pause once, and poll again.
                         self.last_error = f"{type(exc).__name__}: retrying"
                         log.warning("consumer.transient_error", service=self.service, error=type(exc).__name__)
-                        for later_tp, later in pending[index:]:
-                            if later_tp in consumer.assignment():
-                                consumer.seek(later_tp, later[0].offset)
+                        for tp, records in batches.items():
+                            if tp in consumer.assignment():
+                                consumer.seek(tp, records[0].offset)
                         await asyncio.sleep(backoff)
                         backoff = min(backoff * 2, 30.0)
-                        break
                 await self._record_lag(consumer)
         finally:
             self.running = False
@@ -304,11 +302,13 @@ class ConsumerRunner:
         """Finish the batch in hand, commit it, and leave the loop (SIGTERM drains)."""
         self._stopping.set()
 
-    async def _process(self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+    async def _process(self, consumer: AIOKafkaConsumer, held: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """A poll's records of all its partitions in one transaction (each partition's in order: a key's
+        events stay in order), then every partition's offset."""
         started = time.perf_counter()
         good: list[tuple[ConsumerRecord, Event[EventData]]] = []
         poison: list[tuple[ConsumerRecord, str]] = []
-        for record in records:
+        for record in (record for records in held.values() for record in records):
             try:
                 good.append((record, parse_event(record.value, self._accepted.get(record.topic))))
             except InvalidEvent as exc:
@@ -336,14 +336,14 @@ class ConsumerRunner:
                         poison.append((record, f"handler failed: {safe_reason(single)}"))
         # Dead letters go out only once the good records are safely committed, so a transient
         # failure (and its redelivery) does not dead-letter the same record twice.
-        for record, reason in sorted(poison, key=lambda item: item[0].offset):
+        for record, reason in sorted(poison, key=lambda item: (item[0].topic, item[0].partition, item[0].offset)):
             await self._dead_letter(record, reason)
         faults.point("consumer.committed")  # test only: the batch is in the database, its offsets not yet
         try:
-            await consumer.commit({tp: records[-1].offset + 1})
+            await consumer.commit({tp: records[-1].offset + 1 for tp, records in held.items()})
         except (CommitFailedError, IllegalStateError):
-            # The partition moved during the batch; the new owner redelivers and dedupe absorbs it.
-            log.warning("consumer.commit_failed", service=self.service, partition=tp.partition)
+            # A partition moved during the batch; the new owner redelivers and dedupe absorbs it.
+            log.warning("consumer.commit_failed", service=self.service, partitions=len(held))
         CONSUMER_BATCH_SECONDS.labels(self.service).observe(time.perf_counter() - started)
 
     async def _apply_batch(self, batch: list[tuple[ConsumerRecord, Event[EventData]]]) -> None:

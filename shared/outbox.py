@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from sqlmodel import Field, SQLModel
 
 from shared import faults
-from shared.db import BigIntPK, Database, RowBuffer, UnitOfWork, UTCDateTime, utcnow, woken
+from shared.db import AsRow, BigIntPK, Database, RowBuffer, UnitOfWork, UTCDateTime, utcnow, woken
 from shared.events import CONTENT_TYPE, EventData, encode, new_envelope
 from shared.metrics import OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED, OUTBOX_RELAY_ERRORS, Every
 from shared.tracing import end_span, recording, start_publish, trace_context
@@ -89,12 +89,12 @@ _PENDING = "huifang.outbox.pending"
 _MARKS = "huifang.outbox.marks"
 
 
-def _pending(session: Session) -> list[dict[str, Any]]:
+def _pending(session: Session) -> list[dict[str, Any] | AsRow]:
     buffer = RowBuffer.of(session, _PENDING) or RowBuffer.start(session, _PENDING)
     return buffer.pending(OutboxMessage.__table__)  # type: ignore[attr-defined]
 
 
-def _queued(session: Session) -> list[dict[str, Any]]:
+def _queued(session: Session) -> list[dict[str, Any] | AsRow]:
     buffer = RowBuffer.of(session, _PENDING)
     return buffer.pending(OutboxMessage.__table__) if buffer else []  # type: ignore[attr-defined]
 

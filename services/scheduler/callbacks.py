@@ -112,12 +112,25 @@ class CallbackRow:
         return {name: getattr(self, name) for name in self.__slots__ if name != "seq"}
 
 
+@dataclass(slots=True)
+class StageRow:
+    """A loan's stage in a batch: inserted (a new loan) or written back by key when the batch flushes."""
+
+    loan_id: str
+    stage: Stage
+    changed_at: datetime
+
+    def row(self) -> dict[str, object]:
+        return {"loan_id": self.loan_id, "stage": self.stage, "changed_at": self.changed_at}
+
+
 # A callback as the rules read it: an entity of the session, or a row of a batch.
 AnyCallback = Callback | CallbackRow
 
 CALLBACKS: sa.Table = Callback.__table__  # type: ignore[attr-defined]
 TIMERS: sa.Table = Timer.__table__  # type: ignore[attr-defined]
 TIMELINE: sa.Table = CallbackEvent.__table__  # type: ignore[attr-defined]
+LOAN_STAGES: sa.Table = LoanStage.__table__  # type: ignore[attr-defined]
 # What the rules may change in a callback row: written back by key when a batch flushes.
 CHANGEABLE = ("callback_id", "state", "attempt", "calls_made", "due_at", "notice_at", "deadline", "flags",
               "caller_code_enc", "cancel_note_enc", "updated_at", "closed_at")  # fmt: skip
@@ -141,7 +154,7 @@ def save(uow: UnitOfWork, cb: AnyCallback) -> None:
     rows = batch_rows(uow)
     if rows is None:
         raise RuntimeError(f"callback {cb.callback_id} is a row, changed outside its batch")
-    if cb.seq is not None:  # a new one is written whole by its INSERT
+    if cb.seq is not None:  # a new one is written whole by its INSERT, as it is when the batch flushes
         rows.update(CALLBACKS, cb, key="callback_id", columns=CHANGEABLE)
 
 
@@ -376,7 +389,7 @@ class Loans:
     KEY = "scheduler.loans"
 
     def __init__(self) -> None:
-        self.stages: dict[str, LoanStage | None] = {}
+        self.stages: dict[str, StageRow | None] = {}
         self.callbacks: dict[str, list[AnyCallback]] = {}  # oldest first
 
     @classmethod
@@ -401,9 +414,10 @@ async def load_loans(
     lock = uow.dialect == "postgresql"
     loans = Loans()
     loans.stages = dict.fromkeys(ids)
-    stages = select(LoanStage).where(col(LoanStage.loan_id).in_(ids)).order_by(col(LoanStage.loan_id))
-    for row in (await uow.session.execute(stages.with_for_update() if lock else stages)).scalars():
-        loans.stages[row.loan_id] = row
+    chosen = among(LOAN_STAGES.c.loan_id, ids, uow.dialect)
+    stages = sa.select(LOAN_STAGES).where(chosen).order_by(LOAN_STAGES.c.loan_id)
+    for row in await uow.session.execute(stages.with_for_update() if lock else stages):
+        loans.stages[row.loan_id] = StageRow(**row._mapping)
     # Rows, not entities: the batch only reads these (a loan it cancels is read again, after `forget`).
     found = sa.select(CALLBACKS).where(among(CALLBACKS.c.loan_id, ids, uow.dialect)).order_by(CALLBACKS.c.seq)
     for loaded in await uow.session.execute(found.with_for_update() if lock else found):
@@ -486,7 +500,7 @@ async def schedule_callbacks(
             add_flag(cb, "no_consent")
         add_timer(uow, cb.callback_id, "deadline", plan.deadline)
         if isinstance(cb, CallbackRow) and rows is not None:
-            rows.insert(CALLBACKS, cb.row())
+            rows.insert(CALLBACKS, cb)
         else:
             uow.session.add(cb)
         if loans is not None and cached:
@@ -574,18 +588,21 @@ async def loan_moved(*, uow: UnitOfWork, event: LoanStageChanged, policy: Policy
 
 async def note_stage(*, uow: UnitOfWork, loan_id: str, stage: Stage, now: datetime) -> bool:
     """Record the loan's stage; True when it was already in that stage."""
-    loans = Loans.of(uow)
-    if loans is not None and loan_id in loans.stages:
-        current = loans.stages[loan_id]
-    else:
-        current = await uow.session.get(LoanStage, loan_id, with_for_update=uow.dialect == "postgresql")
+    loans, rows = Loans.of(uow), batch_rows(uow)
+    if loans is not None and rows is not None and loan_id in loans.stages:
+        held = loans.stages[loan_id]
+        if held is None:  # a new loan: its row is inserted with the batch's, as it is then
+            added = loans.stages[loan_id] = StageRow(loan_id, stage, now)
+            rows.insert(LOAN_STAGES, added)
+            return False
+        repeat = held.stage == stage
+        held.stage, held.changed_at = stage, now
+        rows.update(LOAN_STAGES, held, key="loan_id", columns=("loan_id", "stage", "changed_at"))
+        return repeat
+    current = await uow.session.get(LoanStage, loan_id, with_for_update=uow.dialect == "postgresql")
     if current is None:
-        added = LoanStage(loan_id=loan_id, stage=stage, changed_at=now)
-        uow.session.add(added)
-        if loans is not None and loan_id in loans.stages:
-            loans.stages[loan_id] = added  # written with the batch
-        else:
-            await uow.session.flush()
+        uow.session.add(LoanStage(loan_id=loan_id, stage=stage, changed_at=now))
+        await uow.session.flush()
         return False
     repeat = current.stage == stage
     current.stage, current.changed_at = stage, now
