@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import partial
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import col, select
@@ -110,6 +111,11 @@ class CallbackRow:
 
     def row(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in self.__slots__ if name != "seq"}
+
+    @classmethod
+    def loaded(cls, row: sa.Row[Any]) -> CallbackRow:
+        """From a row of the table (a dict by zip: `**row._mapping` takes 30 µs a row)."""
+        return cls(**dict(zip(row._fields, row, strict=True)))
 
 
 @dataclass(slots=True)
@@ -417,11 +423,11 @@ async def load_loans(
     chosen = among(LOAN_STAGES.c.loan_id, ids, uow.dialect)
     stages = sa.select(LOAN_STAGES).where(chosen).order_by(LOAN_STAGES.c.loan_id)
     for row in await uow.session.execute(stages.with_for_update() if lock else stages):
-        loans.stages[row.loan_id] = StageRow(**row._mapping)
+        loans.stages[row.loan_id] = StageRow(row.loan_id, row.stage, row.changed_at)
     # Rows, not entities: the batch only reads these (a loan it cancels is read again, after `forget`).
     found = sa.select(CALLBACKS).where(among(CALLBACKS.c.loan_id, ids, uow.dialect)).order_by(CALLBACKS.c.seq)
     for loaded in await uow.session.execute(found.with_for_update() if lock else found):
-        loans.callbacks.setdefault(loaded.loan_id, []).append(CallbackRow(**loaded._mapping))
+        loans.callbacks.setdefault(loaded.loan_id, []).append(CallbackRow.loaded(loaded))
     uow.session.info[Loans.KEY] = loans
     persons = [
         (party.party_id, cipher.phone_index(party.phone))

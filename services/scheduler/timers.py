@@ -153,7 +153,7 @@ class TimerLoop:
                 by_id = {cb.callback_id: cb for cb in found.scalars()}
             else:  # rows, written back with one UPDATE by `flush`
                 loaded = await uow.session.execute(sa.select(callbacks).where(chosen))
-                by_id = {row.callback_id: CallbackRow(**row._mapping) for row in loaded}
+                by_id = {row.callback_id: CallbackRow.loaded(row) for row in loaded}
             self._closing = None if isolate else set()
             self._notices = None if isolate else await self._pending_notices(uow, ids)
             if not isolate and rows:
