@@ -66,14 +66,13 @@ def _calendar(code: str) -> holidays.HolidayBase:
 
 def is_calling_day(*, policy: Policy, day: date) -> bool:
     """A business day of the policy's calendar; with no calendar (`holidays = ""`) every day is one."""
-    code = policy.calling_hours.holidays
-    return True if not code else _working_day(code, day)
+    return _calling(policy.calling_hours.holidays, day)
 
 
 @lru_cache(maxsize=4096)
-def _working_day(code: str, day: date) -> bool:
+def _calling(code: str, day: date) -> bool:
     # Cached: every timer and every loan asks about the same few weeks of days.
-    return bool(_calendar(code).is_working_day(day))
+    return True if not code else bool(_calendar(code).is_working_day(day))
 
 
 def part_of_day(*, policy: Policy, minute: float) -> int:
@@ -120,6 +119,7 @@ def _intersect(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple
     return sorted((s, e) for s, e in out if s < e)
 
 
+@lru_cache(maxsize=8192)  # every slot search of the day asks for the same few clock times
 def local_instant(*, day: date, minute: float, zone: ZoneInfo) -> datetime:
     """The UTC instant of a local day's minute (24:00 is the next day's midnight)."""
     # Aware arithmetic in one zone is wall-clock arithmetic; astimezone then resolves DST.
@@ -178,13 +178,19 @@ def earliest_slot(
 
 def business_day_end(*, policy: Policy, reach: Reach, now: datetime, days: int) -> datetime:
     """End of calling hours on the `days`-th business day after today (0: today, or the next business day)."""
-    zone = _zone(reach.timezone)
-    day = now.astimezone(zone).date()
-    counted = 0
-    while counted < days or not is_calling_day(policy=policy, day=day):
+    hours = policy.calling_hours
+    today = now.astimezone(_zone(reach.timezone)).date()
+    return _business_day_end(hours.holidays, hours.end, reach.timezone, today, days)
+
+
+@lru_cache(maxsize=4096)
+def _business_day_end(holidays_code: str, end: str, timezone: str, today: date, days: int) -> datetime:
+    # Cached: it depends on the local date only, and each new callback asks three times.
+    day, counted = today, 0
+    while counted < days or not _calling(holidays_code, day):
         day += timedelta(days=1)
-        counted += is_calling_day(policy=policy, day=day)
-    return local_instant(day=day, minute=minutes_of_day(policy.calling_hours.end), zone=zone)
+        counted += _calling(holidays_code, day)
+    return local_instant(day=day, minute=minutes_of_day(end), zone=_zone(timezone))
 
 
 def _quiet_period(*, policy: Policy, reach: Reach, at: datetime) -> tuple[datetime, datetime] | None:
