@@ -355,10 +355,12 @@ class People:
         start: datetime, end: datetime,
     ) -> frozenset[date]:  # fmt: skip
         """As the module's busy_days, from memory."""
-        first, last = (planner.local_day(at=t, timezone=timezone) for t in (start, end))
         calls = {**dict(self.calls.get(party_id, ())), **dict(self.calls.get(phone_index, ()))}
-        made = [day for day in calls.values() if first <= day <= last]
         cbs = {**self.callbacks.get(party_id, {}), **self.callbacks.get(phone_index, {})}
+        if len(calls) + len(cbs) < policy.attempts.max_calls_per_person_per_day:
+            return frozenset()  # too few calls and bookings in all to fill any day: most people
+        first, last = (planner.local_day(at=t, timezone=timezone) for t in (start, end))
+        made = [day for day in calls.values() if first <= day <= last]
         low, high = start - timedelta(days=1), end + timedelta(days=1)
         booked = [
             cb.due_at

@@ -86,6 +86,7 @@ class TimerLoop:
         self._closing: set[str] | None = None  # closed in the batch in hand: their timers cancelled at its end
         self._notices: set[str] | None = None  # the batch's callbacks with a notice still to go out
         self._treatments: dict[str, experiments.Treatment] = {}  # by the callback's stored arms
+        self._allowed: dict[str, bool] = {}  # by time zone: may a call go at the batch's `now`
 
     async def run(self) -> None:
         if self.policy is not None:  # the holiday calendar loads on first use (0.1 s): now, not in the first firing
@@ -127,6 +128,7 @@ class TimerLoop:
     async def _pass(self, now: datetime, *, isolate: bool) -> list[sa.Row[Any]]:
         """Claim a batch and fire it in one transaction: set-based, or with a savepoint per timer (`isolate`)."""
         self._replanned.clear()
+        self._allowed.clear()
         table = Timer.__table__  # type: ignore[attr-defined]
         callbacks = Callback.__table__  # type: ignore[attr-defined]
         async with self.db.uow() as uow:
@@ -247,7 +249,14 @@ class TimerLoop:
 
     def _due_moved(self, uow: UnitOfWork, *, cb: AnyCallback, now: datetime) -> bool:
         """A due timer that fires outside calling hours (after an outage, say) waits for the next slot."""
-        if self.policy is None or planner.is_allowed(policy=self.policy, reach=reach(cb), at=now, use_window=False):
+        if self.policy is None:
+            return False
+        allowed = self._allowed.get(cb.timezone)
+        if allowed is None:  # the same for every callback of the zone in the batch: worked out once
+            allowed = self._allowed[cb.timezone] = planner.is_allowed(
+                policy=self.policy, reach=reach(cb), at=now, use_window=False
+            )
+        if allowed:
             return False
         slot = planner.earliest_slot(policy=self.policy, reach=reach(cb), after=now, before=cb.deadline,
                                      use_window=False)  # fmt: skip
