@@ -205,6 +205,9 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("consumer.assigned", service=self.runner.service, partitions=len(assigned))
 
 
+YIELD_EVERY = 20  # events handled between two turns of the event loop
+
+
 class ConsumerRunner:
     """Consumes topics in batches: one transaction per batch, dedupe on event id, offsets after commit."""
 
@@ -360,6 +363,8 @@ class ConsumerRunner:
                 seen.add(event.id)
                 todo.append((record, event))
             for index, (record, event) in enumerate(todo):
+                if index and index % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # a batch is CPU-bound: let the process's other loops' replies in
                 handler = self.handlers.get(type(event.data))
                 load = getattr(handler, LOADER, None)
                 if load is not None and (index == 0 or type(todo[index - 1][1].data) is not type(event.data)):

@@ -41,6 +41,7 @@ log = structlog.get_logger(__name__)
 RETRY_AFTER = timedelta(minutes=1)
 FIRING_ORDER = {"notice": 0, "due": 1, "deadline": 2}  # within one claimed batch
 MIN_PAUSE = 0.05
+YIELD_EVERY = 20  # timers fired between two turns of the event loop
 SLOT_LEAD = timedelta(hours=1)  # a slot offered on the party's page starts at least this far ahead
 # PartyAccess's fields as keywords of the personal event: the event is validated once, with them.
 Access = dict[str, Any]
@@ -155,7 +156,7 @@ class TimerLoop:
                 by_id = {cb.callback_id: cb for cb in found.scalars()}
             else:  # rows, written back with one UPDATE by `flush`
                 loaded = await uow.session.execute(sa.select(callbacks).where(chosen))
-                by_id = {row.callback_id: CallbackRow.loaded(row) for row in loaded}
+                by_id = {cb.callback_id: cb for cb in CallbackRow.loaded(loaded)}
             self._closing = None if isolate else set()
             self._notices = None if isolate else await self._pending_notices(uow, ids)
             if not isolate and rows:
@@ -163,7 +164,9 @@ class TimerLoop:
                 # Only notices and calls offer the page's slots: a batch of deadlines needs no busy days.
                 paged = {row.callback_id for row in rows if row.kind != "deadline"}
                 await self._load_people(uow, [cb for cid, cb in by_id.items() if cid in paged], now=now)
-            for row in rows:
+            for index, row in enumerate(rows):
+                if index and index % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # CPU-bound: let the relay's and the consumer's replies in meanwhile
                 # Each firing starts a trace of its own; the events it emits carry it on.
                 with span(f"timer {row.kind}", attributes=timer_attributes(row.kind, row.callback_id)):
                     if isolate:
