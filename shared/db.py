@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -94,7 +95,7 @@ class RowBuffer:
     def drain(self, dialect: str) -> list[tuple[sa.Executable, list[dict[str, Any]] | None]]:
         """The statements that write what is queued, with their parameters; the buffer is left empty."""
         done: list[tuple[sa.Executable, list[dict[str, Any]] | None]] = [
-            (sa.insert(table), [row if isinstance(row, dict) else row.row() for row in rows])
+            (_insert(table), [row if isinstance(row, dict) else row.row() for row in rows])
             for table, rows in self.inserts.items()
             if rows
         ]
@@ -104,6 +105,11 @@ class RowBuffer:
                 done.append(_update_by_key(table, key, rows, dialect))
         self.inserts, self.updates = {}, {}
         return done
+
+
+@functools.cache
+def _insert(table: sa.Table) -> sa.Insert:
+    return sa.insert(table)  # built once per table: batches write at every flush and commit
 
 
 def _update_by_key(
