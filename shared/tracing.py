@@ -127,14 +127,14 @@ def _continued(
         yield
 
 
-@contextlib.contextmanager
-def span(name: str, *, attributes: Mapping[str, str | int]) -> Iterator[None]:
+def span(name: str, *, attributes: Mapping[str, str | int]) -> contextlib.AbstractContextManager[object]:
     """An internal span (a timer firing, say) in the current trace, or a new one; nothing when not recording."""
     if not recording():
-        yield
-        return
-    with tracer.start_as_current_span(name, kind=SpanKind.INTERNAL, attributes=attributes):
-        yield
+        return _NOTHING  # no generator per call: the timer loop asks for one per timer
+    return tracer.start_as_current_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
+
+
+_NOTHING = contextlib.nullcontext()
 
 
 def timer_attributes(kind: str, subject_id: str) -> dict[str, str | int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -121,9 +122,13 @@ class TimerLoop:
             # was rolled back; claim again and fire one by one, so that only the broken one is put back.
             log.warning("timer.batch_failed", error=type(exc).__name__)
             rows = await self._pass(now, isolate=True)
+        for kind, fired in Counter(row.kind for row in rows).items():
+            TIMERS_FIRED.labels("scheduler", kind).inc(fired)
+        lateness = {kind: TIMER_LATENESS.labels("scheduler", kind) for kind in FIRING_ORDER}
         for row in rows:
-            TIMERS_FIRED.labels("scheduler", row.kind).inc()
-            TIMER_LATENESS.labels("scheduler", row.kind).observe(max(0.0, (now - row.fire_at).total_seconds()))
+            (lateness.get(row.kind) or TIMER_LATENESS.labels("scheduler", row.kind)).observe(
+                max(0.0, (now - row.fire_at).total_seconds())
+            )
         return len(rows)
 
     async def _pass(self, now: datetime, *, isolate: bool) -> list[sa.Row[Any]]:
