@@ -137,6 +137,26 @@ def _forget(session: Session, transaction: SessionTransaction) -> None:
         session.info.pop(_MARKS, None)
 
 
+def _unsent(batch: int, *, gated: bool) -> sa.Select[Any]:
+    table = OutboxMessage.__table__  # type: ignore[attr-defined]
+    query = sa.select(table.c.id, table.c.topic, table.c.key, table.c.payload).where(table.c.sent_at.is_(None))
+    if gated:
+        # An uncorrelated scalar subquery: PostgreSQL tries the lock once, before it reads a row.
+        lock = sa.select(sa.func.pg_try_advisory_xact_lock(sa.func.hashtext(sa.bindparam("lock")))).scalar_subquery()
+        query = query.where(lock)
+    return query.order_by(table.c.id).limit(batch)
+
+
+def _delete_sent(dialect: str) -> sa.Delete:
+    table = OutboxMessage.__table__  # type: ignore[attr-defined]
+    if dialect == "postgresql":
+        # One array parameter, not one per row: a single prepared statement whatever the batch size.
+        return sa.delete(table).where(
+            table.c.id == sa.any_(sa.bindparam("ids", type_=postgresql.ARRAY(sa.BigInteger())))
+        )
+    return sa.delete(table).where(table.c.id.in_(sa.bindparam("ids", expanding=True)))
+
+
 class OutboxRelay:
     """Publishes committed outbox rows in order, then marks them sent; several replicas may run."""
 
@@ -147,6 +167,10 @@ class OutboxRelay:
         self.batch = batch
         self.poll_seconds = 1.0
         self._backlog_check = Every(BACKLOG_EVERY_SECONDS)
+        # Built once: a relay pass runs after every commit that emits, often for one row.
+        self._unsent = _unsent(batch, gated=db.dialect == "postgresql")
+        self._lock_key = f"outbox:{db.schema}"
+        self._delete_sent = _delete_sent(db.dialect)
 
     async def run(self) -> None:
         while True:
@@ -182,24 +206,11 @@ class OutboxRelay:
         await self._measure_backlog()
         return sent
 
-    def _unsent(self) -> sa.Select[Any]:
-        table = OutboxMessage.__table__  # type: ignore[attr-defined]
-        return (
-            sa.select(table.c.id, table.c.topic, table.c.key, table.c.payload)
-            .where(table.c.sent_at.is_(None))
-            .order_by(table.c.id)
-            .limit(self.batch)
-        )
-
     async def _publish_postgres(self) -> int:
         async with self.db.uow() as uow:
-            # One relay per service publishes at a time, so each loan's events keep their order.
-            got = await uow.session.scalar(
-                sa.text("SELECT pg_try_advisory_xact_lock(hashtext(:k))"), {"k": f"outbox:{self.db.schema}"}
-            )
-            if not got:
-                return 0
-            rows = (await uow.session.execute(self._unsent())).all()
+            # The advisory lock in the same statement: one relay per service publishes at a time, so
+            # each loan's events keep their order; without the lock the statement finds no rows.
+            rows = (await uow.execute(self._unsent, {"lock": self._lock_key})).all()
             if not rows:
                 return 0
             sent = await self._send(rows)
@@ -210,7 +221,7 @@ class OutboxRelay:
     async def _publish_sqlite(self) -> int:
         # SQLite's writer lock must not be held while waiting for Kafka: read, send, then mark.
         async with self.db.uow() as uow:
-            rows = (await uow.session.execute(self._unsent())).all()
+            rows = (await uow.execute(self._unsent)).all()
         if not rows:
             return 0
         sent = await self._send(rows)
@@ -251,12 +262,6 @@ class OutboxRelay:
         if not ids:
             return
         faults.point("outbox.published")  # test only: the broker has the rows, the outbox still too
-        table = OutboxMessage.__table__  # type: ignore[attr-defined]
         # Sent rows are deleted: Kafka holds the events now, and the outbox keeps no copies of them.
-        if uow.dialect == "postgresql":
-            # One array parameter, not one per row: a single cached statement whatever the batch size.
-            chosen = table.c.id == sa.any_(sa.bindparam("ids", ids, type_=postgresql.ARRAY(sa.BigInteger())))
-        else:
-            chosen = table.c.id.in_(ids)
-        await uow.session.execute(sa.delete(table).where(chosen))
+        await uow.execute(self._delete_sent, {"ids": ids})
         OUTBOX_PUBLISHED.labels(self.service).inc(len(ids))

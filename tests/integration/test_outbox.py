@@ -217,3 +217,28 @@ async def _read(bootstrap: str, topic: str, *, count: int) -> list[dict[str, obj
     finally:
         await consumer.stop()
     return received
+
+
+async def test_one_relay_per_service_publishes_at_a_time(database: Database, kafka_bootstrap: str) -> None:
+    """Two replicas' relays never interleave their sends (a loan's events keep their order): the
+    second finds nothing while the first holds the pass's lock. SQLite runs one replica only."""
+    loan = f"L-{uuid.uuid4().hex[:8]}"
+    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, huifang_topic_prefix=database.topic_prefix)
+    await create_topics(settings)
+    async with database.uow() as uow:
+        scheduled = CallbackScheduled(loan_id=loan, **REF, state="scheduled", due_at=NOW, notice_at=NOW,
+                                      deadline=NOW + timedelta(days=5), verification_items=["identity"])  # fmt: skip
+        enqueue(uow, scheduled, key=loan)
+        await uow.commit()
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        relay = OutboxRelay(db=database, producer=producer, service="scheduler")
+        if database.dialect == "postgresql":
+            async with database.uow() as other:  # the other replica, mid-pass
+                key = {"k": f"outbox:{database.schema}"}
+                assert await other.session.scalar(sa.text("SELECT pg_try_advisory_xact_lock(hashtext(:k))"), key)
+                assert await relay.publish_once() == 0
+        assert await relay.publish_once() == 1  # the lock is free again: the row goes
+    finally:
+        await producer.stop()
