@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import signal
 import sys
@@ -88,6 +89,10 @@ async def serve(services: list[str], settings: Settings) -> None:
         server = uvicorn.Server(server_config(web, service=service, settings=settings))
         server.capture_signals = contextlib.nullcontext  # type: ignore[assignment,method-assign]
         servers.append(server)
+    # What start-up made (modules, apps, the policy) lives as long as the process: out of the
+    # collector's sight, a full collection no longer walks it (120 ms pauses under load before).
+    gc.collect()
+    gc.freeze()
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
