@@ -16,7 +16,7 @@ class IdleRelay(OutboxRelay):
 
 
 async def test_cancel_arriving_with_a_wake_up_still_stops_the_loop() -> None:
-    db = SimpleNamespace(outbox_signal=asyncio.Event())
+    db = SimpleNamespace(outbox_signal=asyncio.Event(), dialect="sqlite", schema="test")
     relay = IdleRelay(db=db, producer=None, service="test")  # type: ignore[arg-type]
     relay.poll_seconds = 30
     task = asyncio.create_task(relay.run())
