@@ -40,17 +40,20 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def among(column: sa.ColumnElement[Any], values: Iterable[Any], dialect: str) -> sa.ColumnElement[bool]:
+def among(
+    column: sa.ColumnElement[Any], values: Iterable[Any], dialect: str, *, name: str | None = None
+) -> sa.ColumnElement[bool]:
     """`column IN values`; on PostgreSQL `column = ANY(:values)`, one array parameter.
 
     An IN of N parameters is a new prepared statement for each N. Meant for an indexed column, where
     each value is one index probe: as a filter over many rows, PostgreSQL's generic plan would search
     the array element by element for every row (100 ms for 200 values against 10,000 rows).
+    With `name`, the values are a parameter of that name, given when a statement built once is run.
     """
     values = list(values)
     if dialect != "postgresql":
-        return column.in_(values)
-    return column == sa.any_(sa.bindparam(None, values, type_=postgresql.ARRAY(column.type)))
+        return column.in_(sa.bindparam(name, expanding=True) if name else values)
+    return column == sa.any_(sa.bindparam(name, values, type_=postgresql.ARRAY(column.type)))
 
 
 class AsRow(Protocol):

@@ -155,16 +155,22 @@ def _table() -> sa.Table:
     return table
 
 
-def _ours(claim: Claim | None = None) -> sa.ColumnElement[bool]:
-    """The row of this claim, still in flight and not taken over (without a claim: bound as b_scope, b_key, b_at)."""
+def _ours() -> sa.ColumnElement[bool]:
+    """The claim's row, still in flight and not taken over; bound as b_scope, b_key, b_at (see `_bound`).
+
+    Column names are reserved for an UPDATE's own SET values, hence the b_ prefix.
+    """
     table = _table()
-    if claim is None:
-        scope: Any = sa.bindparam("b_scope")  # column names are reserved for an UPDATE's own SET values
-        key: Any = sa.bindparam("b_key")
-        at: Any = sa.bindparam("b_at")
-    else:
-        scope, key, at = claim.keyed.scope, claim.keyed.key, claim.at
-    return sa.and_(table.c.scope == scope, table.c.key == key, table.c.state == "in_flight", table.c.created_at == at)
+    return sa.and_(
+        table.c.scope == sa.bindparam("b_scope"),
+        table.c.key == sa.bindparam("b_key"),
+        table.c.state == "in_flight",
+        table.c.created_at == sa.bindparam("b_at"),
+    )
+
+
+def _bound(claim: Claim) -> dict[str, Any]:
+    return {"b_scope": claim.keyed.scope, "b_key": claim.keyed.key, "b_at": claim.at}
 
 
 # The key's advisory lock, tried without waiting, then the claim if the lock was free: one round trip.
@@ -212,8 +218,8 @@ async def _earlier(uow: UnitOfWork, keyed: Keyed, now: datetime) -> Claim | Repl
     if earlier.created_at > now - STALE_AFTER:
         raise KeyConflict.in_flight()
     stale = Claim(keyed=keyed, at=earlier.created_at)
-    taken = await uow.session.execute(sa.update(table).where(_ours(stale)).values(created_at=now))
-    if taken.rowcount != 1:  # type: ignore[attr-defined]
+    taken = await uow.execute(_TAKE_OVER, {**_bound(stale), "b_now": now})
+    if taken.rowcount != 1:
         raise KeyConflict.in_flight()  # another retry took it over first
     return Claim(keyed=keyed, at=now)
 
@@ -226,7 +232,8 @@ async def claim(*, db: Database, keyed: Keyed) -> Claim | Replay:
     return got
 
 
-# Built once: this runs on every keyed write, and a statement made per request pays SQLAlchemy's cache-key walk.
+# Built once: a statement made per request pays SQLAlchemy's cache-key walk.
+_TAKE_OVER = sa.update(_table()).where(_ours()).values(created_at=sa.bindparam("b_now"))
 _FINISH = (
     sa.update(_table())
     .where(_ours())
@@ -236,9 +243,7 @@ _FINISH = (
 
 async def _finish(*, uow: UnitOfWork, claim: Claim, status_code: int, response: str) -> None:
     """Store the response in the request's transaction; fail if the claim was taken over meanwhile."""
-    params = {"b_scope": claim.keyed.scope, "b_key": claim.keyed.key, "b_at": claim.at, "b_status": status_code,
-              "b_response": response}  # fmt: skip
-    done = await uow.execute(_FINISH, params)
+    done = await uow.execute(_FINISH, {**_bound(claim), "b_status": status_code, "b_response": response})
     if done.rowcount != 1:
         raise KeyConflict.in_flight()
 
@@ -246,5 +251,5 @@ async def _finish(*, uow: UnitOfWork, claim: Claim, status_code: int, response: 
 async def release(*, db: Database, claim: Claim) -> None:
     """Give back a claim committed by `claim`, as its request would by failing, so a retry runs afresh."""
     async with db.uow() as uow:
-        await uow.session.execute(sa.delete(_table()).where(_ours(claim)))
+        await uow.execute(sa.delete(_table()).where(_ours()), _bound(claim))
         await uow.commit()

@@ -11,12 +11,11 @@ import sqlalchemy as sa
 import structlog
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import event
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlmodel import Field, SQLModel
 
 from shared import faults
-from shared.db import AsRow, BigIntPK, Database, RowBuffer, UnitOfWork, UTCDateTime, utcnow, woken
+from shared.db import AsRow, BigIntPK, Database, RowBuffer, UnitOfWork, UTCDateTime, among, utcnow, woken
 from shared.events import CONTENT_TYPE, EventData, encode, new_envelope
 from shared.metrics import OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED, OUTBOX_RELAY_ERRORS, Every
 from shared.tracing import end_span, recording, start_publish, trace_context
@@ -149,12 +148,7 @@ def _unsent(batch: int, *, gated: bool) -> sa.Select[Any]:
 
 def _delete_sent(dialect: str) -> sa.Delete:
     table = OutboxMessage.__table__  # type: ignore[attr-defined]
-    if dialect == "postgresql":
-        # One array parameter, not one per row: a single prepared statement whatever the batch size.
-        return sa.delete(table).where(
-            table.c.id == sa.any_(sa.bindparam("ids", type_=postgresql.ARRAY(sa.BigInteger())))
-        )
-    return sa.delete(table).where(table.c.id.in_(sa.bindparam("ids", expanding=True)))
+    return sa.delete(table).where(among(table.c.id, (), dialect, name="ids"))
 
 
 class OutboxRelay:
