@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
-from bench.common import API_KEY, RESULTS, Figure, Service, Stack, drop, quantile, service
+from bench.common import API_KEY, RESULTS, Figure, Service, Stack, collector_paused, drop, quantile, service
 from services.outcomes.models import CallbackView
 from shared import labels
 from shared.db import Database
@@ -136,13 +136,14 @@ async def paced(url: str, ids: list[str], rate: float) -> tuple[list[float], int
             latencies.append(time.perf_counter() - due)
             bad += response.status_code != 201
 
-        began = time.perf_counter()
-        tasks = []
-        for index in range(int(rate * PACED_SECONDS)):
-            due = began + index / rate
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            tasks.append(asyncio.create_task(one(index, due)))
-        await asyncio.gather(*tasks)
+        with collector_paused():
+            began = time.perf_counter()
+            tasks = []
+            for index in range(int(rate * PACED_SECONDS)):
+                due = began + index / rate
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                tasks.append(asyncio.create_task(one(index, due)))
+            await asyncio.gather(*tasks)
     return latencies, bad
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -225,6 +226,21 @@ async def wait_until(predicate: Any, *, every: float = 0.02, within: float = WAI
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {within:.0f}s waiting for {what}")
         await asyncio.sleep(every)
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """The bench's own cyclic collector off while it times latencies, as `timeit` does: after the
+    earlier parts a full collection of this process paused it 100 ms, which an open-loop client
+    would have counted as the service's latency."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
 
 
 async def scalar(db: Database, sql: str, **params: Any) -> Any:

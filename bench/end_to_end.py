@@ -17,7 +17,7 @@ import uuid
 import httpx
 
 from bench.attempts import seed
-from bench.common import API_KEY, WEBHOOK_SECRET, Figure, Stack, drop, quantile, service, wait_until
+from bench.common import API_KEY, WEBHOOK_SECRET, Figure, Stack, collector_paused, drop, quantile, service, wait_until
 from cli.devstack import free_port
 from services.notifier.channels.webhook import verify
 
@@ -114,8 +114,9 @@ async def measure(st: Stack, kind: str = "postgresql") -> list[Figure]:
                     async def all_arrived(batch: list[str] = batch) -> bool:
                         return all(cid in receiver.arrived for cid in batch)
 
-                    await paced_refusals(client, batch, notes)
-                    await wait_until(all_arrived, within=120, what=f"{len(batch)} officer webhooks")
+                    with collector_paused():  # the receiver notes arrivals in this process
+                        await paced_refusals(client, batch, notes)
+                        await wait_until(all_arrived, within=120, what=f"{len(batch)} officer webhooks")
     finally:
         await receiver.stop()
         await drop(db)
