@@ -21,12 +21,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import sqlalchemy as sa
@@ -42,6 +42,7 @@ from shared.kafka import create_topics  # noqa: E402
 from shared.policy import Policy, load_policy  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 
+R = TypeVar("R")
 RESULTS = ROOT / "bench" / "results"
 LOGS = RESULTS / "logs"  # each service's log of the last runs, to look into a surprising figure
 POLICY = ROOT / "policy.toml"
@@ -50,6 +51,10 @@ API_KEY = "bench-agent-key-0123456789abcdef"
 API_KEYS = f"agent:agent-1:{API_KEY},supervisor:sup-1:bench-supervisor-key-0123456789"
 WEBHOOK_SECRET = "bench-webhook-secret-0123456789abcdef"
 NOTES: list[str] = []  # what the summary should say about how this run deviated
+# Each rate is measured TRIALS times on each side, alternating, and the table gives the medians: one run
+# of either side moves 10-30% on this virtual machine with nothing else running. Every trial is kept.
+TRIALS = int(os.environ.get("BENCH_TRIALS", "3"))
+RUNS: dict[str, dict[str, list[Any]]] = {}  # figure group -> side -> each trial's result, for the summary
 WAIT = 300.0  # seconds any one measured run may take before the bench gives up
 
 
@@ -69,6 +74,27 @@ class Figure:
             self.ratio = round(self.value / self.baseline, 3)
         self.value = round(self.value, 3)
         self.baseline = None if self.baseline is None else round(self.baseline, 3)
+
+
+async def alternate(group: str, **sides: Callable[[], Awaitable[R]]) -> dict[str, list[R]]:
+    """Each side TRIALS times, their order reversed every trial (A B, B A, A B …) so that a machine
+    getting slower or faster through the run weighs on both sides alike."""
+    runs: dict[str, list[R]] = {name: [] for name in sides}
+    names = list(sides)
+    for trial in range(TRIALS):
+        for name in names if trial % 2 == 0 else reversed(names):
+            runs[name].append(await sides[name]())
+    RUNS[group] = dict(runs)
+    return runs
+
+
+def median(results: Sequence[float]) -> float:
+    return statistics.median(results)
+
+
+def medians(results: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Key by key, the median of the trials' results."""
+    return {key: statistics.median(r[key] for r in results) for key in results[0]}
 
 
 def quantile(values: Sequence[float], q: int) -> float:
@@ -325,6 +351,7 @@ def write_summary(figures: Sequence[Figure], extra: dict[str, Any]) -> Path:
         "machine": machine(),
         **extra,
         "notes": NOTES,
+        "trials": RUNS,
         "figures": [asdict(f) for f in figures],
     }
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
