@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +22,10 @@ from shared.tracing import end_span, recording, start_publish, trace_context
 
 log = structlog.get_logger(__name__)
 BACKLOG_EVERY_SECONDS = 5.0
+# Batches per relay pass: each next one is read (and the last one marked sent) while the broker
+# acknowledges the one in flight. More per pass means more sent again after a crash mid-pass.
+PIPELINED = 4
+HEADERS = [("content-type", CONTENT_TYPE.encode())]
 
 
 class OutboxMessage(SQLModel, table=True):
@@ -146,6 +150,13 @@ def _unsent(batch: int, *, gated: bool) -> sa.Select[Any]:
     return query.order_by(table.c.id).limit(batch)
 
 
+def _unsent_after(batch: int) -> sa.Select[Any]:
+    """The next batch after the rows in flight (within a pass that holds the lock already)."""
+    table = OutboxMessage.__table__  # type: ignore[attr-defined]
+    query = sa.select(table.c.id, table.c.topic, table.c.key, table.c.payload)
+    return query.where(table.c.sent_at.is_(None), table.c.id > sa.bindparam("after")).order_by(table.c.id).limit(batch)
+
+
 def _delete_sent(dialect: str) -> sa.Delete:
     table = OutboxMessage.__table__  # type: ignore[attr-defined]
     return sa.delete(table).where(among(table.c.id, (), dialect, name="ids"))
@@ -163,6 +174,7 @@ class OutboxRelay:
         self._backlog_check = Every(BACKLOG_EVERY_SECONDS)
         # Built once: a relay pass runs after every commit that emits, often for one row.
         self._unsent = _unsent(batch, gated=db.dialect == "postgresql")
+        self._unsent_after = _unsent_after(batch)
         self._lock_key = f"outbox:{db.schema}"
         self._delete_sent = _delete_sent(db.dialect)
 
@@ -207,27 +219,71 @@ class OutboxRelay:
             rows = (await uow.execute(self._unsent, {"lock": self._lock_key})).all()
             if not rows:
                 return 0
-            sent = await self._send(rows)
-            await self._mark_sent(uow, sent)
+
+            async def read_after(last: int) -> Sequence[sa.Row[Any]]:
+                return (await uow.execute(self._unsent_after, {"after": last})).all()
+
+            async def mark(ids: list[int]) -> None:
+                await self._mark_sent(uow, ids)
+
+            sent = await self._pipeline(rows, read_after=read_after, mark=mark)
             await uow.commit()
-        return len(sent)
+        return sent
 
     async def _publish_sqlite(self) -> int:
-        # SQLite's writer lock must not be held while waiting for Kafka: read, send, then mark.
+        # SQLite's writer lock must not be held while waiting for Kafka: each read and each delete
+        # is a short unit of work of its own.
         async with self.db.uow() as uow:
             rows = (await uow.execute(self._unsent)).all()
         if not rows:
             return 0
-        sent = await self._send(rows)
-        async with self.db.uow() as uow:
-            await self._mark_sent(uow, sent)
-            await uow.commit()
-        return len(sent)
 
-    async def _send(self, rows: Sequence[sa.Row[Any]]) -> list[int]:
-        """Send rows; returns the ids the broker acknowledged (a failed row is retried next pass)."""
-        if not rows:
-            return []
+        async def read_after(last: int) -> Sequence[sa.Row[Any]]:
+            async with self.db.uow() as uow:
+                return (await uow.execute(self._unsent_after, {"after": last})).all()
+
+        async def mark(ids: list[int]) -> None:
+            async with self.db.uow() as uow:
+                await self._mark_sent(uow, ids)
+                await uow.commit()
+
+        return await self._pipeline(rows, read_after=read_after, mark=mark)
+
+    async def _pipeline(
+        self,
+        rows: Sequence[sa.Row[Any]],
+        *,
+        read_after: Callable[[int], Awaitable[Sequence[sa.Row[Any]]]],
+        mark: Callable[[list[int]], Awaitable[None]],
+    ) -> int:
+        """Up to PIPELINED batches, each sent only once the one before is acknowledged (so a loan's
+        events keep their order), while the broker acknowledges one batch the one before it is
+        marked sent and the next one read. A batch with a failed send ends the pass: the rows after
+        it wait for the next pass, which starts again from the failed ones. Returns how many were sent."""
+        total = 0
+        acked: list[int] = []
+        for turn in range(PIPELINED):
+            futures, spans = await self._dispatch(rows)
+            more = len(rows) == self.batch and turn + 1 < PIPELINED
+
+            async def database_side(done: list[int] = acked, last: int = rows[-1].id, more: bool = more) -> Any:
+                if done:
+                    await mark(done)
+                return await read_after(last) if more else ()
+
+            results, following = await asyncio.gather(asyncio.gather(*futures, return_exceptions=True),
+                                                      database_side())  # fmt: skip
+            acked = self._settle(rows, results, spans)
+            total += len(acked)
+            if len(acked) < len(rows) or not following:
+                break
+            rows = following
+        if acked:
+            await mark(acked)
+        return total
+
+    async def _dispatch(self, rows: Sequence[sa.Row[Any]]) -> tuple[list[asyncio.Future[Any]], list[Any]]:
+        """Hand the rows to the producer in order; returns their acknowledgements to come (and spans)."""
         values = [self._plain(row.payload) for row in rows]
         spans = (
             [start_publish(topic=row.topic, key=row.key, value=v) for row, v in zip(rows, values, strict=True)]
@@ -235,12 +291,13 @@ class OutboxRelay:
             else []
         )
         futures = [
-            await self.producer.send(
-                row.topic, value=value, key=row.key.encode(), headers=[("content-type", CONTENT_TYPE.encode())]
-            )
+            await self.producer.send(row.topic, value=value, key=row.key.encode(), headers=HEADERS)
             for row, value in zip(rows, values, strict=True)
         ]
-        results = await asyncio.gather(*futures, return_exceptions=True)
+        return futures, spans
+
+    def _settle(self, rows: Sequence[sa.Row[Any]], results: Sequence[Any], spans: list[Any]) -> list[int]:
+        """The ids the broker acknowledged (a failed row is retried next pass)."""
         for span, result in zip(spans, results, strict=False):  # no spans when not recording
             end_span(span, error=result if isinstance(result, BaseException) else None)
         failed = [r for r in results if isinstance(r, BaseException)]

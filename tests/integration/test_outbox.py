@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaTimeoutError
 from prometheus_client import REGISTRY
 
 from shared.crypto import Cipher, generate_key
@@ -242,3 +244,76 @@ async def test_one_relay_per_service_publishes_at_a_time(database: Database, kaf
         assert await relay.publish_once() == 1  # the lock is free again: the row goes
     finally:
         await producer.stop()
+
+
+async def _backlog(database: Database, kafka_bootstrap: str, count: int) -> tuple[Settings, list[str]]:
+    """`count` events of one loan in the outbox (one partition), committed in this order; returns the
+    settings of their topics and the events' callback ids."""
+    loan = f"L-{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        kafka_bootstrap_servers=kafka_bootstrap, huifang_topic_prefix=database.topic_prefix, huifang_topic_partitions=1
+    )
+    await create_topics(settings)
+    ids = [f"CB-{i}" for i in range(count)]
+    async with database.uow() as uow:
+        for callback_id in ids:
+            enqueue(uow, CallbackScheduled(loan_id=loan, **{**REF, "callback_id": callback_id}, state="scheduled",
+                                           due_at=NOW, notice_at=NOW, deadline=NOW + timedelta(days=5),
+                                           verification_items=["identity"]), key=loan)  # fmt: skip
+        await uow.commit()
+    return settings, ids
+
+
+async def _left(database: Database) -> int:
+    async with database.uow() as uow:
+        return int(await uow.session.scalar(sa.select(sa.func.count()).select_from(OutboxMessage)) or 0)
+
+
+async def test_a_backlog_of_several_batches_goes_out_in_one_pass_in_order(
+    database: Database, kafka_bootstrap: str
+) -> None:
+    """The next batch is read while the broker acknowledges the last, and sent only after it."""
+    settings, ids = await _backlog(database, kafka_bootstrap, 10)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        assert await OutboxRelay(db=database, producer=producer, service="scheduler", batch=3).publish_once() == 10
+    finally:
+        await producer.stop()
+    assert await _left(database) == 0
+    received = await _read(kafka_bootstrap, settings.topic("callback.lifecycle.v1"), count=10)
+    assert [e["data"]["callback_id"] for e in received] == ids
+
+
+class RefusedOnce(OutboxRelay):
+    """The broker refuses the first row of the second batch this relay hands it, once."""
+
+    dispatched = 0
+
+    async def _dispatch(self, rows: Sequence[sa.Row[Any]]) -> tuple[list[asyncio.Future[Any]], list[Any]]:
+        self.dispatched += 1
+        if self.dispatched != 2:
+            return await super()._dispatch(rows)
+        refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        refused.set_exception(KafkaTimeoutError())
+        futures, spans = await super()._dispatch(rows[1:])
+        return [refused, *futures], spans
+
+
+async def test_a_refused_send_ends_the_pass_and_the_next_pass_starts_from_it(
+    database: Database, kafka_bootstrap: str
+) -> None:
+    settings, ids = await _backlog(database, kafka_bootstrap, 10)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        relay = RefusedOnce(db=database, producer=producer, service="scheduler", batch=3)
+        assert await relay.publish_once() == 5  # the first batch, and the second but its refused row
+        assert await _left(database) == 5  # the refused row and the batches after it: not sent this pass
+        assert await relay.publish_once() == 5
+    finally:
+        await producer.stop()
+    assert await _left(database) == 0
+    received = await _read(kafka_bootstrap, settings.topic("callback.lifecycle.v1"), count=10)
+    # The refused row goes first in the next pass, before every row that had not gone yet.
+    assert [e["data"]["callback_id"] for e in received] == [*ids[:3], *ids[4:6], ids[3], *ids[6:]]
