@@ -89,12 +89,20 @@ test-chaos-short: setup
 
 # Every issue-13 figure against its fair baseline (ingest, timers, attempt POST, outbox, end to end, 300k tables),
 # on its own broker and PostgreSQL; prints the table and writes bench/results/summary.json (~15 min on 2 cores).
-bench: setup wrk
+bench: setup wrk vegeta
 	$(BIN)/python -m bench.run
 
 # The timer part alone: backlog rate and lateness of a burst of 1,000, policy on, against the raw-SQL loop.
 bench-timers: setup
 	$(BIN)/python -m bench.run --only timers
+
+# vegeta, the open-loop load generator of the POST p99 at half peak, from the Go module proxy when Go is
+# here (the bench falls back to its Python client, whose own CPU then competes with the service's).
+VEGETA := .local/bin/vegeta
+.PHONY: vegeta
+vegeta:
+	@test -x $(VEGETA) || { command -v go >/dev/null && GOBIN=$(CURDIR)/.local/bin go install github.com/tsenart/vegeta/v12@v12.13.0; } \
+		|| echo "vegeta not installed: the bench paces POSTs with its Python client"
 
 # wrk, the HTTP load generator of the attempt POST figure, from Debian (the bench falls back to a Python client).
 .PHONY: wrk

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
+from bench.attempts import vegeta_path
 from bench.common import LOGS, Figure, Stack, print_table, stack, write_summary
 from shared.logs import configure_logging
 
@@ -68,6 +69,7 @@ def main() -> int:
         print("interrupted: stopping the broker and PostgreSQL", file=sys.stderr)
         return 130
     extra = {"parts": parts, "failed": failed, "load_generator": "wrk" if shutil.which("wrk") else "python",
+             "open_loop_generator": "vegeta" if vegeta_path() else "python",
              "wall_seconds": round(time.perf_counter() - began)}  # fmt: skip
     path = write_summary(figures, extra)
     print_table(figures)
