@@ -88,7 +88,7 @@ test-chaos-short: setup
 	HUIFANG_CHAOS_SCALE=short $(BIN)/python -m pytest -p no:cacheprovider -q -s -m chaos tests/chaos
 
 # Every issue-13 figure against its fair baseline (ingest, timers, attempt POST, outbox, end to end, 300k tables),
-# on its own broker and PostgreSQL; prints the table and writes bench/results/summary.json (~15 min on 2 cores).
+# on its own broker and PostgreSQL; prints the table and writes bench/results/summary.json (~8 min on 2 cores).
 bench: setup wrk vegeta
 	$(BIN)/python -m bench.run
 

@@ -1,6 +1,6 @@
 """`make bench`: every figure of issue 13 in one run, each against its fair baseline.
 
-    .venv/bin/python -m bench.run                  # everything (about 15 minutes on 2 cores)
+    .venv/bin/python -m bench.run                  # everything (about 8 minutes on 2 cores)
     .venv/bin/python -m bench.run --only timers    # one or more parts, comma-separated
 
 Starts its own broker and PostgreSQL (or uses KAFKA_BOOTSTRAP_SERVERS_TEST / TEST_DATABASE_URL),
