@@ -207,7 +207,7 @@ class OutboxRelay:
         OUTBOX_OLDEST_AGE.labels(self.service).set(max(0.0, age))
 
     async def publish_once(self) -> int:
-        """Send one batch of unsent rows; returns how many were sent."""
+        """Send unsent rows, up to PIPELINED batches in order; returns how many were sent."""
         sent = await (self._publish_sqlite() if self.db.dialect == "sqlite" else self._publish_postgres())
         await self._measure_backlog()
         return sent
@@ -256,14 +256,23 @@ class OutboxRelay:
         read_after: Callable[[int], Awaitable[Sequence[sa.Row[Any]]]],
         mark: Callable[[list[int]], Awaitable[None]],
     ) -> int:
-        """Up to PIPELINED batches, each sent only once the one before is acknowledged (so a loan's
-        events keep their order), while the broker acknowledges one batch the one before it is
-        marked sent and the next one read. A batch with a failed send ends the pass: the rows after
-        it wait for the next pass, which starts again from the failed ones. Returns how many were sent."""
+        """Up to PIPELINED batches, each sent only once the one before is acknowledged, while the
+        broker acknowledges one batch the one before it is marked sent and the next one read.
+        A refused row ends the pass and goes first in the next one; the rows after it in its own
+        batch may have gone already (as before pipelining), the later batches wait. Returns how
+        many were sent."""
         total = 0
         acked: list[int] = []
         for turn in range(PIPELINED):
-            futures, spans = await self._dispatch(rows)
+            try:
+                futures, spans = await self._dispatch(rows)
+            except Exception as exc:
+                if not acked:
+                    raise  # nothing acknowledged in this pass yet: it fails as a whole
+                # The batches already acknowledged are marked sent below, not sent again next pass.
+                OUTBOX_RELAY_ERRORS.labels(self.service).inc()
+                log.warning("outbox.send_failed", service=self.service, rows=len(rows), error=type(exc).__name__)
+                break
             more = len(rows) == self.batch and turn + 1 < PIPELINED
 
             async def database_side(done: list[int] = acked, last: int = rows[-1].id, more: bool = more) -> Any:

@@ -193,7 +193,7 @@ class RequestIds:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope.get("headers") or []).get(b"x-request-id")
+        given = next((value for name, value in scope.get("headers") or () if name == b"x-request-id"), None)
         request_id = given.decode("latin-1") if given else uuid.uuid4().hex
         status = 500  # what ServerErrorMiddleware answers when the app raises before answering
 

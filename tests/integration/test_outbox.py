@@ -269,6 +269,20 @@ async def _left(database: Database) -> int:
         return int(await uow.session.scalar(sa.select(sa.func.count()).select_from(OutboxMessage)) or 0)
 
 
+class OneBatchInFlight(OutboxRelay):
+    """Checks that each batch is handed to the producer only once the one before is acknowledged."""
+
+    batches = 0
+    last: tuple[asyncio.Future[Any], ...] = ()
+
+    async def _dispatch(self, rows: Sequence[sa.Row[Any]]) -> tuple[list[asyncio.Future[Any]], list[Any]]:
+        assert all(future.done() for future in self.last), "a batch went out before the last was acknowledged"
+        self.batches += 1
+        futures, spans = await super()._dispatch(rows)
+        self.last = tuple(futures)
+        return futures, spans
+
+
 async def test_a_backlog_of_several_batches_goes_out_in_one_pass_in_order(
     database: Database, kafka_bootstrap: str
 ) -> None:
@@ -277,7 +291,9 @@ async def test_a_backlog_of_several_batches_goes_out_in_one_pass_in_order(
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     try:
-        assert await OutboxRelay(db=database, producer=producer, service="scheduler", batch=3).publish_once() == 10
+        relay = OneBatchInFlight(db=database, producer=producer, service="scheduler", batch=3)
+        assert await relay.publish_once() == 10
+        assert relay.batches == 4
     finally:
         await producer.stop()
     assert await _left(database) == 0
@@ -315,5 +331,35 @@ async def test_a_refused_send_ends_the_pass_and_the_next_pass_starts_from_it(
         await producer.stop()
     assert await _left(database) == 0
     received = await _read(kafka_bootstrap, settings.topic("callback.lifecycle.v1"), count=10)
-    # The refused row goes first in the next pass, before every row that had not gone yet.
+    # The refused row goes first in the next pass, before every row that had not gone yet; the rows
+    # after it in its own batch had gone already, so it arrives behind them.
     assert [e["data"]["callback_id"] for e in received] == [*ids[:3], *ids[4:6], ids[3], *ids[6:]]
+
+
+class BrokenSecondBatch(OutboxRelay):
+    """Handing the second batch of a pass to the producer fails before any of it is sent."""
+
+    dispatched = 0
+
+    async def _dispatch(self, rows: Sequence[sa.Row[Any]]) -> tuple[list[asyncio.Future[Any]], list[Any]]:
+        self.dispatched += 1
+        if self.dispatched == 2:
+            raise KafkaTimeoutError()
+        return await super()._dispatch(rows)
+
+
+async def test_a_failure_after_the_first_batch_keeps_what_was_acknowledged(
+    database: Database, kafka_bootstrap: str
+) -> None:
+    settings, ids = await _backlog(database, kafka_bootstrap, 10)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        relay = BrokenSecondBatch(db=database, producer=producer, service="scheduler", batch=3)
+        assert await relay.publish_once() == 3  # the first batch is marked sent, not sent again
+        assert await _left(database) == 7
+        assert await relay.publish_once() == 7
+    finally:
+        await producer.stop()
+    received = await _read(kafka_bootstrap, settings.topic("callback.lifecycle.v1"), count=10)
+    assert [e["data"]["callback_id"] for e in received] == ids  # once each, in order
