@@ -153,8 +153,7 @@ def _unsent(batch: int, *, gated: bool) -> sa.Select[Any]:
 def _unsent_after(batch: int) -> sa.Select[Any]:
     """The next batch after the rows in flight (within a pass that holds the lock already)."""
     table = OutboxMessage.__table__  # type: ignore[attr-defined]
-    query = sa.select(table.c.id, table.c.topic, table.c.key, table.c.payload)
-    return query.where(table.c.sent_at.is_(None), table.c.id > sa.bindparam("after")).order_by(table.c.id).limit(batch)
+    return _unsent(batch, gated=False).where(table.c.id > sa.bindparam("after"))
 
 
 def _delete_sent(dialect: str) -> sa.Delete:

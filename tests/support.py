@@ -30,6 +30,12 @@ KEYS = {"agent": "agent-key-1", "supervisor": "supervisor-key-1", "admin": "admi
 PRINCIPALS = {"agent": "agent-1", "supervisor": "supervisor-1", "admin": "admin-1"}
 
 
+@asynccontextmanager
+async def no_lifespan(_: FastAPI) -> AsyncIterator[None]:
+    """For an app built by `create_app` alone, without a service's start-up and shutdown."""
+    yield
+
+
 def api_keys() -> str:
     """HUIFANG_API_KEYS of the test keys."""
     return ",".join(f"{role}:{PRINCIPALS[role]}:{key}" for role, key in KEYS.items())

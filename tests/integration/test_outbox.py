@@ -246,6 +246,15 @@ async def test_one_relay_per_service_publishes_at_a_time(database: Database, kaf
         await producer.stop()
 
 
+@pytest.fixture
+async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    """The relay's kind of producer: acks from all replicas, idempotent."""
+    started = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True)
+    await started.start()
+    yield started
+    await started.stop()
+
+
 async def _backlog(database: Database, kafka_bootstrap: str, count: int) -> tuple[Settings, list[str]]:
     """`count` events of one loan in the outbox (one partition), committed in this order; returns the
     settings of their topics and the events' callback ids."""
@@ -284,18 +293,13 @@ class OneBatchInFlight(OutboxRelay):
 
 
 async def test_a_backlog_of_several_batches_goes_out_in_one_pass_in_order(
-    database: Database, kafka_bootstrap: str
+    database: Database, kafka_bootstrap: str, producer: AIOKafkaProducer
 ) -> None:
     """The next batch is read while the broker acknowledges the last, and sent only after it."""
     settings, ids = await _backlog(database, kafka_bootstrap, 10)
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True)
-    await producer.start()
-    try:
-        relay = OneBatchInFlight(db=database, producer=producer, service="scheduler", batch=3)
-        assert await relay.publish_once() == 10
-        assert relay.batches == 4
-    finally:
-        await producer.stop()
+    relay = OneBatchInFlight(db=database, producer=producer, service="scheduler", batch=3)
+    assert await relay.publish_once() == 10
+    assert relay.batches == 4
     assert await _left(database) == 0
     received = await _read(kafka_bootstrap, settings.topic("callback.lifecycle.v1"), count=10)
     assert [e["data"]["callback_id"] for e in received] == ids
@@ -317,18 +321,13 @@ class RefusedOnce(OutboxRelay):
 
 
 async def test_a_refused_send_ends_the_pass_and_the_next_pass_starts_from_it(
-    database: Database, kafka_bootstrap: str
+    database: Database, kafka_bootstrap: str, producer: AIOKafkaProducer
 ) -> None:
     settings, ids = await _backlog(database, kafka_bootstrap, 10)
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True)
-    await producer.start()
-    try:
-        relay = RefusedOnce(db=database, producer=producer, service="scheduler", batch=3)
-        assert await relay.publish_once() == 5  # the first batch, and the second but its refused row
-        assert await _left(database) == 5  # the refused row and the batches after it: not sent this pass
-        assert await relay.publish_once() == 5
-    finally:
-        await producer.stop()
+    relay = RefusedOnce(db=database, producer=producer, service="scheduler", batch=3)
+    assert await relay.publish_once() == 5  # the first batch, and the second but its refused row
+    assert await _left(database) == 5  # the refused row and the batches after it: not sent this pass
+    assert await relay.publish_once() == 5
     assert await _left(database) == 0
     received = await _read(kafka_bootstrap, settings.topic("callback.lifecycle.v1"), count=10)
     # The refused row goes first in the next pass, before every row that had not gone yet; the rows
@@ -349,17 +348,12 @@ class BrokenSecondBatch(OutboxRelay):
 
 
 async def test_a_failure_after_the_first_batch_keeps_what_was_acknowledged(
-    database: Database, kafka_bootstrap: str
+    database: Database, kafka_bootstrap: str, producer: AIOKafkaProducer
 ) -> None:
     settings, ids = await _backlog(database, kafka_bootstrap, 10)
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True)
-    await producer.start()
-    try:
-        relay = BrokenSecondBatch(db=database, producer=producer, service="scheduler", batch=3)
-        assert await relay.publish_once() == 3  # the first batch is marked sent, not sent again
-        assert await _left(database) == 7
-        assert await relay.publish_once() == 7
-    finally:
-        await producer.stop()
+    relay = BrokenSecondBatch(db=database, producer=producer, service="scheduler", batch=3)
+    assert await relay.publish_once() == 3  # the first batch is marked sent, not sent again
+    assert await _left(database) == 7
+    assert await relay.publish_once() == 7
     received = await _read(kafka_bootstrap, settings.topic("callback.lifecycle.v1"), count=10)
     assert [e["data"]["callback_id"] for e in received] == ids  # once each, in order

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
 
 from shared.limits import MAX_BODY_BYTES, FailedAuthLimit
 from shared.web import AgentAuth, create_app
+from tests.support import no_lifespan
 
 KEY = "agent-key-for-limits"
 
 
-@asynccontextmanager
-async def nothing(_: FastAPI) -> AsyncIterator[None]:
-    yield
-
-
 def app() -> FastAPI:
-    web = create_app(service="limits", api_keys=f"agent:agent-1:{KEY}", lifespan=nothing)
+    web = create_app(service="limits", api_keys=f"agent:agent-1:{KEY}", lifespan=no_lifespan)
     seen: list[int] = []
     web.state.seen = seen
 
@@ -81,7 +76,7 @@ async def test_ten_failed_keys_from_one_address_get_429_with_retry_after() -> No
 
 def test_the_lockout_lasts_a_minute_and_counts_only_failures_within_one() -> None:
     now = [1000.0]
-    limit = FailedAuthLimit(app=nothing, failures=10, clock=lambda: now[0])  # type: ignore[arg-type]
+    limit = FailedAuthLimit(app=no_lifespan, failures=10, clock=lambda: now[0])  # type: ignore[arg-type]
     for _ in range(9):
         limit.record_failure("a")
     now[0] += 61  # those nine are older than a minute now

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx
 import structlog
 from fastapi import FastAPI
 
 from shared.web import create_app
-
-
-@asynccontextmanager
-async def nothing(_: FastAPI) -> AsyncIterator[None]:
-    yield
+from tests.support import no_lifespan
 
 
 def app() -> FastAPI:
-    web = create_app(service="ids", api_keys="", lifespan=nothing)
+    web = create_app(service="ids", api_keys="", lifespan=no_lifespan)
 
     @web.get("/v1/seen/{thing}")
     async def seen(thing: str) -> dict[str, str]:

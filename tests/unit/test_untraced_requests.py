@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import httpx
-from fastapi import FastAPI
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from starlette.types import Receive, Scope, Send
 
 from shared.tracing import recording
 from shared.web import WhenRecording, create_app
-
-
-@asynccontextmanager
-async def nothing(_: FastAPI) -> AsyncIterator[None]:
-    yield
+from tests.support import no_lifespan
 
 
 def test_the_app_stack_switches_the_tracing_middleware() -> None:
-    stack = create_app(service="untraced", api_keys="", lifespan=nothing).build_middleware_stack()
+    stack = create_app(service="untraced", api_keys="", lifespan=no_lifespan).build_middleware_stack()
     switch = getattr(stack, "app", None)
     assert isinstance(switch, WhenRecording), "the instrumentation's stack changed shape: tracing is always on"
     assert isinstance(switch.traced, OpenTelemetryMiddleware)
@@ -28,7 +20,7 @@ def test_the_app_stack_switches_the_tracing_middleware() -> None:
 
 
 async def test_requests_skip_the_tracing_middleware_unless_spans_are_recorded() -> None:
-    web = create_app(service="untraced", api_keys="", lifespan=nothing)
+    web = create_app(service="untraced", api_keys="", lifespan=no_lifespan)
     web.middleware_stack = web.build_middleware_stack()
     switch = web.middleware_stack.app  # type: ignore[attr-defined]
     entered: list[str] = []
