@@ -310,8 +310,9 @@ def calling_zone(policy: Policy, now: datetime | None = None) -> str | None:
 
 
 def timer_policy(st: Stack) -> str:
-    """The zone the timer parts give their callbacks; on a day that is no calling day anywhere the services
-    get the repo's policy without its holiday calendar (said in the summary), so timers fire, not wait."""
+    """The zone the timer and ingest parts give their callbacks; on a day that is no calling day anywhere
+    the services get the repo's policy without its holiday calendar (said in the summary), so timers fire,
+    not wait."""
     zone = calling_zone(load_policy(st.policy))
     if zone is not None:
         return zone
