@@ -10,7 +10,8 @@ from fastapi import FastAPI
 
 from services.scheduler import api
 from services.scheduler.handlers import HANDLERS
-from services.scheduler.timers import PageLinks, TimerLoop
+from services.scheduler.notices import Notices, PageLinks
+from services.scheduler.timers import TimerLoop
 from shared.events import CALLBACK_OUTCOME, LOAN_STAGE
 from shared.kafka import bind
 from shared.policy import load_policy
@@ -29,11 +30,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with Runtime.running(app, service=SERVICE, settings=settings) as runtime:
-            handlers = bind(HANDLERS, policy=policy, cipher=runtime.cipher)
+            links = PageLinks(secret=runtime.link_secret, public_url=settings.huifang_public_url)
+            notices = Notices(cipher=runtime.cipher, policy=policy, links=links)
+            handlers = bind(HANDLERS, policy=policy, cipher=runtime.cipher, notices=notices)
             await runtime.start(migrations=MIGRATIONS, topics=[LOAN_STAGE, CALLBACK_OUTCOME], handlers=handlers)
             timers = TimerLoop(
                 db=runtime.db, cipher=runtime.cipher, poll_seconds=settings.huifang_timer_poll_seconds, policy=policy,
-                links=PageLinks(secret=runtime.link_secret, public_url=settings.huifang_public_url),
+                links=links,
             )  # fmt: skip
             runtime.spawn("timers", timers.run)
             yield

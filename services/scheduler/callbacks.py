@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlmodel import col, select
@@ -40,6 +40,9 @@ from shared.events import (
 )
 from shared.outbox import enqueue
 from shared.policy import Policy
+
+if TYPE_CHECKING:  # notices builds on this module's rules
+    from services.scheduler.notices import Notices
 
 CANCEL_REASON: dict[str, CancelReason] = {"rejected": "loan_rejected", "withdrawn": "loan_withdrawn"}
 OPEN_STATES = ("scheduled", "due")
@@ -450,9 +453,18 @@ async def load_loans(
 
 
 async def schedule_callbacks(
-    *, uow: UnitOfWork, event: LoanStageChanged, policy: Policy, cipher: Cipher, now: datetime
+    *,
+    uow: UnitOfWork,
+    event: LoanStageChanged,
+    policy: Policy,
+    cipher: Cipher,
+    now: datetime,
+    notices: Notices | None = None,
 ) -> list[AnyCallback]:
-    """Open one callback per party whose role the policy calls at this stage."""
+    """Open one callback per party whose role the policy calls at this stage.
+
+    With `notices`, a notice planned for now goes out in this transaction rather than by a timer.
+    """
     roles = policy.stages.get(event.stage, [])
     loans = Loans.of(uow)
     cached = loans is not None and event.loan_id in loans.stages
@@ -463,6 +475,7 @@ async def schedule_callbacks(
     arms = experiments.assign(policy=policy, loan_id=event.loan_id, kept=kept)
     treated = experiments.treatment(policy=policy, arms=arms).policy
     created: list[AnyCallback] = []
+    at_once: list[AnyCallback] = []
     for party in event.parties:
         if party.role not in roles or party.party_id in existing:
             continue
@@ -503,7 +516,10 @@ async def schedule_callbacks(
             updated_at=now,
         )
         if party.contact_consent:
-            add_timer(uow, cb.callback_id, "notice", plan.notice_at)
+            if notices is not None and notices.at_once(cb, now=now):
+                at_once.append(cb)
+            else:
+                add_timer(uow, cb.callback_id, "notice", plan.notice_at)
             add_timer(uow, cb.callback_id, "due", plan.due_at)
         else:
             # Never phoned: the notifier sends the questionnaire on callback.scheduled at once.
@@ -535,6 +551,9 @@ async def schedule_callbacks(
             ),
         )
         created.append(cb)
+    for cb in at_once:  # after the loan's every party: a shared phone's other callbacks are busy days
+        assert notices is not None
+        await notices.send_notice(uow, cb=cb, now=now)
     return created
 
 
@@ -581,7 +600,9 @@ async def expire(
     publish(uow, cb, CallbackExpired(**ref(cb), reason=reason))
 
 
-async def loan_moved(*, uow: UnitOfWork, event: LoanStageChanged, policy: Policy, cipher: Cipher) -> None:
+async def loan_moved(
+    *, uow: UnitOfWork, event: LoanStageChanged, policy: Policy, cipher: Cipher, notices: Notices | None = None
+) -> None:
     """A loan moved: open callbacks for a calling stage, cancel them for rejected/withdrawn."""
     now = utcnow()
     repeat = await note_stage(uow=uow, loan_id=event.loan_id, stage=event.stage, now=now)
@@ -594,7 +615,7 @@ async def loan_moved(*, uow: UnitOfWork, event: LoanStageChanged, policy: Policy
     elif event.stage in policy.stages and not repeat:
         # Upstream re-sending the stage the loan is already in must not call people again;
         # a loan that left the stage and came back is verified again.
-        await schedule_callbacks(uow=uow, event=event, policy=policy, cipher=cipher, now=now)
+        await schedule_callbacks(uow=uow, event=event, policy=policy, cipher=cipher, now=now, notices=notices)
 
 
 async def note_stage(*, uow: UnitOfWork, loan_id: str, stage: Stage, now: datetime) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,13 +11,12 @@ import sqlalchemy as sa
 import structlog
 from sqlmodel import col, select
 
-from services.scheduler import experiments, planner
+from services.scheduler import planner
 from services.scheduler.callbacks import (
     AnyCallback,
     CallbackRow,
     People,
     add_timer,
-    busy_days,
     cancel_timers,
     expire,
     flush,
@@ -29,11 +27,11 @@ from services.scheduler.callbacks import (
     start_batch,
 )
 from services.scheduler.models import Callback, Timer
-from shared import labels, links
+from services.scheduler.notices import Notices, PageLinks
 from shared.claims import claim
 from shared.crypto import Cipher
 from shared.db import Database, UnitOfWork, among, is_transient, utcnow
-from shared.events import CLOSED_STATES, CallbackDue, CallbackNoticeRequested, CallbackRescheduled
+from shared.events import CLOSED_STATES, CallbackRescheduled
 from shared.metrics import NOTICES_LATE, TIMER_LATENESS, TIMERS_FIRED
 from shared.policy import Policy
 from shared.tracing import span, timer_attributes
@@ -43,17 +41,6 @@ RETRY_AFTER = timedelta(minutes=1)
 FIRING_ORDER = {"notice": 0, "due": 1, "deadline": 2}  # within one claimed batch
 MIN_PAUSE = 0.05
 YIELD_EVERY = 20  # timers fired between two turns of the event loop
-SLOT_LEAD = timedelta(hours=1)  # a slot offered on the party's page starts at least this far ahead
-# PartyAccess's fields as keywords of the personal event: the event is validated once, with them.
-Access = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class PageLinks:
-    """How the party's page links are made: the signing secret and the public base URL."""
-
-    secret: bytes
-    public_url: str
 
 
 def late_notice(*, cb: AnyCallback, send_at: datetime, lead: timedelta) -> bool:
@@ -79,15 +66,14 @@ class TimerLoop:
         links: PageLinks | None = None,
     ) -> None:
         self.db = db
-        self.links = links  # when given (and the policy allows), the personal events carry the page link
-        self.cipher = cipher
+        self.links = links
+        self.notices = Notices(cipher=cipher, policy=policy, links=links)
         self.policy = policy  # when given, a timer that fires late is held to calling and quiet hours
         self.poll_seconds = poll_seconds
         self.batch = batch
         self._replanned: set[str] = set()  # callbacks whose call a late notice moved, in the batch in hand
         self._closing: set[str] | None = None  # closed in the batch in hand: their timers cancelled at its end
         self._notices: set[str] | None = None  # the batch's callbacks with a notice still to go out
-        self._treatments: dict[str, experiments.Treatment] = {}  # by the callback's stored arms
         self._allowed: dict[str, bool] = {}  # by time zone: may a call go at the batch's `now`
 
     async def run(self) -> None:
@@ -225,7 +211,7 @@ class TimerLoop:
         if kind == "notice":
             if await self._notice_moved(uow, cb=cb, now=now):
                 return
-            publish(uow, cb, self._notice(cb, await self._access(uow, cb=cb, now=now)))
+            await self.notices.send_notice(uow, cb=cb, now=now)
         elif kind == "due" and cb.state == "scheduled":
             if cb.callback_id in self._replanned:
                 return  # claimed with its notice, which went out late and re-planned the call: a new timer follows
@@ -236,7 +222,7 @@ class TimerLoop:
             cb.state = "due"
             cb.updated_at = now
             save(uow, cb)
-            publish(uow, cb, self._due(cb, await self._access(uow, cb=cb, now=now)))
+            publish(uow, cb, self.notices.due(cb, await self.notices.access(uow, cb=cb, now=now)))
         elif kind == "deadline":
             await expire(uow=uow, cb=cb, reason="deadline", now=now, cancel=self._closing is None)
             if self._closing is not None:
@@ -244,7 +230,7 @@ class TimerLoop:
 
     async def _notice_pending(self, uow: UnitOfWork, *, cb: AnyCallback) -> bool:
         """Whether the callback's advance notice is still to go out (and the policy asks for one)."""
-        if self.policy is None or self._treatment(cb).policy.notice.lead <= timedelta(0):
+        if self.policy is None or self.notices.treatment(cb).policy.notice.lead <= timedelta(0):
             return False
         if self._notices is not None:
             return cb.callback_id in self._notices
@@ -280,7 +266,7 @@ class TimerLoop:
         """A notice in quiet hours waits for them to end; one too late for its call re-plans the call."""
         if self.policy is None:
             return False
-        lead = self._treatment(cb).policy.notice.lead
+        lead = self.notices.treatment(cb).policy.notice.lead
         send_at = planner.notice_time(policy=self.policy, reach=reach(cb), at=now)
         if send_at >= cb.due_at > now and not late_notice(cb=cb, send_at=now, lead=lead):
             # Quiet hours that last until the call, on time: the planner's "at once" notice goes now,
@@ -320,67 +306,3 @@ class TimerLoop:
         publish(uow, cb, CallbackRescheduled(**ref(cb), due_at=slot, reason="late_notice"))
         NOTICES_LATE.labels("scheduler").inc()
         log.warning("notice.late", callback_id=cb.callback_id, late_by_s=round(late_by, 1), due_at=slot.isoformat())
-
-    def _treatment(self, cb: AnyCallback) -> experiments.Treatment:
-        """The policy as the callback's experiment arms change it."""
-        assert self.policy is not None
-        found = self._treatments.get(cb.arms)
-        if found is None:  # a few arms combinations, and the policy is the loop's: worked out once each
-            found = self._treatments[cb.arms] = experiments.treatment(
-                policy=self.policy, arms=experiments.parse(cb.arms)
-            )
-        return found
-
-    async def _access(self, uow: UnitOfWork, *, cb: AnyCallback, now: datetime) -> Access:
-        """The caller code, and the party's page link with the slots it may offer, unless the arm turns them off."""
-        if cb.caller_code_enc is None:  # a callback opened before caller codes existed
-            cb.caller_code_enc = self.cipher.encrypt(links.caller_code())
-            save(uow, cb)
-        treated = self._treatment(cb) if self.policy is not None else None
-        code = self.cipher.decrypt(cb.caller_code_enc) if treated is None or treated.caller_code else None
-        if self.links is None or treated is None or not treated.policy.self_service.enabled:
-            return {"caller_code": code}
-        token = links.sign(secret=self.links.secret, callback_id=cb.callback_id, expires_at=cb.deadline)
-        busy = await busy_days(
-            uow=uow, policy=treated.policy, party_id=cb.party_id, phone_index=cb.phone_index, timezone=cb.timezone,
-            exclude=cb.callback_id, start=now, end=cb.deadline,
-        )  # fmt: skip
-        slots = planner.offer_slots(
-            policy=treated.policy, reach=reach(cb), after=now + SLOT_LEAD, deadline=cb.deadline, busy_days=busy,
-            count=treated.policy.self_service.slots_offered,
-        )  # fmt: skip
-        url = links.page_url(public_url=self.links.public_url, token=token)
-        return {"caller_code": code, "self_service_url": url, "slots": slots}
-
-    def _notice(self, cb: AnyCallback, access: Access | None = None) -> CallbackNoticeRequested:
-        # Data only: the notifier's notice template writes the text the party reads.
-        contact = self.cipher.decrypt_json(cb.contact_enc)
-        placed = {} if access is None else {**access, "deadline": cb.deadline, "timezone": cb.timezone}
-        return CallbackNoticeRequested(
-            **ref(cb),
-            **placed,
-            channel="sms",
-            due_at=cb.due_at,
-            purpose=labels.purpose(stage=cb.stage, language=cb.language),
-            topics=labels.topics(items=labels.VERIFICATION_ITEMS, language=cb.language),
-            language=cb.language,
-            name=contact["name"],
-            phone=contact["phone"],
-            email=contact.get("email"),
-        )
-
-    def _due(self, cb: AnyCallback, access: Access | None = None) -> CallbackDue:
-        contact = self.cipher.decrypt_json(cb.contact_enc)
-        return CallbackDue(
-            **ref(cb),
-            **(access or {}),
-            due_at=cb.due_at,
-            deadline=cb.deadline,
-            name=contact["name"],
-            phone=contact["phone"],
-            email=contact.get("email"),
-            timezone=cb.timezone,
-            language=cb.language,
-            purpose=labels.purpose(stage=cb.stage, language=cb.language),
-            verification_items=list(labels.VERIFICATION_ITEMS),
-        )

@@ -111,7 +111,7 @@ def test_every_service_table_is_keyed_by_event_class_and_binds(service: str) -> 
     module = importlib.import_module(f"services.{service}.handlers")
     table = module.HANDLERS
     assert table and set(table) <= set(EVENT_MODELS)
-    assert set(bind(table, policy=object(), cipher=object(), out=object())) == set(table)
+    assert set(bind(table, policy=object(), cipher=object(), out=object(), notices=object())) == set(table)
     # mypy cannot see through the table's Callable[..., ...]: each handler must take the event it is keyed by.
     for model, handler in table.items():
         (accepted,) = typing.get_args(typing.get_type_hints(handler, vars(module))["event"])

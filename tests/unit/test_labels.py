@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast, get_args
+from typing import Any, get_args
 
 import pytest
 
@@ -13,7 +13,7 @@ from services.notifier.messages import compose, render
 from services.outcomes.dashboard.board import Board
 from services.outcomes.stats import Counts, Group, Period, RefusalStats
 from services.scheduler.models import Callback
-from services.scheduler.timers import TimerLoop
+from services.scheduler.notices import Notices
 from shared import labels
 from shared.crypto import Cipher, generate_key
 from shared.events import CallbackExpired, CallbackNoticeRequested, CallbackRef, CallbackRefused, LoanStageChanged
@@ -127,7 +127,7 @@ def callback(language: str) -> tuple[Callback, Cipher]:
 @pytest.mark.parametrize(("language", "written"), [("zh-CN", "zh-CN"), ("en-US", "en")])
 def test_notice_event_carries_data_and_the_notifier_writes_the_sms(language: str, written: str) -> None:
     cb, cipher = callback(language)
-    notice = TimerLoop(db=cast(Any, None), cipher=cipher, poll_seconds=1)._notice(cb)
+    notice = Notices(cipher=cipher).notice(cb)
     payload = notice.model_dump(mode="json")
     assert "message" not in payload and "message" not in CallbackNoticeRequested.model_fields
     # CONTRACT.md 2.3: purpose and topics in the party's language, from the label table.
