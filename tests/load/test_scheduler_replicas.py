@@ -32,7 +32,7 @@ from tests.support import Tap, loan_event, wait_for
 pytestmark = pytest.mark.load
 
 ROOT = Path(__file__).resolve().parents[2]
-LOANS = 1000  # three parties each: 3000 callbacks, 6000 timers (notice and due)
+LOANS = 1000  # three parties each: 3000 callbacks; their notices go with the loans, their calls by 3000 due timers
 ROLES = ("borrower", "co_borrower", "guarantor")
 # The lead leaves room for a loaded machine: a notice that fires after its call is due is dropped
 # by design, and this test is about each callback being dispatched once, not about lateness
@@ -171,7 +171,8 @@ async def test_two_schedulers_dispatch_every_callback_exactly_once(replicas: tup
         early = [e for e in dues if datetime.fromisoformat(e["time"]) < datetime.fromisoformat(e["data"]["due_at"])]
         assert early == [], f"{len(early)} callbacks fell due early"
         fired = [await timers_fired(port) for port in ports]
-        assert sum(fired) == 2 * callbacks and all(f > 0 for f in fired), f"timers fired per replica: {fired}"
+        # The notices were due at once and left with the loans' own transactions: only the calls took timers.
+        assert sum(fired) == callbacks and all(f > 0 for f in fired), f"timers fired per replica: {fired}"
     finally:
         await producer.stop()
         await tap.stop()
