@@ -50,6 +50,7 @@ HUIFANG = ROOT / ".venv" / "bin" / "huifang"
 API_KEY = "bench-agent-key-0123456789abcdef"
 API_KEYS = f"agent:agent-1:{API_KEY},supervisor:sup-1:bench-supervisor-key-0123456789"
 WEBHOOK_SECRET = "bench-webhook-secret-0123456789abcdef"
+LINK_SECRET = b"bench-link-secret-0123456789abcdef0123"  # the services' page-link secret, for baselines that sign links
 NOTES: list[str] = []  # what the summary should say about how this run deviated
 # Each rate is measured TRIALS times on each side, alternating, and the table gives the medians: one run
 # of either side moves 10-30% on this virtual machine with nothing else running. Every trial is kept.
@@ -145,7 +146,7 @@ class Stack:
             HUIFANG_API_KEYS=API_KEYS,
             HUIFANG_ENCRYPTION_KEY=self.encryption_key,
             HUIFANG_INDEX_KEY=self.index_key,
-            HUIFANG_LINK_SECRET="bench-link-secret-0123456789abcdef0123",
+            HUIFANG_LINK_SECRET=LINK_SECRET.decode(),
             HUIFANG_POLICY_FILE=str(self.policy),
             HUIFANG_LOG_FORMAT="json",
             HUIFANG_WEBHOOK_SECRET=WEBHOOK_SECRET,

@@ -3,13 +3,15 @@
 Both sides read the same events from loan.stage.changed on the same broker into the same database.
 The scheduler runs as `huifang run scheduler` with the repo's policy.toml. The baseline is the
 simplest correct loop doing the same writes set-based: aiokafka getmany, then per poll one
-multi-row INSERT each of dedupe rows, loan stages, callbacks (contact encrypted), timers (notice,
-due, deadline), timeline lines and outbox rows (callback.scheduled envelopes), one commit, then the
-offsets. It plans no calendar (the planner is pure CPU; its cost is the scheduler's to keep small).
+multi-row INSERT each of dedupe rows, loan stages, callbacks (contact encrypted), timers (due,
+deadline), timeline lines and outbox rows (the callback.scheduled envelope and the sealed
+callback.notice.requested one with its caller code and page link), one commit, then the offsets.
+It plans no calendar (the planner is pure CPU; its cost is the scheduler's to keep small), so its
+notices offer no slots.
 The parties live in a zone where it is calling time now (`timer_policy`), so the scheduler sends each
-party's advance notice at once, as it would by day: the figure no longer depends on the hour the bench
-runs (with Asia/Shanghai it did: after 21:00 there the notices wait for morning and the scheduler has
-a third less to do).
+party's advance notice at once, in the ingest transaction, as it would by day: the figure no longer
+depends on the hour the bench runs (with Asia/Shanghai it did: after 21:00 there the notices wait
+for morning, each as a timer).
 Rate: callbacks committed, counted by the same 50 ms poll on both sides, from the consumer's partition
 assignment to the last commit seen (all done, or 60 s after the assignment to bound a slow side).
 """
@@ -22,11 +24,13 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from bench.common import (
+    LINK_SECRET,
     LOGS,
     ROOT,
     Figure,
@@ -41,10 +45,18 @@ from bench.common import (
 )
 from shared import labels
 from shared.crypto import Cipher
-from shared.db import Database
-from shared.events import CONTENT_TYPE, LOAN_STAGE, CallbackScheduled, LoanStageChanged, encode, new_envelope
+from shared.db import ENCRYPTED_PREFIX, Database
+from shared.events import (
+    CONTENT_TYPE,
+    LOAN_STAGE,
+    CallbackNoticeRequested,
+    CallbackScheduled,
+    LoanStageChanged,
+    encode,
+    new_envelope,
+)
 from shared.kafka import client_options, create_topics, make_producer
-from shared.links import caller_code
+from shared.links import caller_code, page_url, sign
 from tests.support import loan_event
 
 ROLES = ("borrower", "co_borrower", "guarantor")
@@ -129,29 +141,44 @@ def plan_rows(cipher: Cipher, event: dict[str, object], now: datetime, prefix: s
     data = LoanStageChanged.model_validate(event["data"])
     rows: dict[str, list[dict]] = {"callback": [], "timer": [], "callback_event": [], "outbox": []}
     for party in data.parties:
-        cid = str(uuid.uuid4())
-        due, notice, deadline = now + timedelta(days=1), now + timedelta(hours=1), now + timedelta(days=5)
+        cid, code = str(uuid.uuid4()), caller_code()
+        due, notice, deadline = now + timedelta(days=1), now, now + timedelta(days=5)
         rows["callback"].append({
             "callback_id": cid, "loan_id": data.loan_id, "stage": data.stage, "branch_id": data.branch_id,
             "party_id": party.party_id, "role": party.role, "state": "scheduled", "attempt": 1, "calls_made": 0,
             "contact_enc": cipher.encrypt_json({"name": party.name, "phone": party.phone, "email": party.email}),
-            "caller_code_enc": cipher.encrypt(caller_code()), "phone_index": cipher.phone_index(party.phone),
+            "caller_code_enc": cipher.encrypt(code), "phone_index": cipher.phone_index(party.phone),
             "timezone": party.timezone, "language": party.language, "contact_consent": party.contact_consent,
             "due_at": due, "deadline": deadline, "notice_at": notice, "flags": "", "arms": "{}",
             "created_at": now, "updated_at": now,
         })  # fmt: skip
         rows["timer"] += [{"callback_id": cid, "kind": k, "fire_at": t, "fired_at": None, "cancelled": False}
-                          for k, t in (("notice", notice), ("due", due), ("deadline", deadline))]  # fmt: skip
+                          for k, t in (("due", due), ("deadline", deadline))]  # fmt: skip
+        ref: dict[str, Any] = {
+            "loan_id": data.loan_id, "callback_id": cid, "party_id": party.party_id, "role": party.role,
+            "stage": data.stage, "branch_id": data.branch_id, "attempt": 1, "state": "scheduled",
+        }  # fmt: skip
         scheduled = CallbackScheduled(
-            loan_id=data.loan_id, callback_id=cid, party_id=party.party_id, role=party.role, stage=data.stage,
-            branch_id=data.branch_id, attempt=1, state="scheduled", due_at=due, deadline=deadline,
-            notice_at=notice, verification_items=list(labels.VERIFICATION_ITEMS),
+            **ref, due_at=due, deadline=deadline, notice_at=notice,
+            verification_items=list(labels.VERIFICATION_ITEMS),
         )  # fmt: skip
-        envelope = new_envelope(scheduled, source="/huifang/scheduler", subject=data.loan_id)
-        rows["callback_event"].append({"callback_id": cid, "type": scheduled.event_type, "at": now,
-                                       "detail": json.dumps({"state": "scheduled", "attempt": 1})})  # fmt: skip
-        rows["outbox"].append({"event_id": envelope.id, "topic": prefix + scheduled.topic, "key": data.loan_id,
-                               "payload": encode(envelope).decode(), "created_at": now, "sent_at": None})  # fmt: skip
+        token = sign(secret=LINK_SECRET, callback_id=cid, expires_at=deadline)
+        noticed = CallbackNoticeRequested(
+            **ref, caller_code=code, self_service_url=page_url(public_url="http://127.0.0.1", token=token),
+            deadline=deadline, timezone=party.timezone, channel="sms", due_at=due,
+            purpose=labels.purpose(stage=data.stage, language=party.language),
+            topics=labels.topics(items=labels.VERIFICATION_ITEMS, language=party.language),
+            language=party.language, name=party.name, phone=party.phone, email=party.email,
+        )  # fmt: skip
+        for made, sealed in ((scheduled, False), (noticed, True)):
+            envelope = encode(new_envelope(made, source="/huifang/scheduler", subject=data.loan_id)).decode()
+            rows["callback_event"].append({"callback_id": cid, "type": made.event_type, "at": now,
+                                           "detail": json.dumps({"attempt": 1})})  # fmt: skip
+            rows["outbox"].append({
+                "event_id": json.loads(envelope)["id"], "topic": prefix + made.topic, "key": data.loan_id,
+                "payload": ENCRYPTED_PREFIX + cipher.encrypt(envelope) if sealed else envelope,
+                "created_at": now, "sent_at": None,
+            })  # fmt: skip
     return rows
 
 

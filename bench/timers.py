@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 
 from bench.common import (
+    LINK_SECRET,
     ROOT,
     Figure,
     Stack,
@@ -52,7 +53,6 @@ MIN_PAUSE = 0.05
 BURST = 1000
 BACKLOG = 2000
 BACKLOG_SECONDS = 30.0  # the rate is taken over at most this long, to bound the bench on a slow loop
-LINK_SECRET = b"bench-link-secret-0123456789abcdef0123"
 TABLE = {m.__tablename__: m.__table__ for m in (Callback, Timer, CallbackEvent, OutboxMessage)}  # type: ignore[attr-defined]
 
 
