@@ -62,7 +62,7 @@ test-props: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check shared services cli tests bench
-	$(BIN)/mypy shared services cli
+	$(BIN)/mypy shared services cli bench
 
 # The Docker image installs only what requirements.lock pins, hash-checked; rerun after changing dependencies.
 lock: $(STAMP)

@@ -92,7 +92,7 @@ async def seed(db: Database, count: int, *, tag: str) -> list[str]:
     ]  # fmt: skip
     async with db.engine.begin() as conn:
         await conn.execute(sa.insert(CallbackView.__table__), rows)  # type: ignore[attr-defined]
-    return [r["callback_id"] for r in rows]
+    return [str(r["callback_id"]) for r in rows]
 
 
 async def wrk(url: str, *, path: str, ids_file: Path | None = None) -> tuple[float, int]:
@@ -141,10 +141,21 @@ async def closed_loop(url: str, *, ids: list[str] | None) -> tuple[float, int]:
     return done / (time.perf_counter() - began), bad
 
 
-async def paced(url: str, ids: list[str], rate: float) -> tuple[list[float], int]:
+Timed = list[tuple[float, float]]  # (sent, seconds after the first send; latency, seconds)
+
+
+def latencies_of(timed: Timed) -> list[float]:
+    """The latencies, after printing the five worst with when they were sent: a stall shows as
+    neighbours, a slow start as the first seconds."""
+    worst = sorted(timed, key=lambda t: t[1])[-5:]
+    print("  worst: " + ", ".join(f"{lat * 1000:.0f} ms sent at {at:.1f} s" for at, lat in reversed(worst)), flush=True)
+    return [lat for _, lat in timed]
+
+
+async def paced(url: str, ids: list[str], rate: float) -> tuple[Timed, int]:
     """Open loop at `rate` requests/s: each latency from the request's due time to its response."""
     auth = {"Authorization": f"Bearer {API_KEY}"}
-    latencies: list[float] = []
+    latencies: Timed = []
     bad = 0
     limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
     async with httpx.AsyncClient(base_url=url, headers=auth, timeout=30, limits=limits) as client:
@@ -152,7 +163,7 @@ async def paced(url: str, ids: list[str], rate: float) -> tuple[list[float], int
         async def one(index: int, due: float) -> None:
             nonlocal bad
             response = await post(client, ids[index % len(ids)])
-            latencies.append(time.perf_counter() - due)
+            latencies.append((due - began, time.perf_counter() - due))
             bad += response.status_code != 201
 
         with collector_paused():
@@ -172,7 +183,7 @@ def vegeta_path() -> str | None:
     return shutil.which("vegeta") or (str(local) if local.exists() else None)
 
 
-async def vegeta(url: str, ids: list[str], rate: float) -> tuple[list[float], int]:
+async def vegeta(url: str, ids: list[str], rate: float) -> tuple[Timed, int]:
     """Open loop at `rate` requests/s with vegeta (Go): as `paced`, but a load generator whose own
     CPU does not compete with the service's (the Python client took about 3 ms of CPU a request, on
     two cores). Each latency runs from the request's send; vegeta adds workers rather than let a
@@ -200,7 +211,9 @@ async def vegeta(url: str, ids: list[str], rate: float) -> tuple[list[float], in
     if attack.returncode != 0 or not rows:
         raise RuntimeError(f"vegeta attack failed (exit {attack.returncode})")
     # CSV columns: timestamp, status code, latency in ns, bytes out, bytes in, error, ...
-    return [int(row[2]) / 1e9 for row in rows], sum(row[1] != "201" for row in rows)
+    first = min(int(row[0]) for row in rows)
+    timed = [((int(row[0]) - first) / 1e9, int(row[2]) / 1e9) for row in rows]
+    return timed, sum(row[1] != "201" for row in rows)
 
 
 async def run_on(svc: Service, ids: list[str], group: str) -> dict[str, float]:
@@ -215,7 +228,8 @@ async def run_on(svc: Service, ids: list[str], group: str) -> dict[str, float]:
     post_rate, health_rate = median([r for r, _ in runs["post"]]), median([r for r, _ in runs["healthz"]])
     post_bad = sum(bad for _, bad in runs["post"])
     pace = vegeta if vegeta_path() else paced
-    latencies, paced_bad = await pace(svc.url, ids, post_rate / 2)
+    timed, paced_bad = await pace(svc.url, ids, post_rate / 2)
+    latencies = latencies_of(timed)
     result = {"post": post_rate, "healthz": health_rate, "p50": quantile(latencies, 50),
               "p99": quantile(latencies, 99), "post_errors": post_bad + paced_bad}  # fmt: skip
     print(f"  attempts: {', '.join(f'{k} {v:.3f}' for k, v in result.items())}", flush=True)

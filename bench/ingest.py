@@ -136,10 +136,13 @@ async def huifang_side(st: Stack, kind: str, loans: int, within: float) -> float
         await drop(db)
 
 
-def plan_rows(cipher: Cipher, event: dict[str, object], now: datetime, prefix: str) -> dict[str, list[dict]]:
+Rows = dict[str, list[dict[str, object]]]  # table name → its rows
+
+
+def plan_rows(cipher: Cipher, event: dict[str, object], now: datetime, prefix: str) -> Rows:
     """The rows one loan event makes, in memory: the same tables and encryption as the scheduler."""
     data = LoanStageChanged.model_validate(event["data"])
-    rows: dict[str, list[dict]] = {"callback": [], "timer": [], "callback_event": [], "outbox": []}
+    rows: Rows = {"callback": [], "timer": [], "callback_event": [], "outbox": []}
     for party in data.parties:
         cid, code = str(uuid.uuid4()), caller_code()
         due, notice, deadline = now + timedelta(days=1), now, now + timedelta(days=5)
@@ -188,8 +191,8 @@ def inserts(db: Database) -> dict[str, sa.Insert]:
     from shared.kafka import ProcessedEvent
     from shared.outbox import OutboxMessage
 
-    tables = {m.__tablename__: m.__table__ for m in (Callback, Timer, CallbackEvent, LoanStage, ProcessedEvent,
-                                                      OutboxMessage)}  # type: ignore[attr-defined]  # fmt: skip
+    models = (Callback, Timer, CallbackEvent, LoanStage, ProcessedEvent, OutboxMessage)
+    tables = {m.__tablename__: m.__table__ for m in models}  # type: ignore[union-attr]
     return {name: sa.insert(table) for name, table in tables.items()}
 
 
@@ -224,7 +227,7 @@ async def raw_loop(st: Stack, db: Database, prefix: str, loans: int, listener: A
             if not batches:
                 continue
             now = datetime.now(UTC)
-            rows: dict[str, list[dict]] = {"callback": [], "timer": [], "callback_event": [], "outbox": []}
+            rows: Rows = {"callback": [], "timer": [], "callback_event": [], "outbox": []}
             dedupe, stages = [], []
             for records in batches.values():
                 for record in records:

@@ -53,7 +53,7 @@ MIN_PAUSE = 0.05
 BURST = 1000
 BACKLOG = 2000
 BACKLOG_SECONDS = 30.0  # the rate is taken over at most this long, to bound the bench on a slow loop
-TABLE = {m.__tablename__: m.__table__ for m in (Callback, Timer, CallbackEvent, OutboxMessage)}  # type: ignore[attr-defined]
+TABLE = {m.__tablename__: m.__table__ for m in (Callback, Timer, CallbackEvent, OutboxMessage)}  # type: ignore[union-attr]
 
 
 async def seed(st: Stack, db: Database, *, count: int, fire_at: datetime, tag: str) -> int:
