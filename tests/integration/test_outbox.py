@@ -357,3 +357,17 @@ async def test_a_failure_after_the_first_batch_keeps_what_was_acknowledged(
     assert await relay.publish_once() == 7
     received = await _read(kafka_bootstrap, settings.topic("callback.lifecycle.v1"), count=10)
     assert [e["data"]["callback_id"] for e in received] == ids  # once each, in order
+
+
+async def test_the_outbox_keeps_its_unsent_index_but_no_unique_event_id(database: Database) -> None:
+    """Migrated: no UNIQUE (event_id), whose index made every relay delete on SQLite touch a random page,
+    and the rebuilt table (SQLite) still has the partial index the relay reads by."""
+
+    def shape(conn: sa.Connection) -> tuple[list[Any], list[Any]]:
+        inspector = sa.inspect(conn)
+        return inspector.get_unique_constraints("outbox"), inspector.get_indexes("outbox")
+
+    async with database.engine.connect() as conn:
+        uniques, indexes = await conn.run_sync(shape)
+    assert uniques == []
+    assert [(i["name"], i["column_names"], bool(i["unique"])) for i in indexes] == [("ix_outbox_unsent", ["id"], False)]
