@@ -270,6 +270,43 @@ def collector_paused() -> Iterator[None]:
         gc.unfreeze()
 
 
+class LoopStalls:
+    """The bench's own event loop, watched while it times latencies: a stall here delays the client's
+    sends or the receiver's timestamps, and would be counted as the service's latency. On two shared
+    cores it stalled 50-230 ms a few times a minute (a probe of the loop beside PostgreSQL commits)."""
+
+    TICK = 0.005
+
+    def __init__(self, over: float = 0.02) -> None:
+        self.over = over
+        self.stalls: list[tuple[float, float]] = []  # (perf_counter when seen, seconds late)
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> LoopStalls:
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _watch(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(self.TICK)
+            late = time.perf_counter() - before - self.TICK
+            if late > self.over:
+                self.stalls.append((time.perf_counter(), late))
+
+    def summary(self, origin: float) -> str:
+        """One line for the log, times in seconds after `origin` (a perf_counter)."""
+        if not self.stalls:
+            return f"bench loop: no stall over {self.over * 1000:.0f} ms"
+        at, late = max(self.stalls, key=lambda s: s[1])
+        return (f"bench loop: {len(self.stalls)} stalls over {self.over * 1000:.0f} ms, the worst {late * 1000:.0f} ms"
+                f" at {at - origin:.1f} s")  # fmt: skip
+
+
 async def scalar(db: Database, sql: str, **params: Any) -> Any:
     """One value, read the way an onlooker reads: on SQLite not through the service's engine."""
     if db.dialect == "sqlite":

@@ -17,7 +17,18 @@ import uuid
 import httpx
 
 from bench.attempts import seed
-from bench.common import API_KEY, WEBHOOK_SECRET, Figure, Stack, collector_paused, drop, quantile, service, wait_until
+from bench.common import (
+    API_KEY,
+    WEBHOOK_SECRET,
+    Figure,
+    LoopStalls,
+    Stack,
+    collector_paused,
+    drop,
+    quantile,
+    service,
+    wait_until,
+)
 from cli.devstack import free_port
 from services.notifier.channels.webhook import verify
 
@@ -115,8 +126,9 @@ async def measure(st: Stack, kind: str = "postgresql") -> list[Figure]:
                         return all(cid in receiver.arrived for cid in batch)
 
                     with collector_paused():  # the receiver notes arrivals in this process
-                        await paced_refusals(client, batch, notes)
-                        await wait_until(all_arrived, within=120, what=f"{len(batch)} officer webhooks")
+                        async with LoopStalls() as watched:
+                            await paced_refusals(client, batch, notes)
+                            await wait_until(all_arrived, within=120, what=f"{len(batch)} officer webhooks")
     finally:
         await receiver.stop()
         await drop(db)
@@ -132,6 +144,7 @@ async def measure(st: Stack, kind: str = "postgresql") -> list[Figure]:
     worst = sorted(sent, key=lambda cid: receiver.arrived[cid] - sent[cid])[-5:]
     print("  worst: " + ", ".join(f"{(receiver.arrived[c] - sent[c]) * 1000:.0f} ms sent at {sent[c] - first:.1f} s"
                                   for c in reversed(worst)), flush=True)  # fmt: skip
+    print(f"  {watched.summary(first)}", flush=True)  # the last watched is the counted batch
     return [
         Figure(f"refusal → signed officer webhook at {RATE:.0f}/s, p50 ({kind})", p50, "ms"),
         Figure(f"refusal → signed officer webhook at {RATE:.0f}/s, p99 ({kind})", p99, "ms", goal="≤ 300 ms"),
