@@ -45,6 +45,7 @@ from bench.common import (
     median,
     quantile,
     service,
+    worst,
 )
 from services.outcomes.models import CallbackView
 from shared import labels
@@ -144,18 +145,10 @@ async def closed_loop(url: str, *, ids: list[str] | None) -> tuple[float, int]:
 Timed = list[tuple[float, float]]  # (sent, seconds after the first send; latency, seconds)
 
 
-def latencies_of(timed: Timed) -> list[float]:
-    """The latencies, after printing the five worst with when they were sent: a stall shows as
-    neighbours, a slow start as the first seconds."""
-    worst = sorted(timed, key=lambda t: t[1])[-5:]
-    print("  worst: " + ", ".join(f"{lat * 1000:.0f} ms sent at {at:.1f} s" for at, lat in reversed(worst)), flush=True)
-    return [lat for _, lat in timed]
-
-
 async def paced(url: str, ids: list[str], rate: float) -> tuple[Timed, int]:
     """Open loop at `rate` requests/s: each latency from the request's due time to its response."""
     auth = {"Authorization": f"Bearer {API_KEY}"}
-    latencies: Timed = []
+    timed: Timed = []
     bad = 0
     limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
     async with httpx.AsyncClient(base_url=url, headers=auth, timeout=30, limits=limits) as client:
@@ -163,7 +156,7 @@ async def paced(url: str, ids: list[str], rate: float) -> tuple[Timed, int]:
         async def one(index: int, due: float) -> None:
             nonlocal bad
             response = await post(client, ids[index % len(ids)])
-            latencies.append((due - began, time.perf_counter() - due))
+            timed.append((due - began, time.perf_counter() - due))
             bad += response.status_code != 201
 
         with collector_paused():
@@ -174,7 +167,7 @@ async def paced(url: str, ids: list[str], rate: float) -> tuple[Timed, int]:
                 await asyncio.sleep(max(0.0, due - time.perf_counter()))
                 tasks.append(asyncio.create_task(one(index, due)))
             await asyncio.gather(*tasks)
-    return latencies, bad
+    return timed, bad
 
 
 def vegeta_path() -> str | None:
@@ -229,7 +222,8 @@ async def run_on(svc: Service, ids: list[str], group: str) -> dict[str, float]:
     post_bad = sum(bad for _, bad in runs["post"])
     pace = vegeta if vegeta_path() else paced
     timed, paced_bad = await pace(svc.url, ids, post_rate / 2)
-    latencies = latencies_of(timed)
+    print(f"  {worst(timed)}", flush=True)
+    latencies = [lat for _, lat in timed]
     result = {"post": post_rate, "healthz": health_rate, "p50": quantile(latencies, 50),
               "p99": quantile(latencies, 99), "post_errors": post_bad + paced_bad}  # fmt: skip
     print(f"  attempts: {', '.join(f'{k} {v:.3f}' for k, v in result.items())}", flush=True)

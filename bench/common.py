@@ -270,6 +270,13 @@ def collector_paused() -> Iterator[None]:
         gc.unfreeze()
 
 
+def worst(timed: Sequence[tuple[float, float]], count: int = 5) -> str:
+    """The slowest of (sent, seconds after the first send; latency, seconds), each with when it was
+    sent: a stall shows as neighbours, a slow start as the first seconds."""
+    slowest = sorted(timed, key=lambda t: t[1])[-count:]
+    return "worst: " + ", ".join(f"{lat * 1000:.0f} ms sent at {at:.1f} s" for at, lat in reversed(slowest))
+
+
 class LoopStalls:
     """The bench's own event loop, watched while it times latencies: a stall here delays the client's
     sends or the receiver's timestamps, and would be counted as the service's latency. On two shared
@@ -289,6 +296,8 @@ class LoopStalls:
     async def __aexit__(self, *_: object) -> None:
         if self._task is not None:
             self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
     async def _watch(self) -> None:
         while True:

@@ -28,6 +28,7 @@ from bench.common import (
     quantile,
     service,
     wait_until,
+    worst,
 )
 from cli.devstack import free_port
 from services.notifier.channels.webhook import verify
@@ -141,9 +142,7 @@ async def measure(st: Stack, kind: str = "postgresql") -> list[Figure]:
           " (not counted)")  # fmt: skip
     print(f"  end to end: p50 {p50:.0f} ms, p99 {p99:.0f} ms over {count} refusals", flush=True)
     first = min(sent.values())  # when the worst ones were sent tells a warm-up from a stall
-    worst = sorted(sent, key=lambda cid: receiver.arrived[cid] - sent[cid])[-5:]
-    print("  worst: " + ", ".join(f"{(receiver.arrived[c] - sent[c]) * 1000:.0f} ms sent at {sent[c] - first:.1f} s"
-                                  for c in reversed(worst)), flush=True)  # fmt: skip
+    print(f"  {worst([(at - first, receiver.arrived[c] - at) for c, at in sent.items()])}", flush=True)
     print(f"  {watched.summary(first)}", flush=True)  # the last watched is the counted batch
     return [
         Figure(f"refusal → signed officer webhook at {RATE:.0f}/s, p50 ({kind})", p50, "ms"),

@@ -139,10 +139,14 @@ async def huifang_side(st: Stack, kind: str, loans: int, within: float) -> float
 Rows = dict[str, list[dict[str, object]]]  # table name → its rows
 
 
+def no_rows() -> Rows:
+    return {"callback": [], "timer": [], "callback_event": [], "outbox": []}
+
+
 def plan_rows(cipher: Cipher, event: dict[str, object], now: datetime, prefix: str) -> Rows:
     """The rows one loan event makes, in memory: the same tables and encryption as the scheduler."""
     data = LoanStageChanged.model_validate(event["data"])
-    rows: Rows = {"callback": [], "timer": [], "callback_event": [], "outbox": []}
+    rows = no_rows()
     for party in data.parties:
         cid, code = str(uuid.uuid4()), caller_code()
         due, notice, deadline = now + timedelta(days=1), now, now + timedelta(days=5)
@@ -227,7 +231,7 @@ async def raw_loop(st: Stack, db: Database, prefix: str, loans: int, listener: A
             if not batches:
                 continue
             now = datetime.now(UTC)
-            rows: Rows = {"callback": [], "timer": [], "callback_event": [], "outbox": []}
+            rows = no_rows()
             dedupe, stages = [], []
             for records in batches.values():
                 for record in records:
